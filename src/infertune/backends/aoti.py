@@ -1,0 +1,1 @@
+"""aoti backend: to be written."""

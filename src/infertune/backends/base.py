@@ -1,0 +1,185 @@
+"""The two contracts every backend implements: Backend (convert/compile) and Runner (run it).
+
+The harness only ever calls what is declared here, so a new backend is one file that subclasses
+these and registers itself with ``@register_backend``. Heavy runtimes (torch, onnxruntime, openvino,
+tensorrt) are imported inside ``prepare`` and the runner, never at module import time, so that
+listing backends and reading reports works on a machine without them.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from infertune.errors import UnavailableError
+
+#: Numerical formats a variant can ask for. ``int8`` means post-training quantization.
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether a backend can run a (device, precision) here, and if not, why and how to fix it."""
+
+    ok: bool
+    reason: str = ""
+
+    @classmethod
+    def yes(cls) -> Availability:
+        return cls(True, "")
+
+    @classmethod
+    def no(cls, reason: str) -> Availability:
+        return cls(False, reason)
+
+
+@dataclass
+class PrepareContext:
+    """Everything ``Backend.prepare`` may use to build one runner for one cell.
+
+    Attributes:
+        model: the FP32 ``torch.nn.Module`` in eval mode, on the CPU (the backend moves or copies it).
+        example_input: a float32 NCHW array of the cell's batch size (the timed input).
+        precision: one of ``PRECISIONS``.
+        options: the variant's options (``{"mode": "max-autotune"}``, ``{"hint": "throughput"}``...).
+        device: ``"cpu"`` or ``"cuda"`` (already resolved: never ``"auto"``).
+        threads: intra-op threads the runtime must use (the harness pins torch's too).
+        cache: where converted artifacts live; see ``infertune.cache.ArtifactCache``.
+        calibration: returns ``n`` calibration samples as one float32 array (never the
+            verification samples); used by INT8 backends.
+        settings: backend-tunable settings from the config (e.g. ``onnx_opset``, ``int8`` block).
+        log: one-line progress/info messages ("reusing cached artifact ...").
+    """
+
+    model: Any
+    example_input: np.ndarray
+    precision: str
+    options: dict[str, str]
+    device: str
+    threads: int
+    cache: Any
+    calibration: Callable[[int], np.ndarray]
+    settings: dict[str, Any] = field(default_factory=dict)
+    log: Callable[[str], None] = print
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.example_input.shape[0])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.example_input.shape)
+
+
+class Runner(ABC):
+    """A ready-to-run model. The timer calls ``__call__`` then ``synchronize`` in its loop.
+
+    ``to_native`` converts a host float32 array into whatever ``__call__`` takes (a torch tensor on
+    the device, an ORT feed dict...). It is called outside the timed region, so what the loop times
+    is ``latency_scope``: ``"end_to_end"`` when host input goes in and host output comes out,
+    ``"device"`` when the input already sits on the accelerator.
+    """
+
+    latency_scope: ClassVar[str] = "end_to_end"
+    #: set by prepare: the converted artifact on disk (None for eager), and whether it came from cache.
+    artifact_path: Path | None = None
+    cache_hit: bool = False
+
+    def to_native(self, batch: np.ndarray) -> Any:
+        return batch
+
+    @abstractmethod
+    def __call__(self, inputs: Any) -> Any:
+        """Run one inference on native inputs; may return before the device is done."""
+
+    def to_numpy(self, outputs: Any) -> np.ndarray:
+        """Bring outputs back as a float32 host array (used by verify, never timed)."""
+        return np.asarray(outputs, dtype=np.float32)
+
+    def synchronize(self) -> None:
+        """Block until the device has finished all queued work. CPU runtimes return at once."""
+
+    def cuda_event_pair(self) -> tuple[Any, Any] | None:
+        """Return (start, end) CUDA events for device-side timing, or None on a CPU runner."""
+        return None
+
+    def close(self) -> None:
+        """Release sessions, engines and device memory."""
+
+
+class Backend(ABC):
+    """A way of converting and running a model: one subclass per file, registered by name."""
+
+    name: ClassVar[str]
+    #: import names (``importlib.util.find_spec``), not pip names.
+    requires: ClassVar[tuple[str, ...]] = ()
+    #: the pip command that installs what is missing.
+    install_hint: ClassVar[str] = ""
+    devices: ClassVar[frozenset[str]] = frozenset({"cpu"})
+    precisions: ClassVar[frozenset[str]] = frozenset({"fp32"})
+    #: one-line description for ``infertune backends`` and the docs.
+    description: ClassVar[str] = ""
+    #: the human label used in the seed's table ("PyTorch", "ONNX Runtime"...).
+    label: ClassVar[str] = ""
+    #: whether outputs are comparable with the reference (False for the null backend).
+    produces_outputs: ClassVar[bool] = True
+
+    def availability(self, device: str, precision: str) -> Availability:
+        """Can this backend run here? Never raises, never imports the runtime itself."""
+        if device not in self.devices:
+            return Availability.no(
+                f"{self.name} does not run on {device} (supported: {', '.join(sorted(self.devices))})"
+            )
+        if precision not in self.precisions:
+            return Availability.no(
+                f"{self.name} has no {precision} path (supported: {', '.join(sorted(self.precisions))})"
+            )
+        missing = [mod for mod in self.requires if importlib.util.find_spec(mod) is None]
+        if missing:
+            hint = f"; install it with: {self.install_hint}" if self.install_hint else ""
+            return Availability.no(f"{', '.join(missing)} is not installed{hint}")
+        if device == "cuda" and not _cuda_available():
+            return Availability.no("no CUDA GPU is visible (torch.cuda.is_available() is False)")
+        return Availability.yes()
+
+    def default_variants(self, device: str) -> list[str]:
+        """Variants this backend contributes to the default ladder on ``device``."""
+        return []
+
+    def version(self) -> str:
+        """Version of the runtime behind this backend, part of the artifact cache key."""
+        for mod in self.requires:
+            try:
+                return importlib.metadata.version(_DIST_NAMES.get(mod, mod))
+            except importlib.metadata.PackageNotFoundError:
+                continue
+        return "n/a"
+
+    def check(self, device: str, precision: str) -> None:
+        """Raise UnavailableError with the reason when this backend cannot run the cell."""
+        avail = self.availability(device, precision)
+        if not avail.ok:
+            raise UnavailableError(avail.reason)
+
+    @abstractmethod
+    def prepare(self, ctx: PrepareContext) -> Runner:
+        """Convert or compile the model for one cell and return a runner (cached where possible)."""
+
+
+#: import name -> distribution name, where they differ.
+_DIST_NAMES = {"tensorrt": "tensorrt", "torch_tensorrt": "torch-tensorrt", "cv2": "opencv-python"}
+
+
+def _cuda_available() -> bool:
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())

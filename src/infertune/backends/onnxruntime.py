@@ -1,0 +1,1 @@
+"""onnxruntime backend: to be written."""

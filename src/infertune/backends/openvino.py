@@ -1,0 +1,1 @@
+"""openvino backend: to be written."""

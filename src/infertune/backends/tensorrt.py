@@ -1,0 +1,1 @@
+"""tensorrt backend: to be written."""

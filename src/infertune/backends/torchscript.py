@@ -1,0 +1,1 @@
+"""torchscript backend: to be written."""

@@ -1,0 +1,78 @@
+"""Raw samples -> the numbers in a result row: percentiles, spread, throughput and a noise flag.
+
+Percentiles use linear interpolation (numpy's default) over the raw samples, which are kept in the
+JSON so any other statistic can be recomputed later. A cell is flagged ``noisy`` when the
+interquartile range exceeds 10% of the median, the rule torch.utils.benchmark uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+NOISE_IQR_OVER_MEDIAN = 0.10
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Summary of per-iteration latencies (ms) for one batch size."""
+
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+    throughput_ips: float
+    cv: float
+    iqr_over_median: float
+    noisy: bool
+    iterations: int
+
+    def as_row_fields(self) -> dict[str, float | int | bool]:
+        return {
+            "latency_mean_ms": self.mean_ms,
+            "latency_std_ms": self.std_ms,
+            "latency_min_ms": self.min_ms,
+            "latency_p50_ms": self.p50_ms,
+            "latency_p90_ms": self.p90_ms,
+            "latency_p95_ms": self.p95_ms,
+            "latency_p99_ms": self.p99_ms,
+            "latency_max_ms": self.max_ms,
+            "throughput_ips": self.throughput_ips,
+            "cv": self.cv,
+            "iqr_over_median": self.iqr_over_median,
+            "noisy": self.noisy,
+            "iterations": self.iterations,
+        }
+
+
+def summarize(samples_ms: list[float], batch_size: int) -> LatencyStats:
+    """Summarise latencies of whole batches; throughput is items per second at the median latency."""
+    if not samples_ms:
+        raise ValueError("no samples to summarise")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    a = np.asarray(samples_ms, dtype=np.float64)
+    p25, p50, p75, p90, p95, p99 = np.percentile(a, [25, 50, 75, 90, 95, 99])
+    mean = float(a.mean())
+    std = float(a.std(ddof=1)) if a.size > 1 else 0.0
+    iqr_over_median = float((p75 - p25) / p50) if p50 > 0 else 0.0
+    return LatencyStats(
+        mean_ms=mean,
+        std_ms=std,
+        min_ms=float(a.min()),
+        p50_ms=float(p50),
+        p90_ms=float(p90),
+        p95_ms=float(p95),
+        p99_ms=float(p99),
+        max_ms=float(a.max()),
+        throughput_ips=batch_size * 1000.0 / float(p50) if p50 > 0 else float("inf"),
+        cv=std / mean if mean > 0 else 0.0,
+        iqr_over_median=iqr_over_median,
+        noisy=iqr_over_median > NOISE_IQR_OVER_MEDIAN,
+        iterations=int(a.size),
+    )

@@ -1,0 +1,215 @@
+"""Result rows (a versioned schema with units in the field names) and their CSV / JSON files.
+
+One row per (model, variant, batch size, device). The CSV holds the rows; the JSON beside it holds
+the rows, the raw per-iteration samples, the resolved config and the environment. Both files are
+rewritten atomically after every finished row, so a run that dies halfway leaves valid files.
+This module imports neither torch nor any runtime: reports work on a machine without them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+#: the values ``ResultRow.status`` can take.
+STATUSES = ("ok", "fidelity_failed", "unavailable", "failed", "crashed", "timeout")
+
+
+@dataclass
+class ResultRow:
+    """One measured (or failed) cell. Numbers are plain floats; the unit is in the name."""
+
+    # identity
+    model: str
+    variant: str
+    backend: str
+    precision: str
+    options: str
+    batch_size: int
+    device: str
+    status: str = "ok"
+    error: str = ""
+    label: str = ""
+    requested_device: str = ""
+    weights: str = ""
+    run_id: str = ""
+    schema_version: int = SCHEMA_VERSION
+    # latency over the timed iterations, per batch
+    latency_mean_ms: float | None = None
+    latency_std_ms: float | None = None
+    latency_min_ms: float | None = None
+    latency_p50_ms: float | None = None
+    latency_p90_ms: float | None = None
+    latency_p95_ms: float | None = None
+    latency_p99_ms: float | None = None
+    latency_max_ms: float | None = None
+    latency_scope: str = ""
+    throughput_ips: float | None = None
+    speedup_vs_pytorch: float | None = None
+    cv: float | None = None
+    iqr_over_median: float | None = None
+    noisy: bool | None = None
+    iterations: int | None = None
+    warmup_iterations: int | None = None
+    measured_s: float | None = None
+    threads: int | None = None
+    # one-off costs
+    convert_s: float | None = None
+    first_inference_ms: float | None = None
+    artifact_mb: float | None = None
+    peak_host_mb: float | None = None
+    peak_device_mb: float | None = None
+    cache_hit: bool | None = None
+    # fidelity against the FP32 eager reference
+    fidelity_ok: bool | None = None
+    max_abs_err: float | None = None
+    max_rel_err: float | None = None
+    cosine_min: float | None = None
+    sqnr_db: float | None = None
+    top1_agreement: float | None = None
+    verify_samples: int | None = None
+    note: str = ""
+
+    @property
+    def cell_id(self) -> str:
+        return f"{self.model}|{self.variant}|{self.batch_size}|{self.device}"
+
+
+FIELD_NAMES = [f.name for f in fields(ResultRow)]
+_FIELD_TYPES = {f.name: f.type for f in fields(ResultRow)}
+
+
+def fill_speedups(rows: list[ResultRow]) -> None:
+    """Set ``speedup_vs_pytorch`` = p50 of the ``pytorch:fp32`` row of the same model/batch/device over this row's p50."""
+    base: dict[tuple[str, int, str], float] = {}
+    for r in rows:
+        if r.variant == "pytorch:fp32" and r.latency_p50_ms:
+            base[(r.model, r.batch_size, r.device)] = r.latency_p50_ms
+    for r in rows:
+        ref = base.get((r.model, r.batch_size, r.device))
+        r.speedup_vs_pytorch = (ref / r.latency_p50_ms) if (ref and r.latency_p50_ms) else None
+
+
+@dataclass
+class ResultFiles:
+    """The CSV and JSON files of one run, rewritten after each row."""
+
+    csv_path: Path
+    json_path: Path
+    config: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+    rows: list[ResultRow] = field(default_factory=list)
+    samples_ms: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, row: ResultRow, samples_ms: list[float] | None = None) -> None:
+        self.rows.append(row)
+        if samples_ms is not None:
+            self.samples_ms[row.cell_id] = list(samples_ms)
+        self.write()
+
+    def write(self) -> None:
+        fill_speedups(self.rows)
+        _atomic_write(self.csv_path, _csv_text(self.rows))
+        doc = {
+            "schema_version": SCHEMA_VERSION,
+            "config": self.config,
+            "environment": self.environment,
+            "rows": [asdict(r) for r in self.rows],
+            "samples_ms": self.samples_ms,
+        }
+        _atomic_write(self.json_path, json.dumps(_jsonable(doc), indent=1))
+
+
+def _csv_text(rows: list[ResultRow]) -> str:
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=FIELD_NAMES, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in asdict(r).items()})
+    return buf.getvalue()
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def json_path_for(csv_path: Path | str) -> Path:
+    """The JSON file written beside a results CSV."""
+    return Path(csv_path).with_suffix(".json")
+
+
+def read_rows(path: Path | str) -> list[ResultRow]:
+    """Read rows from a results CSV or JSON file (the format is chosen by the suffix)."""
+    path = Path(path)
+    if path.suffix == ".json":
+        doc = json.loads(path.read_text())
+        raw = doc["rows"]
+    else:
+        with path.open(newline="") as f:
+            raw = list(csv.DictReader(f))
+    return [_row_from_dict(d) for d in raw]
+
+
+def read_samples(path: Path | str) -> dict[str, list[float]]:
+    """Raw per-iteration latencies (ms) by cell id, from the JSON beside a results CSV."""
+    jp = Path(path) if Path(path).suffix == ".json" else json_path_for(path)
+    if not jp.exists():
+        return {}
+    return json.loads(jp.read_text()).get("samples_ms", {})
+
+
+def _row_from_dict(d: dict[str, Any]) -> ResultRow:
+    kwargs: dict[str, Any] = {}
+    for name, value in d.items():
+        if name not in _FIELD_TYPES:
+            continue  # a newer schema's extra column: ignore rather than fail
+        kwargs[name] = _coerce(str(_FIELD_TYPES[name]), value)
+    return ResultRow(**kwargs)
+
+
+def _coerce(type_name: str, value: Any) -> Any:
+    if value is None or value == "":
+        return None if "None" in type_name else ("" if "str" in type_name else value)
+    if type_name.startswith("int"):
+        return int(float(value))
+    if type_name.startswith("bool"):
+        return value if isinstance(value, bool) else str(value).lower() in ("true", "1")
+    if type_name.startswith("float"):
+        return float(value)
+    return value
+
+
+def load_results(path: Path | str) -> Any:
+    """Return the rows of a results CSV or JSON file as a pandas DataFrame (one row per cell)."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.exists():
+        from infertune.errors import InfertuneError
+
+        raise InfertuneError(f"no results file at {path}: pass the CSV or JSON a run wrote under results/")
+    return pd.DataFrame([asdict(r) for r in read_rows(path)], columns=FIELD_NAMES)
