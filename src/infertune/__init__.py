@@ -1,0 +1,41 @@
+"""infertune: find the fastest way to run a model on this machine without changing its predictions.
+
+Public API:
+    run(config=None, **overrides) -> RunResult   benchmark a ladder of variants (see pipeline.run)
+    load_results(path) -> pandas.DataFrame       read a results CSV/JSON
+    list_backends() -> list[str]                 registered backends
+    RunConfig                                    the validated configuration model
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from infertune.results import load_results
+
+__version__ = "0.1.0"
+
+
+def run(config: str | None = None, log: Any = print, **overrides: Any) -> Any:
+    """Run a benchmark from a YAML path and/or section overrides, e.g. ``run(benchmark={"batch_sizes": [1]})``."""
+    from infertune.config import load_config
+    from infertune.pipeline import run as _run
+
+    return _run(load_config(config, overrides), log=log)
+
+
+def list_backends() -> list[str]:
+    from infertune.backends.registry import list_backends as _list
+
+    return _list()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RunConfig":
+        from infertune.config import RunConfig
+
+        return RunConfig
+    raise AttributeError(name)
+
+
+__all__ = ["RunConfig", "list_backends", "load_results", "run", "__version__"]

@@ -1,0 +1,182 @@
+"""Command-line interface: argument parsing only; the work lives in pipeline, report and env.
+
+    infertune run [--config config.yaml] [--batch-size 1 4 8] [--variants ...] [--device cpu] ...
+    infertune report results/benchmark_results_<TS>.csv
+    infertune backends | env | compare A.csv B.csv
+
+A user-fixable problem (bad config, unknown model, missing file) prints one clear message and exits
+with status 2; it never shows a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from infertune.errors import InfertuneError
+
+DEFAULT_CONFIG = "config.yaml"
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help=f"YAML config (default: ./{DEFAULT_CONFIG} if present, else built-in defaults)")
+    p.add_argument("--batch-size", "--batch-sizes", dest="batch_sizes", type=_int_arg("batch size"), nargs="+",
+                   metavar="N", help="batch sizes to benchmark, e.g. 1 4 8 (overrides benchmark.batch_sizes)")
+    p.add_argument("--variants", nargs="+", metavar="V",
+                   help="explicit ladder, e.g. pytorch:fp32 onnxruntime:int8 openvino:int8")
+    p.add_argument("--model", "-m", help="torchvision/timm name or package.module:factory (overrides model.name)")
+    p.add_argument("--weights", help="local state_dict file (overrides model.weights)")
+    p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
+                   help="download library weights when online (offline: random weights, noted in results)")
+    p.add_argument("--input-shape", type=_int_arg("dimension"), nargs=4, metavar=("B", "C", "H", "W"))
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=_int_arg("thread count"), help="intra-op threads for every runtime")
+    p.add_argument("--warmup", type=_int_arg("warmup count", minimum=0), help="warmup iterations per cell")
+    p.add_argument("--iterations", type=_int_arg("iteration count"), help="minimum timed iterations per cell")
+    p.add_argument("--min-time", type=float, metavar="S", help="minimum timed seconds per cell")
+    p.add_argument("--output-dir", "-o", help="where result files go (default results/)")
+    p.add_argument("--isolation", choices=["process", "none"], help="run each variant in its own process (default)")
+    p.add_argument("--no-cache", action="store_true", help="rebuild converted artifacts even if cached")
+    p.add_argument("--report", action="store_true", help="also write charts, HTML and markdown after the run")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def _int_arg(what: str, minimum: int = 1) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{what} must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="infertune", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command")
+    run_p = sub.add_parser("run", help="benchmark the ladder (the default command)")
+    _add_run_args(run_p)
+    rep = sub.add_parser("report", help="charts, HTML and markdown from a results CSV/JSON")
+    rep.add_argument("results", help="results/benchmark_results_<TS>.csv (or .json)")
+    rep.add_argument("--out", help="output folder (default: beside the results file)")
+    sub.add_parser("backends", help="list backends and whether they can run here").add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda"])
+    sub.add_parser("env", help="print the environment that results record")
+    cmp_p = sub.add_parser("compare", help="p50 latency ratios between two result files")
+    cmp_p.add_argument("a")
+    cmp_p.add_argument("b")
+    return parser
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """CLI flags as a config fragment; flags left unset are None and do not override the file."""
+    return {
+        "model": {"name": args.model, "weights": args.weights, "pretrained": args.pretrained,
+                  "input_shape": args.input_shape},
+        "benchmark": {"batch_sizes": args.batch_sizes, "device": args.device, "threads": args.threads,
+                      "warmup_iterations": args.warmup, "benchmark_iterations": args.iterations,
+                      "min_time_s": args.min_time, "isolation": args.isolation},
+        "optimization": {"variants": args.variants},
+        "output": {"dir": args.output_dir, "use_cache": False if args.no_cache else None},
+    }
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from infertune.config import load_config
+    from infertune.pipeline import run
+    from infertune.progress import CellProgress
+
+    config = args.config
+    if config is None and Path(DEFAULT_CONFIG).is_file():
+        config = DEFAULT_CONFIG
+    cfg = load_config(config, overrides_from_args(args))
+    console = Console(stderr=False)
+    console.print(f"infertune: {cfg.model.name} | batch sizes {cfg.benchmark.batch_sizes} | "
+                  f"config {config or 'built-in defaults'}")
+    progress = CellProgress(console, enabled=not args.quiet)
+    result = run(cfg, log=lambda m: console.print(m, markup=False, highlight=False), progress=progress)
+    _print_table(result.rows, console)
+    console.print(f"results: {result.csv_path} (+ {result.json_path.name}, {result.config_path.name})")
+    if args.report:
+        from infertune.report.build import build_report
+
+        paths = build_report(result.csv_path)
+        console.print(f"report: {paths.get('html')}")
+    return 0
+
+
+def _print_table(rows: list[Any], console: Any) -> None:
+    from infertune.report.table import seed_table
+
+    seed_table(rows, console)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from infertune.report.build import build_report
+
+    paths = build_report(args.results, args.out)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def cmd_backends(args: argparse.Namespace) -> int:
+    from infertune.backends.registry import get_backend, list_backends
+
+    for name in list_backends():
+        b = get_backend(name)
+        precisions = sorted(b.precisions)
+        states = []
+        for p in precisions:
+            a = b.availability(args.device, p)
+            states.append(f"{p}: {'ok' if a.ok else 'no (' + a.reason + ')'}")
+        print(f"{name:<14} {b.description}\n{'':<14} {'; '.join(states)}")
+    return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    import json
+
+    from infertune.env import capture
+
+    print(json.dumps(capture(), indent=2))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from infertune.report.compare import compare_runs
+
+    print(compare_runs(args.a, args.b))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "report": cmd_report, "backends": cmd_backends, "env": cmd_env, "compare": cmd_compare}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["run", *argv]  # `infertune --batch-size 1` means run
+    args = build_parser().parse_args(argv)
+    if args.command is None:
+        build_parser().print_help()
+        return 0
+    try:
+        return COMMANDS[args.command](args)
+    except InfertuneError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the result files hold every row finished so far", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

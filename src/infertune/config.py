@@ -1,0 +1,229 @@
+"""The run's configuration: pydantic models validated once, with messages that name the key and the fix.
+
+The seed's keys (``model.name/pretrained/input_shape``, ``benchmark.warmup_iterations/
+benchmark_iterations/batch_sizes/device``, ``optimization.enable_torchscript/enable_onnx/
+enable_tensorrt``) keep their meaning; everything else is an addition with a default. Unknown keys
+are errors that suggest the nearest valid key, because a misspelt key silently ignored is the most
+expensive kind of benchmark bug.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from infertune.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """Which model to load and how.
+
+    ``name`` is a torchvision name (``resnet50``), ``timm:<name>`` (or a bare timm name when timm is
+    installed), ``package.module:factory`` (a callable returning an ``nn.Module``), or a path to an
+    ``.onnx`` file.
+    """
+
+    name: str = "resnet50"
+    pretrained: bool = True
+    input_shape: list[int] = Field(default_factory=lambda: [1, 3, 224, 224])
+    weights: str | None = None
+    seed: int = 0
+
+    @field_validator("input_shape")
+    @classmethod
+    def _shape(cls, v: list[int]) -> list[int]:
+        if len(v) != 4:
+            raise ValueError(
+                f"input_shape must have 4 numbers [batch, channels, height, width], got {len(v)}: {v}"
+            )
+        if any(d < 1 for d in v):
+            raise ValueError(f"every input_shape dimension must be >= 1, got {v}")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("model name is empty: use e.g. resnet50, timm:resnet50d or my_pkg.models:build")
+        return v.strip()
+
+
+class BenchmarkConfig(_Section):
+    """How to time each cell. The loop runs until BOTH benchmark_iterations and min_time_s are met."""
+
+    warmup_iterations: int = Field(3, ge=0)
+    benchmark_iterations: int = Field(10, ge=1)
+    min_time_s: float = Field(1.0, ge=0)
+    max_iterations: int = Field(100_000, ge=1)
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 4, 8])
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1)
+    isolation: Literal["process", "none"] = "process"
+    cell_timeout_s: float = Field(1800, gt=0)
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _batches(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("batch_sizes is empty: give at least one batch size, e.g. [1, 8]")
+        bad = [b for b in v if b < 1]
+        if bad:
+            raise ValueError(f"batch sizes must be >= 1, got {bad}")
+        return list(dict.fromkeys(v))
+
+
+class Int8Config(_Section):
+    """Post-training INT8 quantization settings shared by the INT8 backends."""
+
+    calibration_samples: int = Field(32, ge=1)
+    calibration_method: Literal["minmax", "percentile", "entropy"] = "minmax"
+
+
+class OptimizationConfig(_Section):
+    """Which variants to run. ``variants`` (explicit list) wins over the seed's enable_* switches."""
+
+    enable_torchscript: bool = True
+    enable_onnx: bool = True
+    enable_tensorrt: bool = False
+    variants: list[str] | None = None
+    extra_variants: list[str] = Field(default_factory=list)
+    skip_variants: list[str] = Field(default_factory=list)
+    onnx_opset: int = Field(18, ge=13)
+    int8: Int8Config = Field(default_factory=Int8Config)
+
+
+class ToleranceConfig(_Section):
+    cosine_min: float | None = Field(None, ge=-1, le=1)
+    max_rel_err: float | None = Field(None, ge=0)
+    top1_min: float | None = Field(None, ge=0, le=1)
+
+
+class VerifyConfig(_Section):
+    """Fidelity checks against FP32 eager. ``images`` = a folder of real images instead of synthetic inputs."""
+
+    samples: int = Field(8, ge=1)
+    images: str | None = None
+    seed: int = 0
+    tolerances: dict[Literal["fp32", "fp16", "bf16", "int8"], ToleranceConfig] = Field(default_factory=dict)
+
+
+class OutputConfig(_Section):
+    dir: str = "results"
+    models_dir: str = "models"
+    use_cache: bool = True
+
+
+class RunConfig(_Section):
+    """The whole run; ``load_config`` builds it from YAML and CLI overrides."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
+    optimization: OptimizationConfig = Field(default_factory=OptimizationConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _variant_lists(self) -> RunConfig:
+        for v in self.optimization.variants or []:
+            if not isinstance(v, str) or not v.strip():
+                raise ValueError("optimization.variants must be a list of names like onnxruntime:int8")
+        return self
+
+
+def _section_fields(path: tuple[Any, ...]) -> list[str]:
+    """Valid keys at a location, for 'did you mean' suggestions."""
+    model: type[BaseModel] = RunConfig
+    for part in path:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None) if field else None
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return []
+    return list(model.model_fields)
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        key = ".".join(str(p) for p in loc)
+        if e["type"] == "extra_forbidden":
+            valid = _section_fields(loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
+            hint = f" Did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?" if close else ""
+            lines.append(f"  - unknown key '{key}'.{hint} Valid keys here: {', '.join(valid)}.")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            got = e.get("input")
+            got_text = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
+            lines.append(f"  - {key}: {msg}{got_text}")
+    return "\n".join(lines)
+
+
+def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    """Validate a config dict; raise ConfigError listing every problem with its fix."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must be a YAML mapping (model:, benchmark:, ...), got {type(data).__name__}")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def read_yaml(path: Path | str) -> dict[str, Any]:
+    """Read a YAML file; a missing or malformed file is a ConfigError that says so."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist: pass an existing YAML file to --config")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    return data or {}
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``overrides`` (e.g. from CLI flags) into ``base``; None values are ignored."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Load ``path`` (or the defaults), apply CLI ``overrides``, validate."""
+    data = read_yaml(path) if path else {}
+    source = str(path) if path else "the defaults"
+    if overrides:
+        data = merge(data, overrides)
+        source += " + command-line flags"
+    return validate_config(data, source)
+
+
+def tolerances(cfg: RunConfig) -> dict[str, Any]:
+    """Per-precision tolerances: the defaults of verify.py overlaid with the config's."""
+    from dataclasses import replace
+
+    from infertune.verify import DEFAULT_TOLERANCES
+
+    out = dict(DEFAULT_TOLERANCES)
+    for precision, tol in cfg.verify.tolerances.items():
+        out[precision] = replace(out[precision], **tol.model_dump(exclude_unset=True))
+    return out

@@ -1,0 +1,1 @@
+"""Executors: where cells run (a worker process per variant, or in-process)."""

@@ -1,0 +1,59 @@
+"""The ladder: which variants a run tries, in order, from the config and what is installed.
+
+``optimization.variants`` is an explicit list and wins. Otherwise every registered backend
+contributes its default variants for the device (the seed's ``enable_torchscript``/``enable_onnx``/
+``enable_tensorrt`` switches still turn their rungs on or off), then ``extra_variants`` are added and
+``skip_variants`` removed. ``pytorch:fp32`` always runs first: it is the speedup baseline.
+"""
+
+from __future__ import annotations
+
+from infertune.backends.registry import get_backend, list_backends
+from infertune.config import RunConfig
+from infertune.errors import ConfigError
+from infertune.variants import Variant, parse_variant
+
+BASELINE = "pytorch:fp32"
+
+#: seed switch -> the backends it controls.
+SEED_SWITCHES = {
+    "enable_torchscript": ("torchscript",),
+    "enable_onnx": ("onnxruntime",),
+}
+
+
+def build_ladder(cfg: RunConfig, device: str) -> list[Variant]:
+    """The ordered, de-duplicated variants for this run on ``device``."""
+    opt = cfg.optimization
+    if opt.variants:
+        names = list(opt.variants)
+    else:
+        disabled = {b for switch, backends in SEED_SWITCHES.items() if not getattr(opt, switch) for b in backends}
+        names = []
+        for backend_name in list_backends():
+            if backend_name in disabled:
+                continue
+            backend = get_backend(backend_name)
+            if backend_name == "tensorrt":
+                # the seed's switch asks for TensorRT explicitly: on a machine without it the row says why.
+                if opt.enable_tensorrt:
+                    names.append("tensorrt:fp16")
+                continue
+            names.extend(backend.default_variants(device))
+        names.extend(opt.extra_variants)
+    variants = [parse_variant(n) for n in names]
+    skip = {parse_variant(n).name for n in opt.skip_variants}
+    unknown_skips = skip - {v.name for v in variants}
+    if unknown_skips:
+        raise ConfigError(
+            f"optimization.skip_variants names {', '.join(sorted(unknown_skips))}, which the ladder does not "
+            f"contain ({', '.join(v.name for v in variants)})"
+        )
+    out: list[Variant] = []
+    for v in variants:
+        if v.name not in skip and v.name not in {o.name for o in out}:
+            out.append(v)
+    baseline = parse_variant(BASELINE)
+    if baseline.name in {v.name for v in out}:
+        out.sort(key=lambda v: v.name != baseline.name and v.backend != "null")
+    return out

@@ -1,0 +1,210 @@
+"""Model sources: torchvision and timm names, ``package.module:factory`` callables, local weights.
+
+Every loaded model says which weights it carries (``imagenet``, ``random``, ``file:<sha256 prefix>``)
+so that every result row can say it too. Pretrained weights are downloaded only when online; offline
+the model falls back to seeded random weights with one warning line, never a hang or a traceback.
+Random weights are drawn after ``torch.manual_seed(seed)`` so worker processes rebuild the same model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import io
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from infertune.errors import ModelError
+
+#: seconds to wait for the weights server before deciding we are offline.
+DOWNLOAD_TIMEOUT_S = 10.0
+
+
+@dataclass
+class LoadedModel:
+    """An FP32 ``nn.Module`` in eval mode plus what it is and which weights it holds."""
+
+    module: Any
+    name: str
+    weights: str
+    source: str
+    warning: str = ""
+
+    def digest(self) -> str:
+        """A short hash of the parameters and buffers: part of every artifact cache key."""
+        h = hashlib.sha256()
+        for key, tensor in sorted(self.module.state_dict().items()):
+            h.update(key.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+def load_model(name: str, pretrained: bool = True, weights: str | None = None, seed: int = 0,
+               warn: Callable[[str], None] = print) -> LoadedModel:
+    """Build the model described by the config's ``model`` section.
+
+    Args:
+        name: torchvision name, ``timm:<name>`` / timm name, ``package.module:factory``.
+        pretrained: try to download the library's default weights (falls back to random offline).
+        weights: path to a local state_dict (``torch.load(weights_only=True)``); wins over pretrained.
+        seed: seed for random initialisation.
+        warn: where the one-line offline warning goes.
+    """
+    import torch
+
+    if name.endswith(".onnx"):
+        raise ModelError(
+            f"{name}: ONNX files as the model source are not supported yet; give a torchvision/timm "
+            "name or a package.module:factory that returns a torch nn.Module"
+        )
+    torch.manual_seed(seed)
+    use_pretrained = pretrained and not weights
+    if ":" in name and not name.startswith("timm:"):
+        module, source = _from_factory(name), "factory"
+        tag = "random"
+    elif name.startswith("timm:") or (_timm_has(name) and not _torchvision_has(name)):
+        module, tag = _from_timm(name.removeprefix("timm:"), use_pretrained, warn)
+        source = "timm"
+    else:
+        module, tag = _from_torchvision(name, use_pretrained, warn)
+        source = "torchvision"
+    if weights:
+        tag = _load_weights(module, weights)
+    return LoadedModel(module=module.eval().float(), name=name, weights=tag, source=source)
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def _torchvision_has(name: str) -> bool:
+    return name in _torchvision_names()
+
+
+def _timm_has(name: str) -> bool:
+    if importlib.util.find_spec("timm") is None:
+        return False
+    import timm
+
+    return bool(timm.list_models(name))
+
+
+def _unknown_model(name: str) -> ModelError:
+    candidates = _torchvision_names()
+    if importlib.util.find_spec("timm") is not None:
+        import timm
+
+        candidates += timm.list_models()
+    close = difflib.get_close_matches(name, candidates, n=4, cutoff=0.6)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    timm_hint = "" if importlib.util.find_spec("timm") else " (timm models need: pip install 'infertune[timm]')"
+    return ModelError(
+        f"unknown model {name!r}.{hint} Use a torchvision classification model name "
+        f"(e.g. resnet50, resnet18, mobilenet_v2){timm_hint}, or package.module:factory."
+    )
+
+
+def _from_torchvision(name: str, pretrained: bool, warn: Callable[[str], None]) -> tuple[Any, str]:
+    import torchvision
+
+    if not _torchvision_has(name):
+        raise _unknown_model(name)
+    if pretrained:
+        weights_enum = torchvision.models.get_model_weights(name).DEFAULT
+        try:
+            with _download_timeout():
+                return torchvision.models.get_model(name, weights=weights_enum), "imagenet"
+        except (OSError, RuntimeError, ValueError) as err:  # URLError is an OSError
+            warn(
+                f"warning: could not download pretrained weights for {name} ({_short(err)}); "
+                "using random weights (results say weights=random)"
+            )
+    return torchvision.models.get_model(name, weights=None), "random"
+
+
+def _from_timm(name: str, pretrained: bool, warn: Callable[[str], None]) -> tuple[Any, str]:
+    if importlib.util.find_spec("timm") is None:
+        raise ModelError(f"timm model {name!r} needs timm: pip install 'infertune[timm]'")
+    import timm
+
+    if not timm.list_models(name):
+        raise _unknown_model(name)
+    if pretrained:
+        try:
+            with _download_timeout():
+                return timm.create_model(name, pretrained=True), "imagenet"
+        except Exception as err:  # timm/hf-hub raise many types when offline
+            warn(f"warning: could not download pretrained weights for {name} ({_short(err)}); using random weights")
+    return timm.create_model(name, pretrained=False), "random"
+
+
+def _from_factory(spec: str) -> Any:
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ModelError(f"cannot import {module_name!r} for model {spec!r}: {err}. Is it on PYTHONPATH?") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        close = difflib.get_close_matches(attr, [a for a in dir(module) if not a.startswith("_")], n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ModelError(f"{module_name} has no callable {attr!r}.{hint}")
+    model = factory()
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise ModelError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _load_weights(module: Any, path: str) -> str:
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"weights file {path} does not exist: set model.weights to a saved state_dict (.pt)")
+    digest = hashlib.sha256(p.read_bytes()).hexdigest()[:12]
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ModelError(
+            f"cannot load {path} with weights_only=True ({_short(err)}): save a plain state_dict "
+            "with torch.save(model.state_dict(), path)"
+        ) from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelError(f"{path} holds a {type(state).__name__}, not a state_dict")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ModelError(f"{path} does not fit the model: {_short(err, 300)}") from None
+    return f"file:{digest}"
+
+
+class _download_timeout:
+    """Bound socket waits during a weights download so an offline machine fails fast, and keep
+    torch.hub's 'Downloading: ...' stdout line off the terminal (the offline warning is the one line)."""
+
+    def __enter__(self) -> None:
+        self._old = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+        self._stderr = contextlib.redirect_stdout(io.StringIO())
+        self._stderr.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stderr.__exit__(*exc)
+        socket.setdefaulttimeout(self._old)
+
+
+def _short(err: BaseException, limit: int = 120) -> str:
+    text = f"{type(err).__name__}: {err}".replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,212 @@
+"""One run: resolve the device, load the model once, compute the FP32 reference, then run every
+variant's cells (``cell.run_variant``) and record each row to the result files as soon as it exists.
+
+The parent process owns the result files; workers only send rows. If the run is interrupted or a
+worker dies, the CSV/JSON already hold every finished row.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from infertune.cell import VariantJob, base_row, save_reference
+from infertune.config import RunConfig, tolerances
+from infertune.results import ResultFiles, ResultRow
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class RunResult:
+    """What a run produced: the rows and the files holding them."""
+
+    rows: list[ResultRow]
+    csv_path: Path
+    json_path: Path
+    config_path: Path
+    log_path: Path
+    environment: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def resolve_device(requested: str, log: Log) -> str:
+    """``auto`` -> cuda when a GPU is visible, else cpu. ``cuda`` without a GPU falls back to cpu with one line."""
+    import torch
+
+    has_gpu = torch.cuda.is_available()
+    if requested == "auto":
+        return "cuda" if has_gpu else "cpu"
+    if requested == "cuda" and not has_gpu:
+        log("warning: device 'cuda' was requested but no CUDA GPU is visible; running on the CPU instead "
+            "(rows record requested_device=cuda, device=cpu)")
+        return "cpu"
+    return requested
+
+
+def timestamp() -> str:
+    return _dt.datetime.now().strftime("%Y%m%d_%H%M%S")
+
+
+def run(cfg: RunConfig, log: Log = print, progress: Any = None) -> RunResult:
+    """Run the whole ladder described by ``cfg``; returns the rows and where they were written.
+
+    Args:
+        cfg: the validated configuration.
+        log: one-line messages for the user (warnings, cache reuse).
+        progress: an object with ``start(total)``, ``stage(variant, batch, stage)``, ``advance()`` and
+            ``stop()`` (see ``infertune.progress``), or None.
+    """
+    import torch
+
+    from infertune import env as envmod
+    from infertune.backends.registry import get_backend
+    from infertune.inputs import InputSource
+    from infertune.ladder import build_ladder
+    from infertune.models import load_model
+
+    device = resolve_device(cfg.benchmark.device, log)
+    threads = cfg.benchmark.threads or envmod.usable_cores()
+    torch.set_num_threads(threads)
+    ladder = build_ladder(cfg, device)
+
+    out_dir = Path(cfg.output.dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_id = timestamp()
+    stem = out_dir / f"benchmark_results_{run_id}"
+    while stem.with_suffix(".csv").exists():  # two runs in one second
+        run_id += "_1"
+        stem = out_dir / f"benchmark_results_{run_id}"
+    csv_path, json_path = stem.with_suffix(".csv"), stem.with_suffix(".json")
+    config_path = Path(f"{stem}.config.yaml")
+    log_path = Path(f"{stem}.log")
+    _write_config(config_path, cfg)
+
+    warnings: list[str] = []
+    loaded = load_model(cfg.model.name, cfg.model.pretrained, cfg.model.weights, cfg.model.seed,
+                        warn=lambda m: (warnings.append(m), log(m)))
+    sample_shape = tuple(cfg.model.input_shape[1:])
+    n_verify = cfg.verify.samples
+    source = InputSource(shape=sample_shape, seed=cfg.verify.seed, images=cfg.verify.images, verify_count=n_verify)
+    verify_inputs = source.verification(n_verify)
+    with torch.inference_mode():
+        reference = loaded.module(torch.from_numpy(verify_inputs)).float().numpy()
+
+    environment = envmod.capture(threads)
+    environment.update(device=device, requested_device=cfg.benchmark.device)
+    files = ResultFiles(csv_path, json_path, config=cfg.model_dump(mode="json"), environment=environment)
+    files.write()
+
+    tmp = Path(tempfile.mkdtemp(prefix="infertune-"))
+    try:
+        ref_path = tmp / "reference.npz"
+        save_reference(ref_path, verify_inputs, reference)
+        state_path = tmp / "weights.pt"
+        torch.save(loaded.module.state_dict(), state_path)
+        digest = loaded.digest()
+        tol = {k: asdict(v) for k, v in tolerances(cfg).items()}
+        timing = {
+            "warmup_iterations": cfg.benchmark.warmup_iterations,
+            "min_iterations": cfg.benchmark.benchmark_iterations,
+            "min_time_s": cfg.benchmark.min_time_s,
+            "max_iterations": cfg.benchmark.max_iterations,
+        }
+        settings = {"onnx_opset": cfg.optimization.onnx_opset, "int8": cfg.optimization.int8.model_dump()}
+        batches = list(cfg.benchmark.batch_sizes)
+        if progress:
+            progress.start(len(ladder) * len(batches))
+        for variant in ladder:
+            job = VariantJob(
+                variant=variant.name, batch_sizes=batches, model_spec=cfg.model.model_dump(),
+                state_dict_path=str(state_path), model_name=_model_label(cfg.model.name),
+                weights_tag=loaded.weights, model_digest=digest, device=device,
+                requested_device=cfg.benchmark.device, threads=threads, timing=timing, tolerances=tol,
+                reference_path=str(ref_path),
+                input_source={"shape": sample_shape, "seed": cfg.verify.seed, "images": cfg.verify.images,
+                              "verify_count": n_verify},
+                cache_root=cfg.output.models_dir, use_cache=cfg.output.use_cache, settings=settings,
+                run_id=run_id, log_path=str(log_path),
+            )
+            avail = get_backend(variant.backend).availability(device, variant.precision)
+            if not avail.ok:
+                for batch in batches:
+                    row = base_row(job, batch)
+                    row.update(status="unavailable", error=avail.reason)
+                    files.add(ResultRow(**row))
+                    if progress:
+                        progress.advance()
+                continue
+            for event in _events(job, cfg, loaded.module):
+                kind = event[0]
+                if kind == "stage" and progress:
+                    progress.stage(variant.name, event[1], event[2])
+                elif kind == "log" and cfg.benchmark.isolation == "none":
+                    _append_log(log_path, f"[{variant.name} b{event[1]}] {event[2]}")
+                elif kind == "row":
+                    row = ResultRow(**event[1])
+                    files.add(row, event[2])
+                    if progress:
+                        progress.advance()
+        _annotate_int8(files)
+    finally:
+        if progress:
+            progress.stop()
+        _rm_tree(tmp)
+    return RunResult(files.rows, csv_path, json_path, config_path, log_path, environment, warnings)
+
+
+def _events(job: VariantJob, cfg: RunConfig, model: Any) -> Any:
+    from infertune.executors.local import run_in_process, run_in_worker
+
+    if cfg.benchmark.isolation == "none":
+        return run_in_process(job, model=model)
+    return run_in_worker(job, cell_timeout_s=cfg.benchmark.cell_timeout_s)
+
+
+def _annotate_int8(files: ResultFiles) -> None:
+    """Explain INT8 rows that are not faster than their FP32 parent (same backend and batch)."""
+    from infertune.env import has_int8_dot_product
+
+    fp32 = {(r.backend, r.batch_size, r.device): r for r in files.rows if r.precision == "fp32" and r.status == "ok"}
+    changed = False
+    for r in files.rows:
+        parent = fp32.get((r.backend, r.batch_size, r.device))
+        if r.precision != "int8" or parent is None or not r.latency_p50_ms or not parent.latency_p50_ms:
+            continue
+        if r.latency_p50_ms >= parent.latency_p50_ms:
+            cause = ("this CPU has VNNI, so the likely cause is quantize/dequantize overhead around "
+                     "unfused layers or an unsuited activation/weight type choice"
+                     if has_int8_dot_product()
+                     else "this CPU lacks VNNI/AMX int8 dot-product instructions, so int8 convolutions run "
+                     "on slower AVX2 paths")
+            r.note = f"INT8 not faster than {parent.variant} ({r.latency_p50_ms:.1f} vs {parent.latency_p50_ms:.1f} ms): {cause}"
+            changed = True
+    if changed:
+        files.write()
+
+
+def _model_label(name: str) -> str:
+    return name.split(":")[-1] if name.startswith("timm:") else name
+
+
+def _write_config(path: Path, cfg: RunConfig) -> None:
+    import yaml
+
+    path.write_text("# resolved configuration of this run (defaults filled in)\n"
+                    + yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+def _append_log(path: Path, text: str) -> None:
+    with open(path, "a") as f:
+        f.write(text.rstrip() + "\n")
+
+
+def _rm_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
