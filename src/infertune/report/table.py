@@ -1,0 +1,94 @@
+"""The seed's results table (``Format | Latency (ms) | Throughput (img/sec) | Speedup``), for the
+terminal (rich) and as GitHub markdown, one table per (model, device, batch size).
+
+Extra columns (p95, fidelity, status) are kept compact so the seed's four columns still read first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from infertune.report.view import GroupView, LineView, best_variants, build_views
+from infertune.results import ResultRow
+
+__all__ = ["HEADERS", "best_variants", "markdown_table", "seed_table"]
+
+#: the seed README's four columns, then ours.
+HEADERS = ("Format", "Latency (ms)", "Throughput (img/sec)", "Speedup", "p95 (ms)", "Fidelity", "Status")
+
+_STYLES = {"best": "bold green", "fidelity_failed": "red", "error": "dim", "overhead": "dim italic", "ok": ""}
+
+
+def seed_table(rows: Iterable[ResultRow], console: Console | None = None) -> None:
+    """Print one rich table per (model, device, batch size), with the winner and any notes under it.
+
+    Args:
+        rows: result rows, in the order the run wrote them.
+        console: where to print (a ``Console(record=True)`` in tests); the terminal by default.
+    """
+    console = console or Console()
+    views = build_views(rows)
+    if not views:
+        console.print("no result rows to show")
+        return
+    for view in views:
+        console.print(_rich_table(view))
+        for line in _under_lines(view):
+            console.print(Text(line, style="bold" if line.startswith("fastest") else "dim"))
+        console.print()
+
+
+def _rich_table(view: GroupView) -> Table:
+    table = Table(title=f"{view.title}  (p50 {view.scope} latency)", title_justify="left")
+    for i, header in enumerate(HEADERS):
+        numeric = 1 <= i <= 4
+        # Status carries the reason a cell did not run: let it wrap rather than cut it off.
+        table.add_column(header, justify="right" if numeric else "left",
+                         overflow="fold", no_wrap=header != "Status")
+    for line in view.lines:
+        # Text(), never markup strings: "pip install infertune[openvino]" must print as written.
+        table.add_row(*(Text(cell) for cell in _cells(line)), style=_STYLES[line.kind])
+    return table
+
+
+def _cells(line: LineView) -> list[str]:
+    variant = f"{line.variant} ★" if line.kind == "best" else line.variant
+    latency = f"{line.latency} †" if line.noisy else line.latency
+    return [variant, latency, line.throughput, line.speedup, line.p95, line.fidelity, line.status]
+
+
+def _under_lines(view: GroupView) -> list[str]:
+    """The winner sentence, the noise footnote, and the run's notes ("INT8 slower than FP32: ...")."""
+    lines = [view.fastest_sentence()]
+    if view.noisy_lines:
+        lines.append(view.noise_footnote())
+    lines.extend(f"note: {note}" for note in view.notes)
+    return lines
+
+
+def markdown_table(rows: Iterable[ResultRow]) -> str:
+    """The same tables as GitHub markdown: a ``###`` heading per group, the winner in bold."""
+    parts: list[str] = []
+    for view in build_views(rows):
+        parts.append(f"### {view.title}\n")
+        parts.append(f"p50 {view.scope} latency per batch; speedup vs pytorch:fp32.\n")
+        parts.append("| " + " | ".join(HEADERS) + " |")
+        parts.append("|" + "|".join(("---:" if 1 <= i <= 4 else "---") for i in range(len(HEADERS))) + "|")
+        for line in view.lines:
+            cells = [_md_escape(c) for c in _cells(line)]
+            if line.kind == "best":
+                cells = [f"**{c}**" for c in cells]
+            parts.append("| " + " | ".join(cells) + " |")
+        parts.append("")
+        parts.extend(f"{_md_escape(line)}  " for line in _under_lines(view))
+        parts.append("")
+    return "\n".join(parts).rstrip() + "\n" if parts else "_no result rows_\n"
+
+
+def _md_escape(text: str) -> str:
+    """Keep a cell on one line and its pipes from splitting it."""
+    return " ".join(text.split()).replace("|", "\\|")

@@ -1,0 +1,271 @@
+"""Result rows -> what a table shows: groups per (model, device, batch), the winner, display strings.
+
+Every renderer (rich terminal, markdown, HTML) reads the same ``GroupView`` so the three never
+disagree about which variant won or how a number is rounded. Numbers are formatted here, at display
+time only; the rows themselves keep plain floats.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from infertune.results import ResultRow
+
+#: the variant every speedup is measured against (the seed's "PyTorch | 1.0x" line).
+BASELINE_VARIANT = "pytorch:fp32"
+
+#: statuses whose rows carry timings (a fidelity failure is still measured, just not trusted).
+MEASURED_STATUSES = frozenset({"ok", "fidelity_failed"})
+
+#: backends that measure the harness, not a way to run the model: never "the fastest variant".
+OVERHEAD_BACKENDS = frozenset({"null"})
+
+#: the noise rule used by ``measure.stats`` (torch.utils.benchmark's): IQR over median above 10%.
+NOISE_THRESHOLD = 0.10
+
+GroupKey = tuple[str, str, int]  # (model, device, batch_size)
+
+
+def group_key(row: ResultRow) -> GroupKey:
+    return (row.model, row.device, row.batch_size)
+
+
+def group_rows(rows: Iterable[ResultRow]) -> dict[GroupKey, list[ResultRow]]:
+    """Rows per (model, device, batch size): models and devices in file order, batch sizes ascending.
+
+    Rows inside a group keep file order, which is the run's ladder order (baseline first).
+    """
+    groups: dict[GroupKey, list[ResultRow]] = {}
+    first_seen: dict[tuple[str, str], int] = {}
+    for row in rows:
+        first_seen.setdefault((row.model, row.device), len(first_seen))
+        groups.setdefault(group_key(row), []).append(row)
+    order = sorted(groups, key=lambda k: (first_seen[(k[0], k[1])], k[2]))
+    return {k: groups[k] for k in order}
+
+
+def is_measured(row: ResultRow) -> bool:
+    return row.status in MEASURED_STATUSES and _finite(row.latency_p50_ms)
+
+
+def is_overhead(row: ResultRow) -> bool:
+    return row.backend in OVERHEAD_BACKENDS
+
+
+def keeps_predictions(row: ResultRow) -> bool:
+    """Measured, status ok, not known to fail fidelity, and an actual way to run the model."""
+    return (
+        row.status == "ok"
+        and _finite(row.latency_p50_ms)
+        and row.fidelity_ok is not False
+        and not is_overhead(row)
+    )
+
+
+def best_variants(rows: Iterable[ResultRow]) -> dict[GroupKey, ResultRow]:
+    """The fastest row (lowest p50 latency) that has status ``ok`` per (model, device, batch size).
+
+    Rows with status ``fidelity_failed`` are never picked however fast they are, nor is the null
+    backend (it measures the harness, it does not run the model). Groups where nothing passed are absent.
+    """
+    best: dict[GroupKey, ResultRow] = {}
+    for key, group in group_rows(rows).items():
+        passing = [r for r in group if keeps_predictions(r)]
+        if passing:
+            best[key] = min(passing, key=lambda r: r.latency_p50_ms)  # type: ignore[arg-type, return-value]
+    return best
+
+
+def speedup(row: ResultRow, group: list[ResultRow]) -> float | None:
+    """Speedup over ``pytorch:fp32`` in the same group: the stored value, else computed from the p50s."""
+    if not is_measured(row):
+        return None
+    if _finite(row.speedup_vs_pytorch):
+        return row.speedup_vs_pytorch
+    base = next((r for r in group if r.variant == BASELINE_VARIANT and is_measured(r)), None)
+    if base is None or not row.latency_p50_ms:
+        return None
+    return base.latency_p50_ms / row.latency_p50_ms  # type: ignore[operator]
+
+
+# ---------------------------------------------------------------- display strings
+
+
+def fmt_ms(value: float | None) -> str:
+    """Milliseconds with about three significant digits (15.2, 3.20, 0.912, 1,234)."""
+    if not _finite(value):
+        return "—"
+    v = float(value)  # type: ignore[arg-type]
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    if abs(v) >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3g}"
+
+
+def fmt_ips(value: float | None) -> str:
+    """Items per second: whole numbers from 100 up, as the seed's table shows them."""
+    if not _finite(value):
+        return "—"
+    v = float(value)  # type: ignore[arg-type]
+    if v >= 100:
+        return f"{v:,.0f}"
+    if v >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def fmt_speedup(value: float | None, sign: str = "x") -> str:
+    return f"{value:.2f}{sign}" if _finite(value) else "—"
+
+
+def fmt_pct(value: float | None) -> str:
+    return f"{100 * value:.0f}%" if _finite(value) else "—"
+
+
+def short_error(error: str, limit: int = 140) -> str:
+    """First non-empty line of an error, cut to ``limit`` characters (the full text stays in the HTML)."""
+    line = next((ln.strip() for ln in (error or "").splitlines() if ln.strip()), "")
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def fidelity_text(row: ResultRow) -> str:
+    """``cos 0.9991`` when verified and within tolerance, ``FAILED: reason`` when not."""
+    if row.status == "fidelity_failed" or row.fidelity_ok is False:
+        reason = short_error(row.error, 80) or (f"cos {row.cosine_min:.4f}" if _finite(row.cosine_min) else "")
+        return f"FAILED: {reason}" if reason else "FAILED"
+    if row.status not in MEASURED_STATUSES:
+        return "—"
+    if is_overhead(row):
+        return "n/a (no outputs)"
+    if _finite(row.cosine_min):
+        return f"cos {row.cosine_min:.4f}"
+    if _finite(row.sqnr_db):
+        return f"SQNR {row.sqnr_db:.1f} dB"
+    if row.variant == BASELINE_VARIANT:
+        return "reference"
+    return "not verified"
+
+
+def status_text(row: ResultRow) -> str:
+    if row.status == "ok":
+        return "ok (harness overhead)" if is_overhead(row) else "ok"
+    if row.status == "fidelity_failed":
+        return "✗ fidelity"
+    reason = short_error(row.error)
+    return f"{row.status}: {reason}" if reason else row.status
+
+
+def scope_text(rows: Iterable[ResultRow]) -> str:
+    """Which latency the numbers are ("end-to-end", "device"), as recorded in the rows."""
+    scopes = sorted({r.latency_scope for r in rows if r.latency_scope})
+    return " / ".join(s.replace("_", "-") for s in scopes) or "unlabelled"
+
+
+# ---------------------------------------------------------------- the view
+
+
+@dataclass
+class LineView:
+    """One table line: display strings plus the flags a renderer styles by."""
+
+    row: ResultRow
+    variant: str
+    latency: str
+    throughput: str
+    speedup: str
+    p95: str
+    fidelity: str
+    status: str
+    kind: str  # "ok", "best", "fidelity_failed", "error", "overhead"
+    noisy: bool
+    samples: int | None = None
+
+
+@dataclass
+class GroupView:
+    """One (model, device, batch) table and the lines printed under it."""
+
+    key: GroupKey
+    title: str
+    scope: str
+    lines: list[LineView]
+    best: ResultRow | None
+    best_speedup: float | None
+    has_baseline: bool
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def noisy_lines(self) -> list[LineView]:
+        return [ln for ln in self.lines if ln.noisy]
+
+    def fastest_sentence(self, sign: str = "×") -> str:
+        """"fastest that keeps predictions: X (Y× vs PyTorch)", or why there is none."""
+        if self.best is None:
+            return "fastest that keeps predictions: none (no variant both ran and passed fidelity)"
+        if self.best_speedup is None:
+            return f"fastest that keeps predictions: {self.best.variant} (no {BASELINE_VARIANT} row to compare with)"
+        return (f"fastest that keeps predictions: {self.best.variant} "
+                f"({fmt_speedup(self.best_speedup, sign)} vs PyTorch)")
+
+    def noise_footnote(self) -> str:
+        parts = [f"{ln.variant} {fmt_pct(ln.row.iqr_over_median)}" for ln in self.noisy_lines]
+        return (f"† noisy: IQR/median above {fmt_pct(NOISE_THRESHOLD)} ({', '.join(parts)}); "
+                "differences of this size may be noise: rerun with more iterations or a quieter machine")
+
+
+def build_views(rows: Iterable[ResultRow], samples: dict[str, list[float]] | None = None) -> list[GroupView]:
+    """One ``GroupView`` per (model, device, batch size), in display order."""
+    samples = samples or {}
+    views: list[GroupView] = []
+    for key, group in group_rows(rows).items():
+        passing = [r for r in group if keeps_predictions(r)]
+        best = min(passing, key=lambda r: r.latency_p50_ms) if passing else None  # type: ignore[arg-type, return-value]
+        lines = [_line(r, group, r is best, samples.get(r.cell_id)) for r in group]
+        notes = list(dict.fromkeys(f"{r.variant}: {r.note}" for r in group if r.note))
+        views.append(GroupView(
+            key=key,
+            title=f"{key[0]} · {key[1]} · batch {key[2]}",
+            scope=scope_text(group),
+            lines=lines,
+            best=best,
+            best_speedup=speedup(best, group) if best is not None else None,
+            has_baseline=any(r.variant == BASELINE_VARIANT and is_measured(r) for r in group),
+            notes=notes,
+        ))
+    return views
+
+
+def _line(row: ResultRow, group: list[ResultRow], is_best: bool, samples: list[float] | None) -> LineView:
+    measured = is_measured(row)
+    if is_best:
+        kind = "best"
+    elif row.status == "fidelity_failed":
+        kind = "fidelity_failed"
+    elif not measured:
+        kind = "error"
+    elif is_overhead(row):
+        kind = "overhead"
+    else:
+        kind = "ok"
+    return LineView(
+        row=row,
+        variant=row.variant,
+        latency=fmt_ms(row.latency_p50_ms) if measured else "—",
+        throughput=fmt_ips(row.throughput_ips) if measured else "—",
+        speedup="—" if is_overhead(row) else fmt_speedup(speedup(row, group)),
+        p95=fmt_ms(row.latency_p95_ms) if measured else "—",
+        fidelity=fidelity_text(row),
+        status=status_text(row),
+        kind=kind,
+        noisy=bool(row.noisy) and measured,
+        samples=len(samples) if samples is not None else None,
+    )
+
+
+def _finite(value: float | None) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
