@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import queue
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -27,7 +26,7 @@ def run_in_process(job: VariantJob, model: Any = None) -> Iterator[Event]:
     yield from events
 
 
-def _worker_main(job: VariantJob, q: Any) -> None:
+def _worker_main(job: VariantJob, conn: Any) -> None:
     if job.log_path:
         fd = os.open(job.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(fd, 1)
@@ -38,12 +37,13 @@ def _worker_main(job: VariantJob, q: Any) -> None:
     def emit(*event: Any) -> None:
         if event[0] == "log":
             print(f"[{job.variant} b{event[1]}] {event[2]}", flush=True)
-        q.put(event)
+        conn.send(event)  # synchronous: a row sent is a row kept, even if the worker is killed next
 
     try:
         run_variant(job, emit)
     finally:
-        q.put(("done",))
+        conn.send(("done",))
+        conn.close()
 
 
 def run_in_worker(job: VariantJob, on_event: Callable[[Event], None] | None = None,
@@ -54,41 +54,50 @@ def run_in_worker(job: VariantJob, on_event: Callable[[Event], None] | None = No
     ``cell_timeout_s``; the worker is killed and the remaining cells are reported as timed out.
     """
     ctx = mp.get_context("spawn")
-    q = ctx.Queue()
+    recv_conn, send_conn = ctx.Pipe(duplex=False)
     env_threads = str(job.threads)
     saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     os.environ.update(OMP_NUM_THREADS=env_threads, MKL_NUM_THREADS=env_threads)
     try:
-        proc = ctx.Process(target=_worker_main, args=(job, q), daemon=True)
+        proc = ctx.Process(target=_worker_main, args=(job, send_conn), daemon=False)
         proc.start()
+        send_conn.close()  # the parent keeps only the reading end, so a dead worker reads as EOF
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+    try:
+        yield from _pump(proc, recv_conn, job, cell_timeout_s)
+    finally:
+        proc.join(timeout=10)
+        if proc.is_alive():  # interrupted, or stuck after 'done'
+            proc.kill()
+            proc.join()
+
+
+def _pump(proc: Any, recv_conn: Any, job: VariantJob, cell_timeout_s: float) -> Iterator[Event]:
+    """Relay the worker's events; on death or timeout, finish with rows for the cells it left."""
     done_batches: set[int] = set()
     current = job.batch_sizes[0]
     cell_start = time.monotonic()
     failure: tuple[str, str] | None = None
     while True:
-        try:
-            event = q.get(timeout=0.5)
-        except queue.Empty:
-            if not proc.is_alive():
-                # drain anything sent just before death
-                try:
-                    event = q.get(timeout=1.0)
-                except queue.Empty:
-                    failure = ("crashed", _death_reason(proc.exitcode, job.log_path))
-                    break
-            elif time.monotonic() - cell_start > cell_timeout_s:
+        if recv_conn.poll(0.5):
+            try:
+                event = recv_conn.recv()
+            except EOFError:
+                proc.join(timeout=10)
+                failure = ("crashed", _death_reason(proc.exitcode, job.log_path))
+                break
+        else:
+            if time.monotonic() - cell_start > cell_timeout_s:
                 proc.kill()
                 failure = ("timeout", f"cell ran longer than {cell_timeout_s:.0f} s (benchmark.cell_timeout_s); "
                            "the worker was killed")
                 break
-            else:
-                continue
+            continue
         if event[0] == "done":
             break
         if event[0] == "stage" and event[1] != current:
@@ -97,9 +106,6 @@ def run_in_worker(job: VariantJob, on_event: Callable[[Event], None] | None = No
             done_batches.add(event[1]["batch_size"])
             cell_start = time.monotonic()
         yield event
-    proc.join(timeout=10)
-    if proc.is_alive():
-        proc.kill()
     if failure is not None:
         for batch in job.batch_sizes:
             if batch not in done_batches:

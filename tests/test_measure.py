@@ -1,0 +1,79 @@
+"""The timer and the statistics, driven by a fake clock (no sleeping, no wall-clock assertions)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from infertune.backends.base import Runner
+from infertune.measure.stats import summarize
+from infertune.measure.timer import TimingPolicy, measure, time_first_call
+
+
+class CountingRunner(Runner):
+    def __init__(self) -> None:
+        self.calls = 0
+        self.syncs = 0
+
+    def __call__(self, inputs):
+        self.calls += 1
+        return inputs
+
+    def synchronize(self) -> None:
+        self.syncs += 1
+
+
+def test_loop_stops_at_iteration_count_when_min_time_is_met(fake_clock):
+    runner = CountingRunner()
+    # every clock read advances 1 s: each iteration "takes" 1 s
+    timing = measure(runner, None, TimingPolicy(warmup_iterations=2, min_iterations=5, min_time_s=0.5),
+                     clock=fake_clock(1_000_000_000))
+    assert len(timing.samples_ns) == 5
+    assert runner.calls == 2 + 5
+    assert runner.syncs == runner.calls  # synchronised after every call, warmup included
+    assert all(s == 1_000_000_000 for s in timing.samples_ns)
+
+
+def test_loop_runs_past_the_count_until_min_time(fake_clock):
+    runner = CountingRunner()
+    timing = measure(runner, None, TimingPolicy(0, 3, min_time_s=0.01), clock=fake_clock(1_000_000))
+    # 1 ms per clock read, 2 reads per iteration: 10 ms of loop time takes 5 iterations, past the 3 asked
+    assert len(timing.samples_ns) == 5
+    assert all(s == 1_000_000 for s in timing.samples_ns)
+
+
+def test_max_iterations_bounds_the_loop(fake_clock):
+    timing = measure(CountingRunner(), None, TimingPolicy(0, 1, min_time_s=100.0, max_iterations=7),
+                     clock=fake_clock(1))
+    assert len(timing.samples_ns) == 7
+
+
+def test_first_call_is_timed_apart(fake_clock):
+    runner = CountingRunner()
+    assert time_first_call(runner, None, clock=fake_clock(5)) == 5
+    assert runner.calls == 1
+
+
+def test_statistics_match_numpy_on_known_samples():
+    samples = [10.0, 11.0, 12.0, 13.0, 100.0]
+    s = summarize(samples, batch_size=4)
+    assert s.p50_ms == 12.0
+    assert s.min_ms == 10.0 and s.max_ms == 100.0
+    assert s.mean_ms == pytest.approx(29.2)
+    assert s.p99_ms == pytest.approx(np.percentile(samples, 99))
+    assert s.throughput_ips == pytest.approx(4 * 1000 / 12.0)
+    assert s.cv == pytest.approx(np.std(samples, ddof=1) / np.mean(samples))
+    assert s.iqr_over_median == pytest.approx((13 - 11) / 12)
+    assert s.noisy is True  # IQR/median = 16.7% > 10%
+
+
+def test_steady_samples_are_not_noisy():
+    s = summarize([10.0, 10.1, 10.2, 9.9, 10.0], 1)
+    assert s.noisy is False
+    assert s.iterations == 5
+
+
+@pytest.mark.parametrize(("samples", "batch"), [([], 1), ([1.0], 0)])
+def test_statistics_reject_bad_input(samples, batch):
+    with pytest.raises(ValueError):
+        summarize(samples, batch)

@@ -1,0 +1,95 @@
+"""The pipeline end to end on the tiny model: rows, files, failures as data, device fallback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from infertune.config import validate_config
+from infertune.pipeline import run
+from infertune.results import read_rows, read_samples
+
+TINY = {"name": "infertune.testing:tiny_convnet", "input_shape": [1, 3, 32, 32], "pretrained": False}
+
+
+def _cfg(tmp_path, model=TINY, variants=("pytorch:fp32", "null:fp32"), batches=(1, 2), isolation="none", **bench):
+    return validate_config({
+        "model": model,
+        "benchmark": {"batch_sizes": list(batches), "warmup_iterations": 1, "benchmark_iterations": 3,
+                      "min_time_s": 0.0, "isolation": isolation, "device": "cpu", **bench},
+        "optimization": {"variants": list(variants)},
+        "output": {"dir": str(tmp_path / "results"), "models_dir": str(tmp_path / "models")},
+    })
+
+
+def test_rows_and_files_for_every_cell(tmp_path):
+    result = run(_cfg(tmp_path), log=lambda m: None)
+    assert [(r.variant, r.batch_size) for r in result.rows] == [
+        ("pytorch:fp32", 1), ("pytorch:fp32", 2), ("null:fp32", 1), ("null:fp32", 2)]
+    eager = result.rows[0]
+    assert eager.status == "ok" and eager.fidelity_ok is True
+    assert eager.speedup_vs_pytorch == pytest.approx(1.0)
+    assert eager.latency_min_ms <= eager.latency_p50_ms <= eager.latency_max_ms
+    assert eager.iterations >= 3 and eager.threads >= 1 and eager.weights == "random"
+    assert eager.first_inference_ms > 0 and eager.peak_host_mb > 0
+    null = result.rows[2]
+    assert null.fidelity_ok is None  # the null backend produces nothing to compare
+    # the files hold exactly these rows, the samples, the config and the environment
+    assert [r.cell_id for r in read_rows(result.csv_path)] == [r.cell_id for r in result.rows]
+    doc = json.loads(result.json_path.read_text())
+    assert doc["config"]["benchmark"]["batch_sizes"] == [1, 2]
+    assert "isa" in doc["environment"] and doc["environment"]["device"] == "cpu"
+    samples = read_samples(result.csv_path)
+    assert len(samples[eager.cell_id]) == eager.iterations
+    assert result.config_path.read_text().count("batch_sizes") == 1
+
+
+def test_cuda_request_without_gpu_falls_back_and_says_so(tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the fallback path does not apply")
+    lines: list[str] = []
+    result = run(_cfg(tmp_path, variants=["pytorch:fp32"], batches=[1], device="cuda"), log=lines.append)
+    assert len([m for m in lines if "no CUDA GPU" in m]) == 1
+    assert result.rows[0].device == "cpu" and result.rows[0].requested_device == "cuda"
+
+
+def test_a_raising_variant_becomes_a_failed_row_and_the_run_goes_on(tmp_path):
+    model = {**TINY, "name": "tests.fixture_models:raises_at_batch_2"}
+    result = run(_cfg(tmp_path, model=model, variants=["pytorch:fp32", "null:fp32"], batches=[1, 2]),
+                 log=lambda m: None)
+    status = {(r.variant, r.batch_size): r for r in result.rows}
+    assert status[("pytorch:fp32", 1)].status == "ok"
+    failed = status[("pytorch:fp32", 2)]
+    assert failed.status == "failed" and "deliberate failure at batch 2" in failed.error
+    assert status[("null:fp32", 2)].status == "ok"
+    assert len(read_rows(result.csv_path)) == 4
+
+
+def test_unavailable_variant_rows_say_why(tmp_path, monkeypatch):
+    from infertune.backends.base import Availability
+    from infertune.backends.registry import get_backend
+
+    backend = get_backend("null")
+    monkeypatch.setattr(type(backend), "availability", lambda self, d, p: Availability.no("not installed: pip install x"))
+    result = run(_cfg(tmp_path, variants=["pytorch:fp32", "null:fp32"], batches=[1]), log=lambda m: None)
+    row = result.rows[-1]
+    assert row.status == "unavailable" and "pip install x" in row.error
+
+
+@pytest.mark.slow
+def test_worker_crash_and_timeout_become_rows(tmp_path):
+    crash = {**TINY, "name": "tests.fixture_models:crashes_at_batch_3"}
+    result = run(_cfg(tmp_path, model=crash, variants=["pytorch:fp32"], batches=[1, 3, 4], isolation="process"),
+                 log=lambda m: None)
+    by_batch = {r.batch_size: r for r in result.rows}
+    assert by_batch[1].status == "ok"
+    assert by_batch[3].status == "crashed" and "SIGKILL" in by_batch[3].error
+    assert by_batch[4].status == "crashed" and "not run" in by_batch[4].error
+    assert [r.batch_size for r in read_rows(result.csv_path)] == [1, 3, 4]
+
+    hang = {**TINY, "name": "tests.fixture_models:hangs_at_batch_3"}
+    result = run(_cfg(tmp_path, model=hang, variants=["pytorch:fp32"], batches=[3], isolation="process",
+                      cell_timeout_s=8), log=lambda m: None)
+    assert result.rows[0].status == "timeout" and "cell_timeout_s" in result.rows[0].error
