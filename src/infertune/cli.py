@@ -97,7 +97,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config is None and Path(DEFAULT_CONFIG).is_file():
         config = DEFAULT_CONFIG
     cfg = load_config(config, overrides_from_args(args))
-    console = Console(stderr=False)
+    console = Console()
+    if not console.is_terminal:  # piped or CI logs: don't squeeze the table into 80 columns
+        console = Console(width=160)
     console.print(f"infertune: {cfg.model.name} | batch sizes {cfg.benchmark.batch_sizes} | "
                   f"config {config or 'built-in defaults'}")
     progress = CellProgress(console, enabled=not args.quiet)
