@@ -19,15 +19,18 @@ from infertune.results import FIELD_NAMES, ResultFiles, ResultRow, read_rows
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 UNAVAILABLE_REASON = "pip install infertune[openvino]"
 FAILED_REASON = "RuntimeError: export failed at aten::foo"
-ENVIRONMENT = {
+ENVIRONMENT = {  # the keys infertune.env.capture() writes
     "cpu_model": "AMD EPYC 7B13 (test)",
-    "isa_flags": ["sse4_2", "avx", "avx2", "fma"],
-    "physical_cores": 2,
+    "isa": ["AVX2", "FMA", "F16C"],
+    "int8_dot_product": False,
+    "logical_cores": 2,
+    "usable_cores": 2,
     "threads": 2,
     "os": "Linux-6.1-x86_64",
     "python": "3.11.2",
-    "versions": {"torch": "2.14.1", "onnxruntime": "1.32.0"},
-    "gpu": None,
+    "machine": "x86_64",
+    "libraries": {"torch": "2.14.1", "onnxruntime": "1.32.0"},
+    "physical_cores": 1,
 }
 
 # (variant, backend, precision, p50 ms at batch 1, cosine, status, error, noisy)
@@ -292,6 +295,19 @@ def test_broken_json_beside_csv_is_a_note_not_a_failure(tmp_path):
     csv_path.with_suffix(".json").write_text("{truncated")
     html = build_report(csv_path)["html"].read_text()
     assert "is not valid JSON" in html and "onnxruntime:fp32" in html
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"isa": ["AVX2", "FMA", "AVX-512", "AVX-512 VNNI", "AMX", "AMX-INT8"]},  # infertune.env display names
+     {"AVX2": True, "AVX-512": True, "VNNI": True, "AMX": True}),
+    ({"cpu": {"flags": "fpu sse4_2 avx2 avx_vnni"}}, {"AVX2": True, "AVX-512": False, "VNNI": True, "AMX": False}),
+    ({"isa": []}, None),  # nothing recorded is unknown, not "absent"
+    ({}, None),
+])
+def test_isa_features_from_recorded_flags(env, expected):
+    from infertune.report.environment import isa_features
+
+    assert isa_features(env) == expected
 
 
 # ---------------------------------------------------------------- compare

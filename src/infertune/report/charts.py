@@ -80,6 +80,12 @@ class _Context:
         self.color = {v: palette[i] for i, v in enumerate(self.variants)}
         self.by_cell = {(r.variant, r.batch_size): r for r in measured}
 
+    @property
+    def hatch_note(self) -> str:
+        """Explains hatched bars in a title, only when there are some."""
+        failed = any(r.status == "fidelity_failed" for r in self.measured)
+        return "; hatched: failed fidelity, do not deploy" if failed else ""
+
     def title(self, what: str) -> str:
         return f"{self.model} on {self.device}: {what}"
 
@@ -92,11 +98,13 @@ def _latency_bars(ctx: _Context) -> Any:
     fig, ax = _figure()
     use_p5 = all(ctx.samples.get(r.cell_id) for r in ctx.measured)
     _grouped_bars(ax, ctx, lambda r: r.latency_p50_ms, whiskers=lambda r: _whiskers(r, ctx.samples, use_p5))
-    values = [r.latency_p50_ms for r in ctx.measured]
-    if max(values) / max(min(values), 1e-9) > 30:  # batch 1 and batch 256 on one axis: log or batch 1 vanishes
+    lows = [r.latency_p50_ms for r in ctx.measured]
+    highs = [max(r.latency_p95_ms or 0.0, r.latency_p50_ms) for r in ctx.measured]
+    # batch 1 next to batch 256, or a p95 tail 100x the median: on a linear axis the small bars vanish
+    if max(highs) / max(min(lows), 1e-12) > 30:
         ax.set_yscale("log")
     ax.set_ylabel(f"p50 latency per batch (ms), {scope_text(ctx.measured)}")
-    ax.set_title(ctx.title(f"latency per batch (whiskers: {'p5' if use_p5 else 'min'}–p95; hatched: failed fidelity)"))
+    ax.set_title(ctx.title(f"latency per batch (whiskers: {'p5' if use_p5 else 'min'}–p95{ctx.hatch_note})"))
     return fig
 
 
@@ -130,7 +138,7 @@ def _speedup_bars(ctx: _Context) -> Any:
     _grouped_bars(ax, ctx, ctx.speedup, label_fmt="{:.2f}x")
     ax.axhline(1.0, color="black", linewidth=0.8, linestyle=":")
     ax.set_ylabel(f"speedup over {BASELINE_VARIANT} (p50, higher is better)")
-    ax.set_title(ctx.title("speedup vs PyTorch (hatched: failed fidelity, do not deploy)"))
+    ax.set_title(ctx.title(f"speedup vs PyTorch{ctx.hatch_note}"))
     return fig
 
 
@@ -153,6 +161,9 @@ def _distribution(ctx: _Context) -> Any:
             patch.set_hatch(_FAILED_HATCH)
     ax.set_yticks(range(1, len(cells) + 1), [f"{r.variant}  (n={len(ctx.samples[r.cell_id])})" for r in cells])
     ax.invert_yaxis()  # ladder order top to bottom, as in the table
+    lo, hi = min(min(d) for d in data), max(max(d) for d in data)
+    if lo > 0 and hi / lo > 30:  # a long tail would squash every box into the left edge
+        ax.set_xscale("log")
     ax.set_xlabel(f"latency per iteration (ms), {scope_text(cells)}")
     ax.set_title(ctx.title(f"latency distribution at batch {batch} (box: IQR, whiskers: p5–p95)"))
     ax.grid(axis="x", alpha=0.3)

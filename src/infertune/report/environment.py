@@ -9,27 +9,37 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-#: ISA extensions that decide which variant wins on a CPU, and the cpuinfo flag names that mean them.
+#: ISA extensions that decide which variant wins on a CPU, and the names that mean them once lowercased
+#: and stripped of separators: cpuinfo's ("avx512_vnni") and infertune.env's display names ("AVX-512 VNNI").
 ISA_FEATURES: dict[str, tuple[str, ...]] = {
     "AVX2": ("avx2",),
     "AVX-512": ("avx512f", "avx512"),
-    "VNNI": ("avx512_vnni", "avx512vnni", "avx_vnni", "avxvnni", "vnni"),  # fast INT8 dot products
-    "AMX": ("amx_tile", "amx_int8", "amx_bf16", "amx"),
+    "VNNI": ("avx512vnni", "avxvnni", "vnni"),  # fast INT8 dot products
+    "AMX": ("amxtile", "amxint8", "amxbf16", "amx"),
 }
 
-# where each summary fact may live in the environment dict ("a.b" = nested key)
+# where each summary fact may live in the environment dict ("a.b" = nested key); the first name is
+# what infertune.env writes, the others keep older or hand-written files readable.
 _FACTS: list[tuple[str, tuple[str, ...]]] = [
-    ("CPU", ("cpu_model", "cpu.model", "cpu.brand", "cpu.brand_raw", "cpu_brand", "processor", "cpu")),
-    ("Cores", ("physical_cores", "cpu.physical_cores", "cores", "cpu.cores", "cpu_count", "cpu.count")),
-    ("Logical CPUs", ("logical_cores", "cpu.logical_cores", "logical_cpus")),
-    ("Threads used", ("threads", "torch_threads", "num_threads", "intra_op_threads")),
-    ("GPU", ("gpu", "gpus", "gpu.name", "cuda.device_name", "gpu_name")),
-    ("OS", ("os", "platform", "system")),
+    ("CPU", ("cpu_model", "cpu.model", "cpu.brand_raw", "processor")),
+    ("Physical cores", ("physical_cores", "cpu.physical_cores", "cores")),
+    ("Logical CPUs", ("logical_cores", "cpu.logical_cores", "cpu_count")),
+    ("Usable cores", ("usable_cores",)),
+    ("Threads used", ("threads", "num_threads", "intra_op_threads")),
+    ("INT8 dot product (VNNI/AMX)", ("int8_dot_product",)),
+    ("Memory (GB)", ("memory_gb",)),
+    ("GPU", ("gpu_name", "gpu", "gpus", "gpu.name")),
+    ("GPU count", ("gpu_count",)),
+    ("GPU memory", ("gpu_memory",)),
+    ("GPU capability", ("gpu_capability",)),
+    ("Driver", ("driver_version",)),
+    ("CUDA", ("cuda_version",)),
+    ("OS", ("os", "platform")),
+    ("Machine", ("machine",)),
     ("Python", ("python", "python_version")),
-    ("Host", ("hostname", "host")),
 ]
-_FLAG_KEYS = ("isa_flags", "cpu.flags", "cpu_flags", "flags", "isa", "cpu.isa")
-_VERSION_KEYS = ("versions", "library_versions", "libraries", "packages")
+_FLAG_KEYS = ("isa", "isa_flags", "cpu_flags", "cpu.flags", "flags")
+_VERSION_KEYS = ("libraries", "versions", "library_versions")
 
 
 def lookup(env: dict[str, Any], dotted: str) -> Any:
@@ -49,6 +59,9 @@ def summary(env: dict[str, Any]) -> list[tuple[str, str]]:
         value = _first(env, keys)
         if value is not None and not isinstance(value, dict):
             out.append((label, _text(value)))
+    flags = _first(env, _FLAG_KEYS)
+    if isinstance(flags, list) and len(flags) <= 24:  # a curated list, not all of /proc/cpuinfo
+        out.append(("ISA extensions recorded", _text(flags)))
     if env and not any(label == "GPU" for label, _ in out):
         out.append(("GPU", "none recorded"))
     return out
@@ -99,12 +112,14 @@ def _flags(raw: Any) -> set[str]:
         items = raw
     else:
         return set()
-    return {str(f).strip().lower().replace("-", "_") for f in items}
+    return {"".join(ch for ch in str(f).lower() if ch.isalnum()) for f in items}
 
 
 def _text(value: Any) -> str:
     if value is None:
         return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, (list, tuple)):
         return ", ".join(_text(v) for v in value) if value else "—"
     if isinstance(value, dict):

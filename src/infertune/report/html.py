@@ -17,6 +17,7 @@ from infertune.report.charts import CAPTIONS
 from infertune.report.data import ReportData
 from infertune.report.table import HEADERS
 from infertune.report.view import NOISE_THRESHOLD, build_views, fmt_ips, fmt_ms, fmt_pct, fmt_speedup
+from infertune.results import ResultRow
 
 __all__ = ["render_html"]
 
@@ -42,7 +43,6 @@ def _context(data: ReportData, charts: list[Path]) -> dict[str, Any]:
     views = build_views(data.rows, data.samples)
     models = list(dict.fromkeys(r.model for r in data.rows))
     devices = list(dict.fromkeys(r.device for r in data.rows))
-    problems = [r for r in data.rows if r.status != "ok" or r.error]
     return {
         "title": f"infertune report: {', '.join(models)} on {', '.join(devices)}",
         "source": str(data.source),
@@ -52,17 +52,45 @@ def _context(data: ReportData, charts: list[Path]) -> dict[str, Any]:
         "headers": HEADERS,
         "summary": [_summary_line(v) for v in views],
         "charts": [_chart(p) for p in charts],
-        "problems": problems,
+        "problems": _problems(data.rows),
         "sample_counts": [(r.cell_id, len(data.samples.get(r.cell_id, [])), r.iterations, r.status)
                           for r in data.rows],
         "has_samples": bool(data.samples),
         "env_summary": environment.summary(data.environment),
+        "machine": _machine_line(environment.summary(data.environment)),
         "isa": environment.isa_features(data.environment),
         "versions": environment.versions(data.environment),
         "env_all": environment.flatten(data.environment),
         "config_json": json.dumps(data.config, indent=2, sort_keys=False, default=str) if data.config else "",
         "noise_threshold": fmt_pct(NOISE_THRESHOLD),
     }
+
+
+#: the facts shown in one line under the title: what the numbers most depend on.
+_MACHINE_FACTS = ("CPU", "Physical cores", "Threads used", "GPU")
+
+
+def _machine_line(facts: list[tuple[str, str]]) -> list[str]:
+    found = dict(facts)
+    return [found[k] if k in ("CPU", "GPU") else f"{k.lower()}: {found[k]}" for k in _MACHINE_FACTS
+            if k in found and found[k] != "none recorded"]
+
+
+def _problems(rows: list[ResultRow]) -> list[dict[str, str]]:
+    """Cells that did not simply pass, one entry per distinct (model, variant, device, status, error).
+
+    A missing runtime fails the same way at every batch size: listing it once with its batch sizes
+    keeps the section readable.
+    """
+    merged: dict[tuple[str, str, str, str, str], list[int]] = {}
+    for r in rows:
+        if r.status != "ok" or r.error:
+            merged.setdefault((r.model, r.variant, r.device, r.status, r.error), []).append(r.batch_size)
+    return [
+        {"cell": f"{model} · {variant} · {device}", "batches": ", ".join(map(str, sorted(set(batches)))),
+         "status": status, "error": error or "—"}
+        for (model, variant, device, status, error), batches in merged.items()
+    ]
 
 
 def _summary_line(view: Any) -> dict[str, str]:
