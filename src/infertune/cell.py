@@ -71,11 +71,14 @@ def base_row(job: VariantJob, batch: int) -> dict[str, Any]:
     }
 
 
-def pin_threads(threads: int) -> None:
-    """Pin torch's intra-op threads (runtimes get ``threads`` from the context) so variants compete fairly."""
+def configure_torch(threads: int) -> None:
+    """Pin torch's intra-op threads (runtimes get ``threads`` from the context) so variants compete
+    fairly, and keep fp32 honest on GPUs: cuDNN's TF32 convolutions (on by default) are not fp32."""
     import torch
 
     torch.set_num_threads(threads)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def rebuild_model(job: VariantJob) -> Any:
@@ -102,7 +105,7 @@ def run_variant(job: VariantJob, emit: Emit, model: Any = None) -> None:
 
     variant = parse_variant(job.variant)
     backend = get_backend(variant.backend)
-    pin_threads(job.threads)
+    configure_torch(job.threads)
     if model is None:
         emit("stage", job.batch_sizes[0], "load model")
         model = rebuild_model(job)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from infertune.cell import VariantJob, base_row, save_reference
+from infertune.cell import VariantJob, base_row, configure_torch, save_reference
 from infertune.config import RunConfig, tolerances
 from infertune.results import ResultFiles, ResultRow
 
@@ -71,7 +71,7 @@ def run(cfg: RunConfig, log: Log = print, progress: Any = None) -> RunResult:
 
     device = resolve_device(cfg.benchmark.device, log)
     threads = cfg.benchmark.threads or envmod.usable_cores()
-    torch.set_num_threads(threads)
+    configure_torch(threads)  # the reference below is true fp32 (no TF32) with pinned threads
     ladder = build_ladder(cfg, device)
 
     out_dir = Path(cfg.output.dir)
