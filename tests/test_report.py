@@ -342,3 +342,13 @@ def test_importing_report_does_not_import_torch():
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_build_report_works_where_torch_cannot_be_imported(tmp_path):
+    csv_path = write_run(tmp_path)
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['onnxruntime'] = None; "  # import now fails
+            "from infertune.report import build_report; "
+            f"paths = build_report({str(csv_path)!r}); print(len(paths))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip() == "7"  # html, markdown and five charts

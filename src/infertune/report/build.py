@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from infertune.report import environment
-from infertune.report.charts import CAPTIONS, write_charts
+from infertune.report.charts import caption_for, write_charts
 from infertune.report.data import ReportData, load_report_data
 from infertune.report.html import render_html
 from infertune.report.table import markdown_table
@@ -63,7 +63,5 @@ def render_markdown(data: ReportData, charts: list[Path]) -> str:
     parts += ["", "## Results", "", markdown_table(data.rows).rstrip()]
     if charts:
         parts += ["", "## Charts", ""]
-        for path in charts:
-            kind = next((k for k in sorted(CAPTIONS, key=len, reverse=True) if path.stem.endswith(k)), "")
-            parts.append(f"![{CAPTIONS.get(kind, path.stem)}]({path.name})")
+        parts.extend(f"![{caption_for(path)}]({path.name})" for path in charts)
     return "\n".join(parts) + "\n"

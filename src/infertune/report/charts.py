@@ -24,7 +24,7 @@ from infertune.report.view import (
 )
 from infertune.results import ResultRow
 
-__all__ = ["CAPTIONS", "write_charts"]
+__all__ = ["CAPTIONS", "caption_for", "write_charts"]
 
 #: what each chart answers, by the last part of its file name (``resnet50_cpu_latency.png``).
 CAPTIONS = {
@@ -36,6 +36,12 @@ CAPTIONS = {
 }
 
 _FAILED_HATCH = "///"
+
+
+def caption_for(path: Path) -> str:
+    """What a chart file answers, from its name; the chart's own title names model and device."""
+    kind = next((k for k in sorted(CAPTIONS, key=len, reverse=True) if path.stem.endswith(k)), "")
+    return CAPTIONS[kind] if kind else path.stem
 
 
 def write_charts(rows: Iterable[ResultRow], samples: dict[str, list[float]] | None, out_dir: Path | str) -> list[Path]:

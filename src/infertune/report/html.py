@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from infertune.report import environment
-from infertune.report.charts import CAPTIONS
+from infertune.report.charts import caption_for
 from infertune.report.data import ReportData
 from infertune.report.table import HEADERS
 from infertune.report.view import NOISE_THRESHOLD, build_views, fmt_ips, fmt_ms, fmt_pct, fmt_speedup
@@ -41,6 +41,7 @@ def render_html(data: ReportData, charts: list[Path]) -> str:
 
 def _context(data: ReportData, charts: list[Path]) -> dict[str, Any]:
     views = build_views(data.rows, data.samples)
+    facts = environment.summary(data.environment)
     models = list(dict.fromkeys(r.model for r in data.rows))
     devices = list(dict.fromkeys(r.device for r in data.rows))
     return {
@@ -56,8 +57,8 @@ def _context(data: ReportData, charts: list[Path]) -> dict[str, Any]:
         "sample_counts": [(r.cell_id, len(data.samples.get(r.cell_id, [])), r.iterations, r.status)
                           for r in data.rows],
         "has_samples": bool(data.samples),
-        "env_summary": environment.summary(data.environment),
-        "machine": _machine_line(environment.summary(data.environment)),
+        "env_summary": facts,
+        "machine": _machine_line(facts),
         "isa": environment.isa_features(data.environment),
         "versions": environment.versions(data.environment),
         "env_all": environment.flatten(data.environment),
@@ -106,7 +107,5 @@ def _summary_line(view: Any) -> dict[str, str]:
 
 
 def _chart(path: Path) -> _Chart:
-    kind = next((k for k in sorted(CAPTIONS, key=len, reverse=True) if path.stem.endswith(k)), "")
-    caption = CAPTIONS[kind] if kind else path.stem  # the chart's own title names model and device
     encoded = base64.b64encode(path.read_bytes()).decode("ascii")
-    return _Chart(caption, f"data:image/png;base64,{encoded}")
+    return _Chart(caption_for(path), f"data:image/png;base64,{encoded}")

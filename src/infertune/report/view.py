@@ -72,10 +72,16 @@ def best_variants(rows: Iterable[ResultRow]) -> dict[GroupKey, ResultRow]:
     """
     best: dict[GroupKey, ResultRow] = {}
     for key, group in group_rows(rows).items():
-        passing = [r for r in group if keeps_predictions(r)]
-        if passing:
-            best[key] = min(passing, key=lambda r: r.latency_p50_ms)  # type: ignore[arg-type, return-value]
+        winner = fastest_passing(group)
+        if winner is not None:
+            best[key] = winner
     return best
+
+
+def fastest_passing(group: list[ResultRow]) -> ResultRow | None:
+    """The lowest-p50 row of one group that keeps predictions; None when no row does."""
+    passing = [r for r in group if keeps_predictions(r)]
+    return min(passing, key=lambda r: r.latency_p50_ms) if passing else None  # type: ignore[arg-type, return-value]
 
 
 def speedup(row: ResultRow, group: list[ResultRow]) -> float | None:
@@ -223,8 +229,7 @@ def build_views(rows: Iterable[ResultRow], samples: dict[str, list[float]] | Non
     samples = samples or {}
     views: list[GroupView] = []
     for key, group in group_rows(rows).items():
-        passing = [r for r in group if keeps_predictions(r)]
-        best = min(passing, key=lambda r: r.latency_p50_ms) if passing else None  # type: ignore[arg-type, return-value]
+        best = fastest_passing(group)
         lines = [_line(r, group, r is best, samples.get(r.cell_id)) for r in group]
         notes = list(dict.fromkeys(f"{r.variant}: {r.note}" for r in group if r.note))
         views.append(GroupView(
