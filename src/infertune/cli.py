@@ -87,8 +87,6 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from infertune.config import load_config
     from infertune.pipeline import run
     from infertune.progress import CellProgress
@@ -97,9 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config is None and Path(DEFAULT_CONFIG).is_file():
         config = DEFAULT_CONFIG
     cfg = load_config(config, overrides_from_args(args))
-    console = Console()
-    if not console.is_terminal:  # piped or CI logs: don't squeeze the table into 80 columns
-        console = Console(width=160)
+    console = _console()
     console.print(f"infertune: {cfg.model.name} | batch sizes {cfg.benchmark.batch_sizes} | "
                   f"config {config or 'built-in defaults'}")
     progress = CellProgress(console, enabled=not args.quiet)
@@ -114,6 +110,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _console() -> Any:
+    """A rich console; piped or in CI logs it is 160 columns wide so tables are not squeezed into 80."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
 def _print_table(rows: list[Any], console: Any) -> None:
     from infertune.report.table import seed_table
 
@@ -122,8 +126,10 @@ def _print_table(rows: list[Any], console: Any) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from infertune.report.build import build_report
+    from infertune.report.data import load_report_data
 
     paths = build_report(args.results, args.out)
+    _print_table(load_report_data(args.results).rows, _console())
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0
