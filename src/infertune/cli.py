@@ -101,6 +101,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     progress = CellProgress(console, enabled=not args.quiet)
     result = run(cfg, log=lambda m: console.print(m, markup=False, highlight=False), progress=progress)
     _print_table(result.rows, console)
+    reused = sorted({r.variant for r in result.rows if r.cache_hit})
+    if reused:
+        console.print(f"reused cached artifacts (models/) for: {', '.join(reused)}; --no-cache rebuilds them",
+                      markup=False, highlight=False)
     console.print(f"results: {result.csv_path} (+ {result.json_path.name}, {result.config_path.name})")
     if args.report:
         from infertune.report.build import build_report
