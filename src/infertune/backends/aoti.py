@@ -1,1 +1,176 @@
-"""aoti backend: to be written."""
+"""AOTInductor: export here, compile a ``.pt2`` package in a child process, load it and run it.
+
+This is the deployable form of Inductor: a package with a compiled shared library and the weights,
+loaded with ``torch._inductor.aoti_load_package`` and run without dynamo or a Python-level compile.
+To measure (and prove) exactly that, the package is compiled in a *different process* from the one
+that loads and times it, so nothing compiled in-process can leak into the measured runner.
+
+How the child gets the model: the parent runs ``torch.export.export`` and saves the ExportedProgram
+with ``torch.export.save``; the child (``python -m infertune.backends.aoti_build``) loads it with
+``torch.export.load`` and runs ``aoti_compile_and_package``. Chosen over pickling the module or
+re-building it in the child because the ExportedProgram is a versioned, self-contained file (graph +
+weights) that needs no import of the model's Python class, so it works for any model source
+(torchvision names, ``module:function`` factories, user weights); it is also exactly what
+AOTInductor consumes, and export errors (unsupported ops, graph breaks) surface in the parent with
+an ordinary traceback. The exported file is deleted once the package is built.
+
+The package is cached (``ctx.cache``) by torch version, precision, device, thread count (Inductor's
+CPU kernels bake the OpenMP thread count in), resolved options, and the input shape, or only the
+per-sample shape with option ``dynamic`` (one package with a dynamic batch serves every batch size).
+The child's pid is recorded in the cache manifest (``builder_pid``); the child's stderr is put into
+the error when it fails. Freezing is on by default on the CPU, as for ``torch_compile``.
+
+Options: ``freeze``/``nofreeze``, ``dynamic``, ``channels_last``, ``max-autotune`` (or ``mode=``);
+``reduce-overhead`` (CUDA graphs) is a torch.compile runtime feature that a package does not have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from infertune.backends.base import Availability, Backend, PrepareContext, Runner
+from infertune.backends.registry import register_backend
+from infertune.backends.torch_common import TorchRunner, model_copy, torch_dtype
+from infertune.backends.torch_compile import ALLOWED_OPTIONS, CompileOptions, check_options, parse_options
+from infertune.errors import ConfigError
+
+#: torch_compile's options less CUDA graphs (a package has no such runtime).
+AOTI_OPTIONS: dict[str, tuple[str, ...]] = {
+    **{k: v for k, v in ALLOWED_OPTIONS.items() if k != "reduce-overhead"},
+    "mode": ("default", "max-autotune"),
+}
+#: how long the child may compile before it is killed (max-autotune on CUDA can take minutes).
+DEFAULT_BUILD_TIMEOUT_S = 3600
+
+MEASURED = """(filled in from the measurements)"""
+
+
+def parse_aoti_options(options: dict[str, str], device: str) -> CompileOptions:
+    """Validate an ``aoti`` variant's options (ConfigError names the bad option and the allowed ones)."""
+    if "reduce-overhead" in options or options.get("mode") == "reduce-overhead":
+        raise ConfigError(
+            "aoti: 'reduce-overhead' (CUDA graphs) is a torch.compile runtime mode; an AOTInductor "
+            "package cannot use it. Use torch_compile:...:reduce-overhead, or aoti with 'default'/'max-autotune'"
+        )
+    check_options("aoti", options, AOTI_OPTIONS)
+    return parse_options("aoti", options, device)
+
+
+@register_backend
+class AotiBackend(Backend):
+    name = "aoti"
+    label = "AOTInductor"
+    description = "torch.export + AOTInductor .pt2 package, compiled in a child process, loaded and run."
+    requires = ("torch",)
+    install_hint = "pip install torch==2.14.1"
+    devices = frozenset({"cpu", "cuda"})
+    precisions = frozenset({"fp32", "fp16", "bf16"})
+
+    def availability(self, device: str, precision: str) -> Availability:
+        if device == "cpu" and precision == "fp16":
+            return Availability.no("aoti has no fast fp16 path on the CPU; use bf16 or fp32")
+        return super().availability(device, precision)
+
+    def default_variants(self, device: str) -> list[str]:
+        return ["aoti:fp16"] if device == "cuda" else ["aoti:fp32"]
+
+    def prepare(self, ctx: PrepareContext) -> Runner:
+        opts = parse_aoti_options(ctx.options, ctx.device)
+        self.check(ctx.device, ctx.precision)
+        import torch
+
+        entry = ctx.cache.entry(
+            "aoti",
+            torch=torch.__version__,
+            precision=ctx.precision,
+            device=ctx.device,
+            threads=ctx.threads,
+            options=dataclasses.asdict(opts),
+            shape=("dynamic-batch", *ctx.input_shape[1:]) if opts.dynamic else ctx.input_shape,
+        )
+        package = entry.file("model.pt2")
+        if entry.hit:
+            ctx.log(f"aoti: reusing cached package {package}")
+        else:
+            meta = _build_package(ctx, opts, entry.path, package)
+            entry.commit(meta)
+        loaded = torch._inductor.aoti_load_package(str(package))
+        runner = TorchRunner(loaded, ctx.device, torch_dtype(ctx.precision), opts.channels_last)
+        runner.artifact_path = package
+        runner.cache_hit = entry.hit
+        return runner
+
+
+def _build_package(ctx: PrepareContext, opts: CompileOptions, workdir: Path, package: Path) -> dict[str, Any]:
+    """Export in this process, compile in a child; return the manifest metadata."""
+    exported = workdir / "exported_program.pt2"
+    start = time.perf_counter()
+    _export(ctx, opts, exported)
+    export_s = time.perf_counter() - start
+    meta_path = workdir / "build.json"
+    configs = _inductor_configs(opts)
+    cmd = [
+        sys.executable, "-m", "infertune.backends.aoti_build",
+        "--exported", str(exported), "--package", str(package), "--meta", str(meta_path),
+        "--configs", json.dumps(configs), "--threads", str(ctx.threads),
+    ]
+    timeout = float(ctx.settings.get("aoti", {}).get("build_timeout_s", DEFAULT_BUILD_TIMEOUT_S))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_child_env(), timeout=timeout, check=False)
+    exported.unlink(missing_ok=True)
+    if proc.returncode != 0 or not package.is_file():
+        output = (proc.stderr or proc.stdout or "").strip()
+        last = output.splitlines()[-1] if output else "no output"
+        raise RuntimeError(
+            f"aoti: compiling the package in a child process failed (exit status {proc.returncode}): "
+            f"{last}\n--- the child's stderr (last 4000 characters) ---\n{output[-4000:]}"
+        )
+    meta = json.loads(meta_path.read_text())
+    ctx.log(f"aoti: exported in {export_s:.1f} s, compiled in a child process (pid {meta['builder_pid']}) "
+            f"in {meta['compile_s']:.1f} s")
+    return {**meta, "export_s": round(export_s, 3), "parent_pid": os.getpid()}
+
+
+def _export(ctx: PrepareContext, opts: CompileOptions, path: Path) -> None:
+    """``torch.export`` the model cast to the cell's device/precision, saved for the child."""
+    import torch
+
+    model = model_copy(ctx.model, ctx.device, ctx.precision, opts.channels_last)
+    batch = ctx.example_input
+    dynamic_shapes = None
+    if opts.dynamic:
+        # an example batch of 1 would be specialised (0/1 specialisation): trace with 2 samples.
+        if len(batch) < 2:
+            batch = np.concatenate([batch, batch])
+        dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},)
+    example = torch.from_numpy(np.ascontiguousarray(batch)).to(ctx.device, torch_dtype(ctx.precision))
+    if opts.channels_last:
+        example = example.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
+    torch.export.save(program, str(path))
+
+
+def _inductor_configs(opts: CompileOptions) -> dict[str, Any]:
+    """The mode's Inductor settings plus freezing, less CUDA graphs (torch.compile runtime only)."""
+    configs = opts.inductor_options()
+    configs.pop("triton.cudagraphs", None)
+    return configs
+
+
+def _child_env() -> dict[str, str]:
+    """The parent's environment, with this copy of infertune first on the child's import path."""
+    import infertune
+
+    src = str(Path(infertune.__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
+    return env

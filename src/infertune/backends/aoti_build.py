@@ -1,0 +1,53 @@
+"""Child process of the ``aoti`` backend: compile a saved ExportedProgram into an AOTInductor package.
+
+Run as ``python -m infertune.backends.aoti_build --exported EP.pt2 --package OUT.pt2 --meta OUT.json
+--configs JSON --threads N``. It loads the program with ``torch.export.load``, compiles it with
+``torch._inductor.aoti_compile_and_package`` and writes a small JSON (its pid, the compile seconds,
+the torch version) next to the package. Any failure ends the process with a non-zero status and a
+traceback on stderr, which the parent puts into its error message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+
+def build(exported: Path, package: Path, configs: dict[str, Any], threads: int) -> dict[str, Any]:
+    """Compile ``exported`` into ``package``; return what the parent records in the cache manifest."""
+    import torch
+
+    # Inductor's CPU kernels bake the OpenMP thread count in at code generation: compile with the
+    # thread count the package will run with (it is part of the parent's cache key too).
+    torch.set_num_threads(threads)
+    program = torch.export.load(str(exported))
+    start = time.perf_counter()
+    with torch.no_grad():
+        torch._inductor.aoti_compile_and_package(program, package_path=str(package), inductor_configs=configs)
+    return {
+        "builder_pid": os.getpid(),
+        "compile_s": round(time.perf_counter() - start, 3),
+        "torch": torch.__version__,
+        "threads": threads,
+        "inductor_configs": configs,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--exported", type=Path, required=True)
+    parser.add_argument("--package", type=Path, required=True)
+    parser.add_argument("--meta", type=Path, required=True)
+    parser.add_argument("--configs", default="{}", help="Inductor config as JSON")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    meta = build(args.exported, args.package, json.loads(args.configs), args.threads)
+    args.meta.write_text(json.dumps(meta, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""aoti backend: the .pt2 package is compiled in another process, cached, loaded and verified."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from infertune.backends import aoti
+from infertune.backends.registry import get_backend
+from infertune.errors import ConfigError
+from tests.conftest import reference_outputs, smoke_cell
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.slow
+def test_package_built_in_child_process_then_cached(make_ctx, tmp_path):
+    root = tmp_path / "cache"
+    ctx = make_ctx("fp32", batch=2, cache_root=root)
+    runner, fid, samples = smoke_cell("aoti", ctx)
+    assert fid.ok, fid.failures
+    assert fid.max_abs_err < 1e-4
+    assert len(samples) >= 3 and all(s > 0 for s in samples)
+    assert not runner.cache_hit
+    assert runner.artifact_path.suffix == ".pt2" and runner.artifact_path.is_file()
+    manifest = json.loads((runner.artifact_path.parent / "manifest.json").read_text())
+    assert manifest["builder_pid"] != os.getpid()
+    assert manifest["parent_pid"] == os.getpid()
+    assert manifest["inductor_configs"]["freezing"] is True
+    assert not (runner.artifact_path.parent / "exported_program.pt2").exists()
+
+    again = get_backend("aoti").prepare(make_ctx("fp32", batch=2, cache_root=root))
+    assert again.cache_hit and again.artifact_path == runner.artifact_path
+    x = np.random.default_rng(4).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(
+        again.to_numpy(again(again.to_native(x))), reference_outputs(ctx.model, x), atol=1e-4
+    )
+
+
+@pytest.mark.slow
+def test_dynamic_package_serves_every_batch_size(make_ctx, tmp_path):
+    root = tmp_path / "cache"
+    ctx = make_ctx("fp32", {"dynamic": "", "nofreeze": ""}, batch=1, cache_root=root)
+    runner = get_backend("aoti").prepare(ctx)
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, 3, 32, 32)).astype(np.float32)
+        out = runner.to_numpy(runner(runner.to_native(x)))
+        np.testing.assert_allclose(out, reference_outputs(ctx.model, x), atol=1e-4)
+    # another batch size maps to the same cached package
+    other = get_backend("aoti").prepare(make_ctx("fp32", {"dynamic": "", "nofreeze": ""}, batch=4, cache_root=root))
+    assert other.cache_hit and other.artifact_path == runner.artifact_path
+
+
+def test_child_failure_reports_its_stderr(make_ctx, monkeypatch):
+    """A failing build surfaces the child's stderr, and the entry is not committed as a hit."""
+    monkeypatch.setattr(aoti, "_inductor_configs", lambda opts: {"no_such_inductor_option": True})
+    ctx = make_ctx("fp32", batch=2)
+    with pytest.raises(RuntimeError, match="child process failed.*no_such_inductor_option") as err:
+        get_backend("aoti").prepare(ctx)
+    assert "Traceback" in str(err.value)  # the child's stderr is in the message
+    assert not list(ctx.cache.root.rglob("manifest.json"))  # nothing committed: no false cache hit
+
+
+def test_child_env_puts_this_package_first(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    path = aoti._child_env()["PYTHONPATH"].split(os.pathsep)
+    assert path[-1] == "/elsewhere"
+    assert os.path.isfile(os.path.join(path[0], "infertune", "backends", "aoti_build.py"))
+    assert sys.executable  # the child is started with this interpreter
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"reduce-overhead": ""}, "reduce-overhead.*CUDA graphs"),
+        ({"mode": "reduce-overhead"}, "reduce-overhead"),
+        ({"cudagraphs": ""}, "unknown option 'cudagraphs'.*dynamic"),
+        ({"mode": "turbo"}, "'mode' got 'turbo'.*'default', 'max-autotune'"),
+    ],
+)
+def test_bad_options_raise_config_error(make_ctx, options, match):
+    with pytest.raises(ConfigError, match=match):
+        get_backend("aoti").prepare(make_ctx("fp32", options))
+
+
+def test_availability_and_defaults():
+    backend = get_backend("aoti")
+    assert not backend.availability("cpu", "fp16").ok
+    assert backend.default_variants("cpu") == ["aoti:fp32"]
+    assert backend.default_variants("cuda") == ["aoti:fp16"]
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_cuda_fp16_package(make_ctx):
+    runner, fid, samples = smoke_cell("aoti", make_ctx("fp16", device="cuda"))
+    assert fid.ok, fid.failures
+    assert runner.latency_scope == "device"
+    assert len(samples) >= 3
