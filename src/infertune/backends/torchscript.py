@@ -1,1 +1,126 @@
-"""torchscript backend: to be written."""
+"""TorchScript: ``torch.jit.trace`` + ``freeze`` (+ ``optimize_for_inference`` on CPU), cached as a ``.pt`` file.
+
+Freezing inlines the weights as constants so the JIT can fold batch norm into convolutions and drop
+attribute lookups; on CPU ``optimize_for_inference`` then rewrites convolutions to oneDNN (MKLDNN)
+kernels. Measured on a 2-core EPYC (MEASUREMENT.md): ResNet50 batch 1, eager 118 ms -> frozen 92 ms.
+
+What is cached is the frozen module; ``optimize_for_inference`` is re-applied after every load because
+its oneDNN-rewritten graph cannot be saved (torch 2.14: ``torch.jit.save`` fails with "required keyword
+attribute 'value' is undefined" on its MKLDNN constants) and it is quick (0.1 s for ResNet50). On
+CUDA the half model is traced and frozen; ``optimize_for_inference`` is CPU-oriented and skipped there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from infertune.backends.base import Availability, Backend, PrepareContext, Runner
+from infertune.backends.registry import register_backend
+from infertune.backends.torch_common import TorchRunner, model_copy, torch_dtype
+from infertune.errors import ConfigError
+
+#: bare-word options a torchscript variant accepts (``torchscript:fp16:channels_last``).
+OPTIONS = ("channels_last",)
+ARTIFACT = "model.pt"
+
+
+@register_backend
+class TorchScriptBackend(Backend):
+    name = "torchscript"
+    label = "TorchScript"
+    description = "torch.jit.trace + freeze (+ optimize_for_inference on CPU); cached .pt file."
+    requires = ("torch",)
+    install_hint = "pip install torch==2.14.1"
+    devices = frozenset({"cpu", "cuda"})
+    precisions = frozenset({"fp32", "fp16"})
+
+    def availability(self, device: str, precision: str) -> Availability:
+        base = super().availability(device, precision)
+        if base.ok and precision == "fp16" and device != "cuda":
+            # CPU half-precision convolutions in torch are reference loops, many times slower than fp32.
+            return Availability.no("torchscript fp16 runs only on CUDA (CPU fp16 convolutions are not optimised)")
+        return base
+
+    def default_variants(self, device: str) -> list[str]:
+        return ["torchscript:fp16", "torchscript:fp32"] if device == "cuda" else ["torchscript:fp32"]
+
+    def prepare(self, ctx: PrepareContext) -> Runner:
+        self.check(ctx.device, ctx.precision)
+        channels_last = _parse_options(ctx.options)
+        import torch
+
+        entry = ctx.cache.entry(
+            self.name,
+            torch=torch.__version__,
+            precision=ctx.precision,
+            device=ctx.device,
+            input_shape=ctx.input_shape,
+            channels_last=channels_last,
+        )
+        path = entry.file(ARTIFACT)
+        if entry.hit:
+            ctx.log(f"reusing cached TorchScript module {path}")
+            module = _load(path, ctx.device)
+        else:
+            start = time.perf_counter()
+            module = _trace_and_freeze(ctx, channels_last)
+            with _quiet():
+                torch.jit.save(module, str(path))
+            entry.commit({"trace_freeze_s": round(time.perf_counter() - start, 3)})
+        if ctx.device == "cpu":
+            module = _optimize_for_cpu(module)
+        runner = TorchRunner(module, ctx.device, torch_dtype(ctx.precision), channels_last)
+        runner.artifact_path = path
+        runner.cache_hit = entry.hit
+        return runner
+
+
+def _parse_options(options: dict[str, str]) -> bool:
+    """Return whether ``channels_last`` was asked for; reject anything else with the allowed list."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ConfigError(
+            f"torchscript: unknown option(s) {', '.join(repr(u) for u in unknown)}; allowed: {', '.join(OPTIONS)}"
+        )
+    return "channels_last" in options
+
+
+def _trace_and_freeze(ctx: PrepareContext, channels_last: bool) -> Any:
+    """Trace a copy of the model in the cell's precision on the cell's device, then freeze it."""
+    import torch
+
+    model = model_copy(ctx.model, ctx.device, ctx.precision, channels_last)
+    example = torch.from_numpy(ctx.example_input.copy()).to(ctx.device, torch_dtype(ctx.precision))
+    if channels_last:
+        example = example.contiguous(memory_format=torch.channels_last)
+    with _quiet(), torch.inference_mode(False), torch.no_grad():
+        traced = torch.jit.trace(model, example, check_trace=False)
+        return torch.jit.freeze(traced.eval())
+
+
+def _load(path: Path, device: str) -> Any:
+    import torch
+
+    with _quiet():
+        return torch.jit.load(str(path), map_location=device).eval()
+
+
+def _optimize_for_cpu(module: Any) -> Any:
+    """Apply oneDNN rewrites (conv+bn folding, MKLDNN layouts); quick, so done on every load."""
+    import torch
+
+    with _quiet():
+        return torch.jit.optimize_for_inference(module)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """torch.jit warns that it is deprecated on every call (save, load, trace); the run log need not repeat it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
