@@ -1,1 +1,192 @@
-"""tensorrt backend: to be written."""
+"""TensorRT 10: parse the shared ONNX export, build a serialized engine for one batch size, cache it.
+
+The engine is built with an optimization profile fixed to the cell's shape (min = opt = max), which
+is what TensorRT tunes best for; a different batch size is a different cached ``.engine``. The runner
+uses torch CUDA tensors as the engine's input and output buffers and enqueues on torch's current
+stream, so timing goes through the same CUDA events and ``torch.cuda.synchronize`` as the other GPU
+backends, and the latency is device latency (input already on the GPU).
+
+INT8 uses explicit quantization: the ONNX export is quantized into a QDQ graph with symmetric signed
+8-bit activations and per-channel weights (what TensorRT expects of Q/DQ nodes) by
+``infertune.backends.ort_quantize`` with the run's calibration samples, then built with the INT8 and
+FP16 flags (layers TensorRT cannot run in INT8 fall back to FP16). TensorRT 10 deprecates the
+implicit-calibration API (``IInt8Calibrator``), so it is not used.
+
+None of this can run on the machine it was written on (no GPU); it follows the TensorRT 10 Python API.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from infertune.backends.base import Availability, Backend, PrepareContext, Runner
+from infertune.backends.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
+from infertune.backends.registry import register_backend
+from infertune.errors import ConfigError
+
+ENGINE = "model.engine"
+#: builder workspace (MiB) unless settings say ``tensorrt: {workspace_mb: ...}``.
+DEFAULT_WORKSPACE_MB = 4096
+
+
+@register_backend
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+    label = "TensorRT"
+    description = "NVIDIA TensorRT engine built from the ONNX export (fp32/fp16/int8 via QDQ); CUDA only."
+    requires = ("tensorrt",)
+    install_hint = "pip install tensorrt (needs an NVIDIA GPU with CUDA)"
+    devices = frozenset({"cuda"})
+    precisions = frozenset({"fp32", "fp16", "int8"})
+
+    def availability(self, device: str, precision: str) -> Availability:
+        if device != "cuda":
+            return Availability.no(f"TensorRT runs only on NVIDIA GPUs (device is {device})")
+        base = super().availability(device, precision)
+        if not base.ok and base.reason.startswith("no CUDA GPU"):
+            return Availability.no(f"TensorRT needs an NVIDIA GPU: {base.reason}")
+        return base
+
+    def default_variants(self, device: str) -> list[str]:
+        return ["tensorrt:fp16"] if device == "cuda" else []
+
+    def prepare(self, ctx: PrepareContext) -> Runner:
+        self.check(ctx.device, ctx.precision)
+        if ctx.options:
+            raise ConfigError(f"tensorrt: unknown option(s) {', '.join(sorted(ctx.options))}; it takes none")
+        import tensorrt as trt
+
+        source, source_key = _source_onnx(ctx)
+        workspace_mb = int(ctx.settings.get("tensorrt", {}).get("workspace_mb", DEFAULT_WORKSPACE_MB))
+        entry = ctx.cache.entry(
+            self.name,
+            tensorrt=trt.__version__,
+            onnx=source_key,
+            precision=ctx.precision,
+            input_shape=ctx.input_shape,
+            gpu=_gpu_name(),
+            workspace_mb=workspace_mb,
+        )
+        path = entry.file(ENGINE)
+        if entry.hit:
+            ctx.log(f"reusing cached TensorRT engine {path}")
+        else:
+            start = time.perf_counter()
+            path.write_bytes(_build_engine(source, ctx.precision, ctx.input_shape, workspace_mb))
+            entry.commit({"build_s": round(time.perf_counter() - start, 3)})
+        runner = TensorRTRunner(path.read_bytes(), ctx.input_shape)
+        runner.artifact_path = path
+        runner.cache_hit = entry.hit
+        return runner
+
+
+def _source_onnx(ctx: PrepareContext) -> tuple[Path, str]:
+    """The ONNX file the engine is built from and its cache key: the FP32 export, or its QDQ INT8 form."""
+    export = export_onnx(ctx)
+    export_key = export.path.parent.name  # the cache directory is named by the export's key
+    if ctx.precision != "int8":
+        return export.path, export_key
+    from infertune.backends.ort_quantize import quantize_cached, tensorrt_recipe
+
+    recipe = tensorrt_recipe(ctx.settings)
+    return quantize_cached(ctx, export.path, export_key, recipe), f"{export_key}:{recipe.key()}"
+
+
+def _build_engine(onnx_path: Path, precision: str, shape: tuple[int, ...], workspace_mb: int) -> bytes:
+    """Parse ``onnx_path`` and build a serialized engine for exactly ``shape``; raise with the parser's errors."""
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT could not parse {onnx_path.name}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    if precision in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)
+    if precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)  # scales come from the Q/DQ nodes, no calibrator
+    profile = builder.create_optimization_profile()
+    profile.set_shape(INPUT_NAME, shape, shape, shape)
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f"TensorRT failed to build a {precision} engine for input shape {shape}")
+    return bytes(serialized)
+
+
+def _gpu_name() -> str:
+    """Engines are specific to the GPU model (and TensorRT version), so the GPU is part of the cache key."""
+    import torch
+
+    return torch.cuda.get_device_name()
+
+
+class TensorRTRunner(Runner):
+    """Executes a deserialized engine with torch CUDA tensors as I/O buffers on torch's current stream.
+
+    The output buffer is allocated once and overwritten by every call; ``to_numpy`` copies it out.
+    """
+
+    latency_scope = "device"
+
+    def __init__(self, engine_bytes: bytes, input_shape: tuple[int, ...]) -> None:
+        import tensorrt as trt
+        import torch
+
+        self._torch = torch
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = self._runtime.deserialize_cuda_engine(engine_bytes)
+        if self.engine is None:
+            raise RuntimeError("TensorRT could not deserialize the engine (built by another TensorRT version or GPU?)")
+        self.context = self.engine.create_execution_context()
+        self.context.set_input_shape(INPUT_NAME, input_shape)
+        self.input_dtype = _torch_dtype(self.engine.get_tensor_dtype(INPUT_NAME))
+        out_shape = tuple(self.context.get_tensor_shape(OUTPUT_NAME))
+        out_dtype = _torch_dtype(self.engine.get_tensor_dtype(OUTPUT_NAME))
+        self.output = torch.empty(out_shape, dtype=out_dtype, device="cuda")
+        self.context.set_tensor_address(OUTPUT_NAME, self.output.data_ptr())
+
+    def to_native(self, batch: np.ndarray) -> Any:
+        t = self._torch.from_numpy(np.ascontiguousarray(batch)).to("cuda", self.input_dtype)
+        return t.contiguous()
+
+    def __call__(self, inputs: Any) -> Any:
+        self.context.set_tensor_address(INPUT_NAME, inputs.data_ptr())
+        if not self.context.execute_async_v3(self._torch.cuda.current_stream().cuda_stream):
+            raise RuntimeError("TensorRT execute_async_v3 failed")
+        return self.output
+
+    def to_numpy(self, outputs: Any) -> np.ndarray:
+        return outputs.detach().float().cpu().numpy()
+
+    def synchronize(self) -> None:
+        self._torch.cuda.synchronize()
+
+    def cuda_event_pair(self) -> tuple[Any, Any]:
+        ev = self._torch.cuda.Event
+        return ev(enable_timing=True), ev(enable_timing=True)
+
+    def close(self) -> None:
+        self.context = None
+        self.engine = None
+        self.output = None
+        self._torch.cuda.empty_cache()
+
+
+def _torch_dtype(trt_dtype: Any) -> Any:
+    """Map a ``trt.DataType`` to the torch dtype of the buffer that backs it."""
+    import tensorrt as trt
+    import torch
+
+    table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int8: torch.int8, trt.int32: torch.int32}
+    if trt_dtype not in table:
+        raise RuntimeError(f"unsupported TensorRT I/O dtype {trt_dtype}")
+    return table[trt_dtype]
