@@ -14,7 +14,7 @@ from __future__ import annotations
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from infertune.backends.base import Availability, Backend, PrepareContext, Runne
 from infertune.backends.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
 from infertune.backends.registry import register_backend
 from infertune.errors import ConfigError
+
+if TYPE_CHECKING:
+    from infertune.backends.ort_quantize import Int8Recipe
 
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
@@ -69,9 +72,14 @@ class OnnxRuntimeBackend(Backend):
     def prepare(self, ctx: PrepareContext) -> Runner:
         self.check(ctx.device, ctx.precision)
         spin, quant_options = _split_options(ctx)
+        recipe = None
+        if ctx.precision == "int8":  # resolved before the export so a bad option fails at once
+            from infertune.backends.ort_quantize import resolve_recipe
+
+            recipe = resolve_recipe(quant_options, ctx.settings)
         import onnxruntime as ort
 
-        source, source_key = _source_model(ctx, quant_options)
+        source, source_key = _source_model(ctx, recipe)
         provider = CUDA_EP if ctx.device == "cuda" else CPU_EP
         entry = ctx.cache.entry(
             self.name,
@@ -114,7 +122,7 @@ def _split_options(ctx: PrepareContext) -> tuple[bool, dict[str, str]]:
     return setting, rest
 
 
-def _source_model(ctx: PrepareContext, quant_options: dict[str, str]) -> tuple[Path, str]:
+def _source_model(ctx: PrepareContext, recipe: Int8Recipe | None) -> tuple[Path, str]:
     """The ONNX file the session starts from and a cache key naming it (export, fp16 or INT8 form)."""
     export = export_onnx(ctx)
     export_key = export.path.parent.name  # the cache directory is named by the export's key
@@ -122,10 +130,11 @@ def _source_model(ctx: PrepareContext, quant_options: dict[str, str]) -> tuple[P
         return export.path, export_key
     if ctx.precision == "fp16":
         return _fp16(ctx, export.path, export_key), f"{export_key}:fp16"
-    from infertune.backends.ort_quantize import quantize_cached, resolve_recipe
+    from infertune.backends.ort_quantize import quantize_cached
 
-    recipe = resolve_recipe(quant_options, ctx.settings)
-    return quantize_cached(ctx, export.path, export_key, recipe), f"{export_key}:int8:{recipe.key()}"
+    assert recipe is not None  # prepare resolves it for every int8 cell
+    quantized = quantize_cached(ctx, export.path, export_key, recipe)
+    return quantized, f"{export_key}:int8:{quantized.parent.name}"
 
 
 def _fp16(ctx: PrepareContext, source: Path, source_key: str) -> Path:

@@ -138,8 +138,14 @@ def resolve_recipe(options: dict[str, str], settings: dict[str, Any], flags: fro
         reduce_range=RANGE_OPTIONS[rr] if rr else default_rr,
         quant_format=_one_of(options, FORMATS, "format") or "qdq",
         calibration_samples=samples,
-        why=why if not (types or rr) else "set by the variant's options",
+        why=_why(mode, why, bool(types or rr)),
     )
+
+
+def _why(mode: str, cpu_reason: str, from_options: bool) -> str:
+    if mode == "dynamic":
+        return "dynamic: u8 weights, activation scales computed on every run"
+    return "set by the variant's options" if from_options else cpu_reason
 
 
 def tensorrt_recipe(settings: dict[str, Any]) -> Int8Recipe:

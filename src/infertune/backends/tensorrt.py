@@ -92,8 +92,8 @@ def _source_onnx(ctx: PrepareContext) -> tuple[Path, str]:
         return export.path, export_key
     from infertune.backends.ort_quantize import quantize_cached, tensorrt_recipe
 
-    recipe = tensorrt_recipe(ctx.settings)
-    return quantize_cached(ctx, export.path, export_key, recipe), f"{export_key}:{recipe.key()}"
+    quantized = quantize_cached(ctx, export.path, export_key, tensorrt_recipe(ctx.settings))
+    return quantized, f"{export_key}:int8:{quantized.parent.name}"
 
 
 def _build_engine(onnx_path: Path, precision: str, shape: tuple[int, ...], workspace_mb: int) -> bytes:
