@@ -16,16 +16,26 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 @pytest.mark.slow
 def test_cpu_fp32_compiles_in_prepare_and_matches_reference(make_ctx):
-    runner, fid, samples = smoke_cell("torch_compile", make_ctx("fp32", batch=2))
+    cells = []
+    folded = _folded_after(lambda: cells.append(smoke_cell("torch_compile", make_ctx("fp32", batch=2))))
+    runner, fid, samples = cells[0]
     assert fid.ok, fid.failures
     assert fid.max_abs_err < 1e-4
     assert runner.compile_s > 0
     assert len(samples) >= 3 and all(s > 0 for s in samples)
     assert runner.artifact_path is None
-    # the same graph again is served by Inductor's on-disk FX graph cache (the first may be too,
-    # from an earlier run on this machine, so only the second is asserted)
-    again = get_backend("torch_compile").prepare(make_ctx("fp32", batch=2))
-    assert again.cache_hit
+    # frozen for real: Inductor's freezing passes folded batch norms into the convolutions, which
+    # they can only do when dynamo traced the parameters as constants (freezing on at trace time)
+    assert folded > 0
+
+
+def _folded_after(fn) -> int:
+    """How many binary ops (batch norm into conv) Inductor's freezing passes folded while ``fn`` ran."""
+    from torch._dynamo.utils import counters
+
+    before = counters["inductor"]["binary_folding"]
+    fn()
+    return counters["inductor"]["binary_folding"] - before
 
 
 @pytest.mark.slow
@@ -33,7 +43,11 @@ def test_dynamic_batch_serves_other_batch_sizes_without_recompiling(make_ctx):
     from torch._dynamo.utils import counters
 
     ctx = make_ctx("fp32", {"dynamic": "", "nofreeze": ""}, batch=2)
-    runner = get_backend("torch_compile").prepare(ctx)
+    runners = []
+    assert _folded_after(lambda: runners.append(get_backend("torch_compile").prepare(ctx))) == 0
+    runner = runners[0]
+    # the same graph again needs no new code (FX graph cache or dynamo's in-process cache)
+    assert get_backend("torch_compile").prepare(ctx).cache_hit
     frames_after_prepare = counters["stats"]["unique_graphs"]
     for batch in (3, 5):
         x = np.random.default_rng(batch).standard_normal((batch, 3, 32, 32)).astype(np.float32)
