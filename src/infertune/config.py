@@ -61,7 +61,7 @@ class BenchmarkConfig(_Section):
     warmup_iterations: int = Field(3, ge=0)
     benchmark_iterations: int = Field(10, ge=1)
     min_time_s: float = Field(1.0, ge=0)
-    max_iterations: int = Field(100_000, ge=1)
+    max_iterations: int = Field(10_000, ge=1)
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 4, 8])
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)

@@ -112,7 +112,8 @@ class ResultFiles:
     def add(self, row: ResultRow, samples_ms: list[float] | None = None) -> None:
         self.rows.append(row)
         if samples_ms is not None:
-            self.samples_ms[row.cell_id] = list(samples_ms)
+            # nanosecond resolution is what the clock gives: more digits only bloat the JSON
+            self.samples_ms[row.cell_id] = [round(s, 6) for s in samples_ms]
         self.write()
 
     def write(self) -> None:

@@ -33,7 +33,7 @@ class TimingPolicy:
     warmup_iterations: int = 3
     min_iterations: int = 10
     min_time_s: float = 1.0
-    max_iterations: int = 100_000
+    max_iterations: int = 10_000
 
 
 @dataclass
