@@ -32,6 +32,7 @@ def test_package_built_in_child_process_then_cached(make_ctx, tmp_path):
     assert manifest["builder_pid"] != os.getpid()
     assert manifest["parent_pid"] == os.getpid()
     assert manifest["inductor_configs"]["freezing"] is True
+    assert manifest["trial_run_s"] > 0  # the child loaded and ran the package before the parent
     assert not (runner.artifact_path.parent / "exported_program.pt2").exists()
 
     again = get_backend("aoti").prepare(make_ctx("fp32", batch=2, cache_root=root))
@@ -64,6 +65,12 @@ def test_child_failure_reports_its_stderr(make_ctx, monkeypatch):
         get_backend("aoti").prepare(ctx)
     assert "Traceback" in str(err.value)  # the child's stderr is in the message
     assert not list(ctx.cache.root.rglob("manifest.json"))  # nothing committed: no false cache hit
+
+
+def test_failure_message_names_the_signal():
+    msg = aoti._failure_message(-11, "Fatal Python error: Segmentation fault\nsome warning")
+    assert "(killed by SIGSEGV)" in msg and "Segmentation fault" in msg
+    assert "exit status 2" in aoti._failure_message(2, "")
 
 
 def test_child_env_puts_this_package_first(monkeypatch):

@@ -17,8 +17,10 @@ an ordinary traceback. The exported file is deleted once the package is built.
 The package is cached (``ctx.cache``) by torch version, precision, device, thread count (Inductor's
 CPU kernels bake the OpenMP thread count in), resolved options, and the input shape, or only the
 per-sample shape with option ``dynamic`` (one package with a dynamic batch serves every batch size).
-The child's pid is recorded in the cache manifest (``builder_pid``); the child's stderr is put into
-the error when it fails. Freezing is on by default on the CPU, as for ``torch_compile``.
+The child also loads the package and runs it once before the parent trusts it (a crash while
+loading native code then kills the child, not the measuring process; see ``aoti_build``). The
+child's pid is recorded in the cache manifest (``builder_pid``); its stderr, or the signal that
+killed it, is put into the error when it fails. Freezing is on by default on the CPU, as for ``torch_compile``.
 
 Options: ``freeze``/``nofreeze``, ``dynamic``, ``channels_last``, ``max-autotune`` (or ``mode=``);
 ``reduce-overhead`` (CUDA graphs) is a torch.compile runtime feature that a package does not have.
@@ -119,7 +121,8 @@ def _build_package(ctx: PrepareContext, opts: CompileOptions, workdir: Path, pac
     meta_path = workdir / "build.json"
     configs = _inductor_configs(opts)
     cmd = [
-        sys.executable, "-m", "infertune.backends.aoti_build",
+        # -X faulthandler: a crash in native code still prints the Python stack to stderr
+        sys.executable, "-X", "faulthandler", "-m", "infertune.backends.aoti_build",
         "--exported", str(exported), "--package", str(package), "--meta", str(meta_path),
         "--configs", json.dumps(configs), "--threads", str(ctx.threads),
     ]
@@ -127,16 +130,27 @@ def _build_package(ctx: PrepareContext, opts: CompileOptions, workdir: Path, pac
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_child_env(), timeout=timeout, check=False)
     exported.unlink(missing_ok=True)
     if proc.returncode != 0 or not package.is_file():
-        output = (proc.stderr or proc.stdout or "").strip()
-        last = output.splitlines()[-1] if output else "no output"
-        raise RuntimeError(
-            f"aoti: compiling the package in a child process failed (exit status {proc.returncode}): "
-            f"{last}\n--- the child's stderr (last 4000 characters) ---\n{output[-4000:]}"
-        )
+        raise RuntimeError(_failure_message(proc.returncode, (proc.stderr or proc.stdout or "").strip()))
     meta = json.loads(meta_path.read_text())
     ctx.log(f"aoti: exported in {export_s:.1f} s, compiled in a child process (pid {meta['builder_pid']}) "
             f"in {meta['compile_s']:.1f} s")
     return {**meta, "export_s": round(export_s, 3), "parent_pid": os.getpid()}
+
+
+def _failure_message(returncode: int, output: str) -> str:
+    """One line saying what went wrong (the last stderr line, or the signal), then the stderr tail."""
+    if returncode < 0:
+        import signal
+
+        # a crash in native code: the last stderr line is whatever was printed before it
+        summary = f"killed by {signal.Signals(-returncode).name}"
+    else:
+        last = output.splitlines()[-1] if output else "no output"
+        summary = f"exit status {returncode}: {last}"
+    return (
+        f"aoti: building the package in a child process failed ({summary})\n"
+        f"--- the child's stderr (last 4000 characters) ---\n{output[-4000:]}"
+    )
 
 
 def _export(ctx: PrepareContext, opts: CompileOptions, path: Path) -> None:

@@ -2,9 +2,15 @@
 
 Run as ``python -m infertune.backends.aoti_build --exported EP.pt2 --package OUT.pt2 --meta OUT.json
 --configs JSON --threads N``. It loads the program with ``torch.export.load``, compiles it with
-``torch._inductor.aoti_compile_and_package`` and writes a small JSON (its pid, the compile seconds,
-the torch version) next to the package. Any failure ends the process with a non-zero status and a
-traceback on stderr, which the parent puts into its error message.
+``torch._inductor.aoti_compile_and_package``, then loads the package and runs it once on the
+program's example inputs, and writes a small JSON (its pid, the compile seconds, the torch version)
+next to the package. Any failure ends the process with a non-zero status and a traceback on stderr,
+which the parent puts into its error message.
+
+Why the trial run here: loading a package is native code, and it can crash the process outright
+(seen: ``aoti_load_package`` of a CUDA package segfaulted under torch 2.11 on the H200 machines,
+even in the process that compiled it). Crashing this child turns that into an error row; crashing
+the measuring process would lose the cell and possibly the run.
 """
 
 from __future__ import annotations
@@ -28,13 +34,29 @@ def build(exported: Path, package: Path, configs: dict[str, Any], threads: int) 
     start = time.perf_counter()
     with torch.no_grad():
         torch._inductor.aoti_compile_and_package(program, package_path=str(package), inductor_configs=configs)
+    compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    _trial_run(package, program)
     return {
         "builder_pid": os.getpid(),
-        "compile_s": round(time.perf_counter() - start, 3),
+        "compile_s": round(compile_s, 3),
+        "trial_run_s": round(time.perf_counter() - start, 3),
         "torch": torch.__version__,
         "threads": threads,
         "inductor_configs": configs,
     }
+
+
+def _trial_run(package: Path, program: Any) -> None:
+    """Load the package and run it once on the exported example inputs (see the module docstring)."""
+    import torch
+
+    loaded = torch._inductor.aoti_load_package(str(package))
+    args, kwargs = program.example_inputs or ((), {})
+    with torch.no_grad():
+        loaded(*args, **(kwargs or {}))
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def main(argv: list[str] | None = None) -> None:
