@@ -95,7 +95,7 @@ def test_availability_and_defaults():
     assert not backend.availability("cpu", "fp16").ok
     assert backend.availability("cpu", "fp32").ok
     assert backend.default_variants("cpu") == ["torch_compile:fp32"]
-    assert backend.default_variants("cuda") == ["torch_compile:fp16"]
+    assert backend.default_variants("cuda") == ["torch_compile:fp16", "torch_compile:fp16:reduce-overhead"]
 
 
 @needs_cuda
