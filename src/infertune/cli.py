@@ -103,7 +103,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     _print_table(result.rows, console)
     reused = sorted({r.variant for r in result.rows if r.cache_hit})
     if reused:
-        console.print(f"reused cached artifacts (models/) for: {', '.join(reused)}; --no-cache rebuilds them",
+        console.print(f"reused cached artifacts under {cfg.output.models_dir}/ (from an earlier cell or run) for: "
+                      f"{', '.join(reused)}; --no-cache rebuilds them",
                       markup=False, highlight=False)
     console.print(f"results: {result.csv_path} (+ {result.json_path.name}, {result.config_path.name})")
     if args.report:
