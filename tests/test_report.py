@@ -14,6 +14,7 @@ from rich.console import Console
 
 from infertune.errors import InfertuneError
 from infertune.report import best_variants, build_report, compare_runs, markdown_table, seed_table
+from infertune.report.table import HEADERS
 from infertune.results import FIELD_NAMES, ResultFiles, ResultRow, read_rows
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -92,7 +93,7 @@ def write_run(tmp_path: Path, name: str = "benchmark_results_20260101_000000", *
 
 
 def _text(rows: list[ResultRow]) -> str:
-    console = Console(record=True, width=200)
+    console = Console(record=True, width=260)
     seed_table(rows, console=console)
     return console.export_text()
 
@@ -176,7 +177,7 @@ def test_markdown_table_parses():
         lines = table.strip().splitlines()
         # unescaped pipes split cells; escaped ones (\|) do not
         counts = {len(re.split(r"(?<!\\)\|", ln)) - 2 for ln in lines}
-        assert counts == {7}, lines
+        assert counts == {len(HEADERS)}, lines
         assert re.fullmatch(r"\|(---:?\|)+", lines[1])
         assert len(lines) == 2 + len(LADDER)
     assert "**onnxruntime:fp32 ★**" in md

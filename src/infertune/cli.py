@@ -116,11 +116,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _console() -> Any:
-    """A rich console; piped or in CI logs it is 160 columns wide so tables are not squeezed into 80."""
+    """A rich console; piped or in CI logs it is 200 columns wide so tables are not squeezed into 80."""
     from rich.console import Console
 
     console = Console()
-    return console if console.is_terminal else Console(width=160)
+    return console if console.is_terminal else Console(width=200)
 
 
 def _print_table(rows: list[Any], console: Any) -> None:

@@ -1,7 +1,7 @@
 """The seed's results table (``Format | Latency (ms) | Throughput (img/sec) | Speedup``), for the
 terminal (rich) and as GitHub markdown, one table per (model, device, batch size).
 
-Extra columns (p95, fidelity, status) are kept compact so the seed's four columns still read first.
+Extra columns (p95, fidelity, one-off costs, status) are kept compact so the seed's four columns still read first.
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ from infertune.results import ResultRow
 __all__ = ["HEADERS", "best_variants", "markdown_table", "seed_table"]
 
 #: the seed README's four columns, then ours.
-HEADERS = ("Format", "Latency (ms)", "Throughput (img/sec)", "Speedup", "p95 (ms)", "Fidelity", "Status")
+HEADERS = ("Format", "Latency (ms)", "Throughput (img/sec)", "Speedup", "p95 (ms)", "Fidelity",
+           "Convert (s)", "Size (MB)", "Peak mem (MB)", "Status")
+#: columns right-aligned as numbers.
+_NUMERIC = {1, 2, 3, 4, 6, 7, 8}
 
 _STYLES = {"best": "bold green", "fidelity_failed": "red", "error": "dim", "overhead": "dim italic", "ok": ""}
 
@@ -45,7 +48,7 @@ def seed_table(rows: Iterable[ResultRow], console: Console | None = None) -> Non
 def _rich_table(view: GroupView) -> Table:
     table = Table(title=f"{view.title}  (p50 {view.scope} latency)", title_justify="left")
     for i, header in enumerate(HEADERS):
-        numeric = 1 <= i <= 4
+        numeric = i in _NUMERIC
         # Status carries the reason a cell did not run: let it wrap rather than cut it off.
         table.add_column(header, justify="right" if numeric else "left",
                          overflow="fold", no_wrap=header != "Status")
@@ -58,7 +61,8 @@ def _rich_table(view: GroupView) -> Table:
 def _cells(line: LineView) -> list[str]:
     variant = f"{line.variant} ★" if line.kind == "best" else line.variant
     latency = f"{line.latency} †" if line.noisy else line.latency
-    return [variant, latency, line.throughput, line.speedup, line.p95, line.fidelity, line.status]
+    return [variant, latency, line.throughput, line.speedup, line.p95, line.fidelity,
+            line.convert, line.size, line.memory, line.status]
 
 
 def _under_lines(view: GroupView) -> list[str]:
@@ -77,7 +81,7 @@ def markdown_table(rows: Iterable[ResultRow]) -> str:
         parts.append(f"### {view.title}\n")
         parts.append(f"p50 {view.scope} latency per batch; speedup vs pytorch:fp32.\n")
         parts.append("| " + " | ".join(HEADERS) + " |")
-        parts.append("|" + "|".join(("---:" if 1 <= i <= 4 else "---") for i in range(len(HEADERS))) + "|")
+        parts.append("|" + "|".join(("---:" if i in _NUMERIC else "---") for i in range(len(HEADERS))) + "|")
         for line in view.lines:
             cells = [_md_escape(c) for c in _cells(line)]
             if line.kind == "best":

@@ -129,6 +129,18 @@ def fmt_speedup(value: float | None, sign: str = "x") -> str:
     return f"{value:.2f}{sign}" if _finite(value) else "—"
 
 
+def fmt_seconds(value: float | None, cached: bool | None = None) -> str:
+    """Conversion seconds; ``(cached)`` when the artifact came from the cache."""
+    if not _finite(value):
+        return "—"
+    text = f"{value:.1f}" if value >= 0.1 else f"{value:.2f}"  # type: ignore[operator]
+    return f"{text} (cached)" if cached else text
+
+
+def fmt_mb(value: float | None) -> str:
+    return f"{value:,.0f}" if _finite(value) and value >= 10 else (f"{value:.1f}" if _finite(value) else "—")  # type: ignore[operator]
+
+
 def fmt_pct(value: float | None) -> str:
     return f"{100 * value:.0f}%" if _finite(value) else "—"
 
@@ -190,6 +202,9 @@ class LineView:
     kind: str  # "ok", "best", "fidelity_failed", "error", "overhead"
     noisy: bool
     samples: int | None = None
+    convert: str = "—"
+    size: str = "—"
+    memory: str = "—"
 
 
 @dataclass
@@ -269,6 +284,9 @@ def _line(row: ResultRow, group: list[ResultRow], is_best: bool, samples: list[f
         kind=kind,
         noisy=bool(row.noisy) and measured,
         samples=len(samples) if samples is not None else None,
+        convert=fmt_seconds(row.convert_s, row.cache_hit),
+        size=fmt_mb(row.artifact_mb),
+        memory=fmt_mb(row.peak_host_mb),
     )
 
 
