@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from infertune.backends.base import Availability, Backend, PrepareContext, Runner
+from infertune.backends.base import Backend, PrepareContext, Runner
 from infertune.backends.registry import register_backend
 from infertune.backends.torch_common import TorchRunner, model_copy, torch_dtype
 from infertune.backends.torch_compile import ALLOWED_OPTIONS, CompileOptions, check_options, parse_options
@@ -92,11 +92,7 @@ class AotiBackend(Backend):
     install_hint = "pip install torch==2.14.1"
     devices = frozenset({"cpu", "cuda"})
     precisions = frozenset({"fp32", "fp16", "bf16"})
-
-    def availability(self, device: str, precision: str) -> Availability:
-        if device == "cpu" and precision == "fp16":
-            return Availability.no("aoti has no fast fp16 path on the CPU; use bf16 or fp32")
-        return super().availability(device, precision)
+    unsupported = {("cpu", "fp16"): "no fast fp16 path on the CPU; use bf16 or fp32"}
 
     def default_variants(self, device: str) -> list[str]:
         return ["aoti:fp16"] if device == "cuda" else ["aoti:fp32"]

@@ -124,6 +124,9 @@ class Backend(ABC):
     install_hint: ClassVar[str] = ""
     devices: ClassVar[frozenset[str]] = frozenset({"cpu"})
     precisions: ClassVar[frozenset[str]] = frozenset({"fp32"})
+    #: (device, precision) pairs that exist in principle but have no sensible path, with the reason
+    #: (e.g. fp16 on a CPU: no fast half-precision convolutions there).
+    unsupported: ClassVar[dict[tuple[str, str], str]] = {}
     #: one-line description for ``infertune backends`` and the docs.
     description: ClassVar[str] = ""
     #: the human label used in the seed's table ("PyTorch", "ONNX Runtime"...).
@@ -141,6 +144,8 @@ class Backend(ABC):
             return Availability.no(
                 f"{self.name} has no {precision} path (supported: {', '.join(sorted(self.precisions))})"
             )
+        if (device, precision) in self.unsupported:
+            return Availability.no(f"{self.name} {precision}: {self.unsupported[(device, precision)]}")
         missing = [mod for mod in self.requires if importlib.util.find_spec(mod) is None]
         if missing:
             hint = f"; install it with: {self.install_hint}" if self.install_hint else ""

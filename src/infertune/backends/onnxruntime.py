@@ -57,17 +57,16 @@ class OnnxRuntimeBackend(Backend):
     install_hint = "pip install onnxruntime (for CUDA: pip install onnxruntime-gpu)"
     devices = frozenset({"cpu", "cuda"})
     precisions = frozenset({"fp32", "fp16", "int8"})
+    unsupported = {
+        ("cpu", "fp16"): "needs the CUDA execution provider (the CPU provider has no fast fp16 convolutions)",
+        ("cuda", "int8"): "runs on the CPU provider only (the CUDA provider has no int8 convolutions); "
+                          "use onnxruntime:int8 on cpu or tensorrt:int8",
+    }
 
     def availability(self, device: str, precision: str) -> Availability:
         base = super().availability(device, precision)
         if not base.ok:
             return base
-        if device == "cpu" and precision == "fp16":
-            return Availability.no("onnxruntime fp16 needs the CUDA execution provider "
-                                   "(the CPU provider has no fast fp16 convolutions)")
-        if device == "cuda" and precision == "int8":
-            return Availability.no("onnxruntime int8 runs on the CPU provider only (the CUDA provider has no "
-                                   "int8 convolutions); use onnxruntime:int8 on cpu or tensorrt:int8")
         if device == "cuda" and CUDA_EP not in _providers():
             return Availability.no("onnxruntime here is the CPU build; pip install onnxruntime-gpu")
         return Availability.yes()

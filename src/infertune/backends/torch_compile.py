@@ -60,7 +60,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from infertune.backends.base import Availability, Backend, PrepareContext, Runner
+from infertune.backends.base import Backend, PrepareContext, Runner
 from infertune.backends.registry import register_backend
 from infertune.backends.torch_common import TorchRunner, model_copy, torch_dtype
 from infertune.errors import ConfigError
@@ -136,11 +136,7 @@ class TorchCompileBackend(Backend):
     install_hint = "pip install torch==2.14.1"
     devices = frozenset({"cpu", "cuda"})
     precisions = frozenset({"fp32", "fp16", "bf16"})
-
-    def availability(self, device: str, precision: str) -> Availability:
-        if device == "cpu" and precision == "fp16":
-            return Availability.no("torch_compile has no fast fp16 path on the CPU; use bf16 or fp32")
-        return super().availability(device, precision)
+    unsupported = {("cpu", "fp16"): "no fast fp16 path on the CPU; use bf16 or fp32"}
 
     def default_variants(self, device: str) -> list[str]:
         # max-autotune is not in the default ladder: on CUDA it takes minutes per batch size.

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from infertune.backends.base import Availability, Backend, PrepareContext, Runner
+from infertune.backends.base import Backend, PrepareContext, Runner
 from infertune.backends.registry import register_backend
 from infertune.backends.torch_common import TorchRunner, model_copy, torch_dtype
 from infertune.errors import ConfigError
@@ -38,13 +38,8 @@ class TorchScriptBackend(Backend):
     install_hint = "pip install torch==2.14.1"
     devices = frozenset({"cpu", "cuda"})
     precisions = frozenset({"fp32", "fp16"})
-
-    def availability(self, device: str, precision: str) -> Availability:
-        base = super().availability(device, precision)
-        if base.ok and precision == "fp16" and device != "cuda":
-            # CPU half-precision convolutions in torch are reference loops, many times slower than fp32.
-            return Availability.no("torchscript fp16 runs only on CUDA (CPU fp16 convolutions are not optimised)")
-        return base
+    # CPU half-precision convolutions in torch are reference loops, many times slower than fp32.
+    unsupported = {("cpu", "fp16"): "runs only on CUDA (CPU fp16 convolutions are not optimised)"}
 
     def default_variants(self, device: str) -> list[str]:
         return ["torchscript:fp16", "torchscript:fp32"] if device == "cuda" else ["torchscript:fp32"]
