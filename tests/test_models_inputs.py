@@ -100,3 +100,29 @@ def test_image_folder_problems_are_clear(tmp_path):
         InputSource(shape=(3, 8, 8), images=str(tmp_path / "nope")).verification(1)
     with pytest.raises(ConfigError, match="holds no images"):
         InputSource(shape=(3, 8, 8), images=str(tmp_path)).verification(1)
+
+
+def test_timm_models_by_prefix_and_by_bare_name():
+    pytest.importorskip("timm", reason="timm is an optional extra (pip install 'infertune[timm]')")
+    loaded = load_model("timm:resnet18d", pretrained=False)
+    assert loaded.source == "timm" and loaded.weights == "random"
+    assert load_model("resnet18d", pretrained=False).source == "timm"  # not a torchvision name
+    assert load_model("resnet18", pretrained=False).source == "torchvision"  # both have it: torchvision wins
+    with pytest.raises(ModelError, match="Did you mean"):
+        load_model("timm:resnet18q", pretrained=False)
+
+
+def test_offline_check_is_quick_and_warns_once(monkeypatch):
+    import socket
+
+    from infertune import models
+
+    def refuse(*a, **k):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(models, "_cached_locally", lambda name: False)
+    warnings: list[str] = []
+    loaded = load_model("resnet18", pretrained=True, warn=warnings.append)
+    assert loaded.weights == "random"
+    assert len(warnings) == 1 and "cannot reach download.pytorch.org" in warnings[0]

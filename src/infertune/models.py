@@ -24,6 +24,8 @@ from infertune.errors import ModelError
 
 #: seconds to wait for the weights server before deciding we are offline.
 DOWNLOAD_TIMEOUT_S = 10.0
+TORCHVISION_HOST = "download.pytorch.org"
+TIMM_HOST = "huggingface.co"
 
 
 @dataclass
@@ -103,7 +105,7 @@ def _unknown_model(name: str) -> ModelError:
         import timm
 
         candidates += timm.list_models()
-    close = difflib.get_close_matches(name, candidates, n=4, cutoff=0.6)
+    close = difflib.get_close_matches(name, sorted(set(candidates)), n=4, cutoff=0.6)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     timm_hint = "" if importlib.util.find_spec("timm") else " (timm models need: pip install 'infertune[timm]')"
     return ModelError(
@@ -117,7 +119,7 @@ def _from_torchvision(name: str, pretrained: bool, warn: Callable[[str], None]) 
 
     if not _torchvision_has(name):
         raise _unknown_model(name)
-    if pretrained:
+    if pretrained and _reachable(TORCHVISION_HOST, name, warn):
         weights_enum = torchvision.models.get_model_weights(name).DEFAULT
         try:
             with _download_timeout():
@@ -137,13 +139,41 @@ def _from_timm(name: str, pretrained: bool, warn: Callable[[str], None]) -> tupl
 
     if not timm.list_models(name):
         raise _unknown_model(name)
-    if pretrained:
+    if pretrained and _reachable(TIMM_HOST, name, warn):
         try:
             with _download_timeout():
                 return timm.create_model(name, pretrained=True), "imagenet"
         except Exception as err:  # timm/hf-hub raise many types when offline
             warn(f"warning: could not download pretrained weights for {name} ({_short(err)}); using random weights")
     return timm.create_model(name, pretrained=False), "random"
+
+
+def _reachable(host: str, name: str, warn: Callable[[str], None]) -> bool:
+    """One quick connection attempt before a download: offline, libraries retry for up to a minute.
+
+    Weights already in the local cache (torch hub / Hugging Face) are used without a download.
+    """
+    if _cached_locally(name):
+        return True
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+        return True
+    except OSError as err:
+        warn(f"warning: cannot reach {host} for pretrained {name} weights ({_short(err, 60)}); "
+             "using random weights (results say weights=random)")
+        return False
+
+
+def _cached_locally(name: str) -> bool:
+    """True when torchvision's weights file for ``name`` already sits in the torch hub cache."""
+    try:
+        import torch.hub
+        import torchvision
+
+        url = torchvision.models.get_model_weights(name).DEFAULT.url
+    except (ValueError, AttributeError, KeyError):
+        return False
+    return (Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]).is_file()
 
 
 def _from_factory(spec: str) -> Any:
