@@ -45,3 +45,18 @@ def test_skipping_a_variant_that_is_not_in_the_ladder_is_an_error():
 def test_cuda_ladder_differs_from_cpu():
     cuda = _names({}, "cuda")
     assert "torch_compile:fp16" in cuda and "torch_compile:fp32" not in cuda
+
+
+@pytest.mark.parametrize(
+    ("variant", "expected"),
+    [
+        ("onnxruntime:int8:bogus", "allowed: minmax"),
+        ("pytorch:fp32:channels_lst", "allowed: channels_last"),
+        ("torch_compile:fp32:reduce-overhead", "only exists on CUDA"),
+        ("openvino:int8:hint=fast", "'latency', 'throughput'"),
+        ("tensorrt:fp16:x", "it takes none"),
+    ],
+)
+def test_bad_options_stop_the_run_before_any_conversion(variant, expected):
+    with pytest.raises(ConfigError, match=expected):
+        _names({"variants": ["pytorch:fp32", variant]})

@@ -49,6 +49,8 @@ def build_ladder(cfg: RunConfig, device: str) -> list[Variant]:
             f"optimization.skip_variants names {', '.join(sorted(unknown_skips))}, which the ladder does not "
             f"contain ({', '.join(v.name for v in variants)})"
         )
+    for v in variants:  # a typo in an option stops the run here, before any conversion
+        get_backend(v.backend).validate_options(v.option_dict, device, v.precision)
     out: list[Variant] = []
     for v in variants:
         if v.name not in skip and v.name not in {o.name for o in out}:

@@ -97,6 +97,9 @@ class AotiBackend(Backend):
     def default_variants(self, device: str) -> list[str]:
         return ["aoti:fp16"] if device == "cuda" else ["aoti:fp32"]
 
+    def validate_options(self, options: dict[str, str], device: str, precision: str) -> None:
+        parse_aoti_options(options, device)
+
     def prepare(self, ctx: PrepareContext) -> Runner:
         opts = parse_aoti_options(ctx.options, ctx.device)
         self.check(ctx.device, ctx.precision)

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from infertune.errors import UnavailableError
+from infertune.errors import ConfigError, UnavailableError
 
 #: Numerical formats a variant can ask for. ``int8`` means post-training quantization.
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -153,6 +153,15 @@ class Backend(ABC):
         if device == "cuda" and not _cuda_available():
             return Availability.no("no CUDA GPU is visible (torch.cuda.is_available() is False)")
         return Availability.yes()
+
+    def validate_options(self, options: dict[str, str], device: str, precision: str) -> None:
+        """Raise ConfigError naming an unknown or conflicting option and the allowed ones.
+
+        Called when the ladder is built, so a typo stops the run before any conversion; ``prepare``
+        parses the same options again. The default accepts none.
+        """
+        if options:
+            raise ConfigError(f"{self.name}: unknown option(s) {', '.join(sorted(options))}; it takes none")
 
     def default_variants(self, device: str) -> list[str]:
         """Variants this backend contributes to the default ladder on ``device``."""

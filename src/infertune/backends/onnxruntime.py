@@ -23,6 +23,7 @@ from __future__ import annotations
 import platform
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -76,6 +77,13 @@ class OnnxRuntimeBackend(Backend):
             has_ep = self.availability("cuda", "fp16").ok
             return ["onnxruntime:fp32"] + (["onnxruntime:fp16"] if has_ep else [])
         return ["onnxruntime:fp32", "onnxruntime:int8"]
+
+    def validate_options(self, options: dict[str, str], device: str, precision: str) -> None:
+        from infertune.backends.ort_quantize import resolve_recipe
+
+        _, rest = _split_options(SimpleNamespace(options=options, precision=precision, settings={}))
+        if precision == "int8":
+            resolve_recipe(rest, {})
 
     def prepare(self, ctx: PrepareContext) -> Runner:
         self.check(ctx.device, ctx.precision)

@@ -195,6 +195,9 @@ class OpenVinoBackend(Backend):
         bf16 = ["openvino:bf16"] if caps and "BF16" in caps else []
         return ["openvino:fp32", *bf16, "openvino:int8"]
 
+    def validate_options(self, options: dict[str, str], device: str, precision: str) -> None:
+        parse_options(options, precision)
+
     def prepare(self, ctx: PrepareContext) -> Runner:
         opts = parse_options(ctx.options, ctx.precision)
         self.check(ctx.device, ctx.precision)

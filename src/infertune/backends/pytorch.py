@@ -5,6 +5,7 @@ from __future__ import annotations
 from infertune.backends.base import Backend, PrepareContext, Runner
 from infertune.backends.registry import register_backend
 from infertune.backends.torch_common import TorchRunner, model_copy, torch_dtype
+from infertune.errors import ConfigError
 
 
 @register_backend
@@ -19,6 +20,11 @@ class PyTorchBackend(Backend):
 
     def default_variants(self, device: str) -> list[str]:
         return ["pytorch:fp32"] + (["pytorch:fp16:channels_last"] if device == "cuda" else [])
+
+    def validate_options(self, options: dict[str, str], device: str, precision: str) -> None:
+        unknown = sorted(set(options) - {"channels_last"})
+        if unknown:
+            raise ConfigError(f"pytorch: unknown option(s) {', '.join(unknown)}; allowed: channels_last")
 
     def prepare(self, ctx: PrepareContext) -> Runner:
         self.check(ctx.device, ctx.precision)

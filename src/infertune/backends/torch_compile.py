@@ -144,6 +144,9 @@ class TorchCompileBackend(Backend):
             return ["torch_compile:fp16", "torch_compile:fp16:reduce-overhead"]
         return ["torch_compile:fp32"]
 
+    def validate_options(self, options: dict[str, str], device: str, precision: str) -> None:
+        parse_options(self.name, options, device)
+
     def prepare(self, ctx: PrepareContext) -> Runner:
         opts = parse_options(self.name, ctx.options, ctx.device)
         self.check(ctx.device, ctx.precision)

@@ -44,6 +44,9 @@ class TorchScriptBackend(Backend):
     def default_variants(self, device: str) -> list[str]:
         return ["torchscript:fp16", "torchscript:fp32"] if device == "cuda" else ["torchscript:fp32"]
 
+    def validate_options(self, options: dict[str, str], device: str, precision: str) -> None:
+        _parse_options(options)
+
     def prepare(self, ctx: PrepareContext) -> Runner:
         self.check(ctx.device, ctx.precision)
         channels_last = _parse_options(ctx.options)
