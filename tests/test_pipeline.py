@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from infertune.config import validate_config
@@ -93,3 +94,15 @@ def test_worker_crash_and_timeout_become_rows(tmp_path):
     result = run(_cfg(tmp_path, model=hang, variants=["pytorch:fp32"], batches=[3], isolation="process",
                       cell_timeout_s=8), log=lambda m: None)
     assert result.rows[0].status == "timeout" and "cell_timeout_s" in result.rows[0].error
+
+
+def test_rounds_pool_samples_per_cell(tmp_path):
+    one = run(_cfg(tmp_path / "a", variants=["pytorch:fp32"], batches=[1]), log=lambda m: None)
+    three = run(_cfg(tmp_path / "b", variants=["pytorch:fp32", "null:fp32"], batches=[1], rounds=3),
+                log=lambda m: None)
+    assert len(three.rows) == 2  # still one row per cell
+    eager = three.rows[0]
+    assert eager.rounds == 3 and one.rows[0].rounds == 1
+    samples = read_samples(three.csv_path)[eager.cell_id]
+    assert eager.iterations == len(samples) >= 3 * one.rows[0].iterations
+    assert eager.latency_p50_ms == pytest.approx(float(np.median(samples)))

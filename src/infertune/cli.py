@@ -36,6 +36,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=_int_arg("warmup count", minimum=0), help="warmup iterations per cell")
     p.add_argument("--iterations", type=_int_arg("iteration count"), help="minimum timed iterations per cell")
     p.add_argument("--min-time", type=float, metavar="S", help="minimum timed seconds per cell")
+    p.add_argument("--rounds", type=_int_arg("round count"),
+                   help="measure the whole ladder this many times, interleaved, pooling samples per cell")
     p.add_argument("--output-dir", "-o", help="where result files go (default results/)")
     p.add_argument("--isolation", choices=["process", "none"], help="run each variant in its own process (default)")
     p.add_argument("--no-cache", action="store_true", help="rebuild converted artifacts even if cached")
@@ -80,7 +82,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
                   "input_shape": args.input_shape},
         "benchmark": {"batch_sizes": args.batch_sizes, "device": args.device, "threads": args.threads,
                       "warmup_iterations": args.warmup, "benchmark_iterations": args.iterations,
-                      "min_time_s": args.min_time, "isolation": args.isolation},
+                      "min_time_s": args.min_time, "isolation": args.isolation,
+                      "rounds": args.rounds},
         "optimization": {"variants": args.variants},
         "output": {"dir": args.output_dir, "use_cache": False if args.no_cache else None},
     }

@@ -56,7 +56,12 @@ class ModelConfig(_Section):
 
 
 class BenchmarkConfig(_Section):
-    """How to time each cell. The loop runs until BOTH benchmark_iterations and min_time_s are met."""
+    """How to time each cell. The loop runs until BOTH benchmark_iterations and min_time_s are met.
+
+    ``rounds`` > 1 measures every variant again, round after round (each round visits the whole
+    ladder in a fresh worker, artifacts from the cache), and pools the samples per cell: on machines
+    whose speed drifts in phases this compares variants, not phases.
+    """
 
     warmup_iterations: int = Field(3, ge=0)
     benchmark_iterations: int = Field(10, ge=1)
@@ -67,6 +72,7 @@ class BenchmarkConfig(_Section):
     threads: int | None = Field(None, ge=1)
     isolation: Literal["process", "none"] = "process"
     cell_timeout_s: float = Field(1800, gt=0)
+    rounds: int = Field(1, ge=1)
 
     @field_validator("batch_sizes")
     @classmethod

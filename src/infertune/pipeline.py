@@ -117,46 +117,78 @@ def run(cfg: RunConfig, log: Log = print, progress: Any = None) -> RunResult:
         }
         settings = {"onnx_opset": cfg.optimization.onnx_opset, "int8": cfg.optimization.int8.model_dump()}
         batches = list(cfg.benchmark.batch_sizes)
+        rounds = cfg.benchmark.rounds
         if progress:
-            progress.start(len(ladder) * len(batches))
-        for variant in ladder:
-            job = VariantJob(
-                variant=variant.name, batch_sizes=batches, model_spec=cfg.model.model_dump(),
-                state_dict_path=str(state_path), model_name=_model_label(cfg.model.name),
-                weights_tag=loaded.weights, model_digest=digest, device=device,
-                requested_device=cfg.benchmark.device, threads=threads, timing=timing, tolerances=tol,
-                reference_path=str(ref_path),
-                input_source={"shape": sample_shape, "seed": cfg.verify.seed, "images": cfg.verify.images,
-                              "verify_count": n_verify},
-                cache_root=cfg.output.models_dir, use_cache=cfg.output.use_cache, settings=settings,
-                run_id=run_id, log_path=str(log_path),
-            )
-            avail = get_backend(variant.backend).availability(device, variant.precision)
-            if not avail.ok:
-                for batch in batches:
-                    row = base_row(job, batch)
-                    row.update(status="unavailable", error=avail.reason)
-                    files.add(ResultRow(**row))
+            progress.start(len(ladder) * len(batches) * rounds)
+        jobs = [VariantJob(
+            variant=variant.name, batch_sizes=batches, model_spec=cfg.model.model_dump(),
+            state_dict_path=str(state_path), model_name=_model_label(cfg.model.name),
+            weights_tag=loaded.weights, model_digest=digest, device=device,
+            requested_device=cfg.benchmark.device, threads=threads, timing=timing, tolerances=tol,
+            reference_path=str(ref_path),
+            input_source={"shape": sample_shape, "seed": cfg.verify.seed, "images": cfg.verify.images,
+                          "verify_count": n_verify},
+            cache_root=cfg.output.models_dir, use_cache=cfg.output.use_cache, settings=settings,
+            run_id=run_id, log_path=str(log_path),
+        ) for variant in ladder]
+        for round_index in range(rounds):
+            for variant, job in zip(ladder, jobs):
+                avail = get_backend(variant.backend).availability(device, variant.precision)
+                if not avail.ok:
+                    if round_index == 0:
+                        for batch in batches:
+                            row = base_row(job, batch)
+                            row.update(status="unavailable", error=avail.reason)
+                            files.add(ResultRow(**row))
                     if progress:
-                        progress.advance()
-                continue
-            for event in _events(job, cfg, loaded.module):
-                kind = event[0]
-                if kind == "stage" and progress:
-                    progress.stage(variant.name, event[1], event[2])
-                elif kind == "log" and cfg.benchmark.isolation == "none":
-                    _append_log(log_path, f"[{variant.name} b{event[1]}] {event[2]}")
-                elif kind == "row":
-                    row = ResultRow(**event[1])
-                    files.add(row, event[2])
-                    if progress:
-                        progress.advance()
+                        progress.advance(len(batches))
+                    continue
+                for event in _events(job, cfg, loaded.module):
+                    kind = event[0]
+                    if kind == "stage" and progress:
+                        label = job.variant if rounds == 1 else f"{job.variant} (round {round_index + 1}/{rounds})"
+                        progress.stage(label, event[1], event[2])
+                    elif kind == "log" and cfg.benchmark.isolation == "none":
+                        _append_log(log_path, f"[{job.variant} b{event[1]}] {event[2]}")
+                    elif kind == "row":
+                        _record(files, ResultRow(**event[1]), event[2], round_index)
+                        if progress:
+                            progress.advance()
         _annotate_int8(files)
     finally:
         if progress:
             progress.stop()
         _rm_tree(tmp)
     return RunResult(files.rows, csv_path, json_path, config_path, log_path, environment, warnings)
+
+
+def _record(files: ResultFiles, row: ResultRow, samples: list[float] | None, round_index: int) -> None:
+    """Add a cell's row; in later rounds, pool its samples into the row already recorded.
+
+    The first measured round's one-off costs (conversion, first call, size) stay: later rounds load
+    from the cache. A later round that fails keeps the earlier numbers and says so in ``note``.
+    """
+    from infertune.measure.stats import summarize
+
+    earlier = files.find(row.cell_id) if round_index else None
+    pooled = files.samples_ms.get(row.cell_id) if earlier is not None else None
+    if earlier is None or (not pooled and samples is not None):
+        row.rounds = 1 if samples is not None else None
+        if earlier is None:
+            files.add(row, samples)
+        else:  # earlier rounds failed; this one measured, so it becomes the row
+            files.update(row, samples)
+        return
+    if samples is None:
+        earlier.note = f"{earlier.note} round {round_index + 1} {row.status}: {row.error}".strip()[:500]
+        files.update(earlier, None)
+        return
+    merged = list(pooled or []) + list(samples)
+    for key, value in summarize(merged, row.batch_size).as_row_fields().items():
+        setattr(earlier, key, value)
+    earlier.rounds = (earlier.rounds or 1) + 1
+    earlier.measured_s = (earlier.measured_s or 0.0) + (row.measured_s or 0.0)
+    files.update(earlier, merged)
 
 
 def _events(job: VariantJob, cfg: RunConfig, model: Any) -> Any:

@@ -34,10 +34,10 @@ class CellProgress:
             desc = f"[{min(self.done + 1, self.total)}/{self.total}] {variant:<28} batch {batch:<4} {stage}"
             self._progress.update(self._task, description=desc)
 
-    def advance(self) -> None:
-        self.done += 1
+    def advance(self, cells: int = 1) -> None:
+        self.done += cells
         if self._progress is not None:
-            self._progress.update(self._task, advance=1)
+            self._progress.update(self._task, advance=cells)
 
     def stop(self) -> None:
         if self._progress is not None:

@@ -58,6 +58,7 @@ class ResultRow:
     iqr_over_median: float | None = None
     noisy: bool | None = None
     iterations: int | None = None
+    rounds: int | None = None
     warmup_iterations: int | None = None
     measured_s: float | None = None
     threads: int | None = None
@@ -113,6 +114,16 @@ class ResultFiles:
         self.rows.append(row)
         if samples_ms is not None:
             # nanosecond resolution is what the clock gives: more digits only bloat the JSON
+            self.samples_ms[row.cell_id] = [round(s, 6) for s in samples_ms]
+        self.write()
+
+    def find(self, cell_id: str) -> ResultRow | None:
+        return next((r for r in self.rows if r.cell_id == cell_id), None)
+
+    def update(self, row: ResultRow, samples_ms: list[float] | None) -> None:
+        """Replace the row of the same cell (a later measuring round pooled into it) and rewrite."""
+        self.rows = [row if r.cell_id == row.cell_id else r for r in self.rows]
+        if samples_ms is not None:
             self.samples_ms[row.cell_id] = [round(s, 6) for s in samples_ms]
         self.write()
 
