@@ -106,3 +106,20 @@ def test_rounds_pool_samples_per_cell(tmp_path):
     samples = read_samples(three.csv_path)[eager.cell_id]
     assert eager.iterations == len(samples) >= 3 * one.rows[0].iterations
     assert eager.latency_p50_ms == pytest.approx(float(np.median(samples)))
+
+
+def test_python_api_runs_and_lists_backends(tmp_path):
+    import infertune
+
+    assert "onnxruntime" in infertune.list_backends()
+    result = infertune.run(
+        log=lambda m: None,
+        model=TINY,
+        benchmark={"batch_sizes": [2], "warmup_iterations": 0, "benchmark_iterations": 2, "min_time_s": 0.0,
+                   "isolation": "none", "device": "cpu"},
+        optimization={"variants": ["pytorch:fp32"]},
+        output={"dir": str(tmp_path / "r"), "models_dir": str(tmp_path / "m")},
+    )
+    df = infertune.load_results(result.csv_path)
+    assert list(df["status"]) == ["ok"] and df.loc[0, "batch_size"] == 2
+    assert isinstance(infertune.RunConfig(), infertune.RunConfig)
