@@ -131,7 +131,7 @@ def _throughput_lines(ctx: _Context) -> Any:
     ax.set_xlabel("batch size")
     ax.set_ylabel("throughput (items/s at p50)")
     ax.set_title(ctx.title("throughput vs batch size"))
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.grid(alpha=0.3)
     return fig
 
@@ -250,7 +250,8 @@ def _grouped_bars(ax: Any, ctx: _Context, value: Callable[[ResultRow], float | N
         if label_fmt and len(xs) * n <= 40:  # labels stay readable up to ~40 bars
             ax.bar_label(bars, [label_fmt.format(y) for y in ys], fontsize=7, padding=2)
     ax.set_xticks(x, [f"batch {b}" for b in ctx.batches])
-    ax.legend(fontsize=8, ncols=2 if n > 6 else 1, loc="best")
+    # outside the axes: inside, the legend covers the first group's bars whatever "best" picks
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.grid(axis="y", alpha=0.3)
 
 
