@@ -57,10 +57,16 @@ from typing import Any
 
 import numpy as np
 
-from infertune.backends.base import Backend, PrepareContext, Runner
+from infertune.backends.base import PrepareContext, Runner
 from infertune.backends.registry import register_backend
 from infertune.backends.torch_common import TorchRunner, model_copy, torch_dtype
-from infertune.backends.torch_compile import ALLOWED_OPTIONS, CompileOptions, check_options, parse_options
+from infertune.backends.torch_compile import (
+    ALLOWED_OPTIONS,
+    CompileOptions,
+    InductorBackend,
+    check_options,
+    parse_options,
+)
 from infertune.errors import ConfigError
 
 #: torch_compile's options less CUDA graphs (a package has no such runtime).
@@ -84,15 +90,10 @@ def parse_aoti_options(options: dict[str, str], device: str) -> CompileOptions:
 
 
 @register_backend
-class AotiBackend(Backend):
+class AotiBackend(InductorBackend):
     name = "aoti"
     label = "AOTInductor"
     description = "torch.export + AOTInductor .pt2 package, compiled in a child process, loaded and run."
-    requires = ("torch",)
-    install_hint = "pip install torch==2.14.1"
-    devices = frozenset({"cpu", "cuda"})
-    precisions = frozenset({"fp32", "fp16", "bf16"})
-    unsupported = {("cpu", "fp16"): "no fast fp16 path on the CPU; use bf16 or fp32"}
 
     def default_variants(self, device: str) -> list[str]:
         return ["aoti:fp16"] if device == "cuda" else ["aoti:fp32"]

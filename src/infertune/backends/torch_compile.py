@@ -127,16 +127,21 @@ def parse_options(backend: str, options: dict[str, str], device: str) -> Compile
     return CompileOptions(mode, freeze, "dynamic" in options, "channels_last" in options)
 
 
-@register_backend
-class TorchCompileBackend(Backend):
-    name = "torch_compile"
-    label = "torch.compile"
-    description = "torch.compile (Inductor) on CPU or CUDA; compiled in prepare, freezing on by default on the CPU."
+class InductorBackend(Backend):
+    """What the two Inductor backends (torch_compile, aoti) share: torch only, CPU and CUDA, no CPU fp16."""
+
     requires = ("torch",)
     install_hint = "pip install torch==2.14.1"
     devices = frozenset({"cpu", "cuda"})
     precisions = frozenset({"fp32", "fp16", "bf16"})
     unsupported = {("cpu", "fp16"): "no fast fp16 path on the CPU; use bf16 or fp32"}
+
+
+@register_backend
+class TorchCompileBackend(InductorBackend):
+    name = "torch_compile"
+    label = "torch.compile"
+    description = "torch.compile (Inductor) on CPU or CUDA; compiled in prepare, freezing on by default on the CPU."
 
     def default_variants(self, device: str) -> list[str]:
         # max-autotune is not in the default ladder: on CUDA it takes minutes per batch size.
