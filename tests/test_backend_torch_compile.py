@@ -59,8 +59,8 @@ def test_dynamic_batch_serves_other_batch_sizes_without_recompiling(make_ctx):
 def test_freezing_defaults_per_device_and_modes_expand():
     assert parse_options("torch_compile", {}, "cpu").freeze
     assert not parse_options("torch_compile", {"nofreeze": ""}, "cpu").freeze
-    assert not parse_options("torch_compile", {}, "cuda").freeze
-    assert parse_options("torch_compile", {"freeze": ""}, "cuda").freeze
+    assert parse_options("torch_compile", {}, "cuda").freeze  # 30.8k vs 26.2k img/s on the H200
+    assert not parse_options("torch_compile", {"nofreeze": ""}, "cuda").freeze
     opts = parse_options("torch_compile", {"mode": "max-autotune"}, "cpu")
     assert opts.mode == "max-autotune"
     assert opts.inductor_options() == {
@@ -83,6 +83,7 @@ def test_reduce_overhead_is_refused_on_cpu_with_the_reason(make_ctx):
         ({"max-autotune": "yes"}, "no value"),
         ({"default": "", "max-autotune": ""}, "choose one mode"),
         ({"freeze": "", "nofreeze": ""}, "exclude each other"),
+        ({"cuda_graph": ""}, "'cuda_graph' needs a CUDA device"),
     ],
 )
 def test_bad_options_raise_config_error(make_ctx, options, match):
@@ -95,7 +96,12 @@ def test_availability_and_defaults():
     assert not backend.availability("cpu", "fp16").ok
     assert backend.availability("cpu", "fp32").ok
     assert backend.default_variants("cpu") == ["torch_compile:fp32"]
-    assert backend.default_variants("cuda") == ["torch_compile:fp16", "torch_compile:fp16:reduce-overhead"]
+    assert backend.default_variants("cuda") == [
+        "torch_compile:fp16:channels_last", "torch_compile:fp16:channels_last:cuda_graph",
+    ]
+    assert not backend.availability("cpu", "tf32").ok
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        parse_options("torch_compile", {"cuda_graph": "", "reduce-overhead": ""}, "cuda")
 
 
 @needs_cuda

@@ -44,7 +44,7 @@ def test_skipping_a_variant_that_is_not_in_the_ladder_is_an_error():
 
 def test_cuda_ladder_differs_from_cpu():
     cuda = _names({}, "cuda")
-    assert "torch_compile:fp16" in cuda and "torch_compile:fp32" not in cuda
+    assert "torch_compile:fp16:channels_last" in cuda and "torch_compile:fp32" not in cuda
 
 
 @pytest.mark.parametrize(

@@ -77,3 +77,33 @@ def test_steady_samples_are_not_noisy():
 def test_statistics_reject_bad_input(samples, batch):
     with pytest.raises(ValueError):
         summarize(samples, batch)
+
+
+def test_warmup_runs_until_both_its_count_and_its_time(fake_clock):
+    runner = CountingRunner()
+    # 10 ms per clock read; 0.05 s of warmup needs more than the 1 call counted
+    timing = measure(runner, None, TimingPolicy(1, 2, 0.0, warmup_min_time_s=0.05), clock=fake_clock(10_000_000))
+    warmup_calls = runner.calls - len(timing.samples_ns)
+    assert warmup_calls > 1
+    assert warmup_calls <= 6  # stops once the time is met
+
+
+def test_end_to_end_wraps_the_whole_host_to_host_trip():
+    from infertune.measure.timer import EndToEnd
+
+    class DeviceRunner(CountingRunner):
+        latency_scope = "device"
+
+        def to_native(self, batch):
+            return ("on-device", batch)
+
+        def to_numpy(self, outputs):
+            assert outputs[0] == "on-device"
+            return np.asarray(outputs[1]) * 2
+
+    inner = DeviceRunner()
+    e2e = EndToEnd(inner)
+    assert e2e.latency_scope == "end_to_end"
+    np.testing.assert_array_equal(e2e(np.ones(2)), np.full(2, 2.0))
+    measure(e2e, np.ones(2), TimingPolicy(1, 3, 0.0))
+    assert inner.calls == 1 + 1 + 3 and inner.syncs == 1 + 3  # the direct call was not synchronised

@@ -73,12 +73,16 @@ def base_row(job: VariantJob, batch: int) -> dict[str, Any]:
 
 def configure_torch(threads: int) -> None:
     """Pin torch's intra-op threads (runtimes get ``threads`` from the context) so variants compete
-    fairly, and keep fp32 honest on GPUs: cuDNN's TF32 convolutions (on by default) are not fp32."""
+    fairly; keep fp32 honest on GPUs (cuDNN's TF32 convolutions, on by default, are not fp32: only a
+    ``tf32`` variant turns them on); let cuDNN pick its fastest algorithm per shape (autotuned in the
+    first call, which is timed apart, not in the timed loop)."""
     import torch
 
+    from infertune.backends.torch_common import set_tf32
+
     torch.set_num_threads(threads)
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    set_tf32(False)
+    torch.backends.cudnn.benchmark = True
 
 
 def rebuild_model(job: VariantJob) -> Any:
@@ -175,12 +179,29 @@ def _run_cell(backend: Any, ctx: Any, row: dict[str, Any], verify_inputs: np.nda
         row.update(stats.as_row_fields())
         row["warmup_iterations"] = policy.warmup_iterations
         row["measured_s"] = timing.wall_ns / 1e9
+        if runner.latency_scope == "device":
+            row.update(_end_to_end_fields(runner, ctx.example_input, policy, timing))
     finally:
         peak = probe.stop()
         row["peak_host_mb"] = peak.host_mb
         row["peak_device_mb"] = peak.device_mb
         runner.close()
     return timing.samples_ms
+
+
+def _end_to_end_fields(runner: Any, host_batch: np.ndarray, policy: Any, device_timing: Any) -> dict[str, float]:
+    """For a device-latency runner: the synchronised host time of the device loop (a check on the CUDA
+    events) and a second loop timed end to end, host array in and host array out."""
+    from infertune.measure.stats import summarize
+    from infertune.measure.timer import EndToEnd, measure
+
+    e2e = summarize(measure(EndToEnd(runner), host_batch, policy).samples_ms, len(host_batch))
+    return {
+        "host_latency_p50_ms": float(np.median(device_timing.host_samples_ms)),
+        "e2e_latency_p50_ms": e2e.p50_ms,
+        "e2e_latency_p99_ms": e2e.p99_ms,
+        "e2e_throughput_ips": e2e.throughput_ips,
+    }
 
 
 def verify(runner: Any, inputs: np.ndarray, reference: np.ndarray, batch: int, tolerance: Any) -> Any:

@@ -64,6 +64,8 @@ class BenchmarkConfig(_Section):
     """
 
     warmup_iterations: int = Field(3, ge=0)
+    #: warm up for at least this long too; None = 0.5 s on CUDA (clocks ramp up), 0 on the CPU.
+    warmup_time_s: float | None = Field(None, ge=0)
     benchmark_iterations: int = Field(10, ge=1)
     min_time_s: float = Field(1.0, ge=0)
     max_iterations: int = Field(10_000, ge=1)
@@ -117,7 +119,7 @@ class VerifyConfig(_Section):
     samples: int = Field(8, ge=1)
     images: str | None = None
     seed: int = 0
-    tolerances: dict[Literal["fp32", "fp16", "bf16", "int8"], ToleranceConfig] = Field(default_factory=dict)
+    tolerances: dict[Literal["fp32", "tf32", "fp16", "bf16", "int8"], ToleranceConfig] = Field(default_factory=dict)
 
 
 class OutputConfig(_Section):

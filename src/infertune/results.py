@@ -53,6 +53,12 @@ class ResultRow:
     latency_max_ms: float | None = None
     latency_scope: str = ""
     throughput_ips: float | None = None
+    # GPU runners (latency_scope "device"): synchronised host time of the same timed iterations, and a
+    # second loop timed end to end (host input -> host output, both copies included)
+    host_latency_p50_ms: float | None = None
+    e2e_latency_p50_ms: float | None = None
+    e2e_latency_p99_ms: float | None = None
+    e2e_throughput_ips: float | None = None
     speedup_vs_pytorch: float | None = None
     cv: float | None = None
     iqr_over_median: float | None = None

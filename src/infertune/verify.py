@@ -27,6 +27,8 @@ class Tolerance:
 #: defaults per precision (OpenVINO's accuracy checker uses cosine >= 0.999 / 0.995 / 0.99 for fp32/fp16/bf16).
 DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(cosine_min=0.9999, max_rel_err=1e-4),
+    # TF32 keeps fp32's range with fp16's 10-bit mantissa in the products: judged like fp16.
+    "tf32": Tolerance(cosine_min=0.999, max_rel_err=2e-2),
     "fp16": Tolerance(cosine_min=0.999, max_rel_err=2e-2),
     "bf16": Tolerance(cosine_min=0.99, max_rel_err=5e-2),
     "int8": Tolerance(cosine_min=0.98, top1_min=0.9),

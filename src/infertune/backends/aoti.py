@@ -112,7 +112,8 @@ class AotiBackend(InductorBackend):
             precision=ctx.precision,
             device=ctx.device,
             threads=ctx.threads,
-            options=dataclasses.asdict(opts),
+            # a CUDA graph is captured at load time: the same package serves it
+            options=dataclasses.asdict(dataclasses.replace(opts, cuda_graph=False)),
             shape=("dynamic-batch", *ctx.input_shape[1:]) if opts.dynamic else ctx.input_shape,
         )
         package = entry.file("model.pt2")
@@ -123,6 +124,8 @@ class AotiBackend(InductorBackend):
             entry.commit(meta)
         loaded = torch._inductor.aoti_load_package(str(package))
         runner = TorchRunner(loaded, ctx.device, torch_dtype(ctx.precision), opts.channels_last)
+        if opts.cuda_graph:
+            runner.capture_cuda_graph(runner.to_native(ctx.example_input))
         runner.artifact_path = package
         runner.cache_hit = entry.hit
         return runner

@@ -20,8 +20,9 @@ import numpy as np
 
 from infertune.errors import ConfigError, UnavailableError
 
-#: Numerical formats a variant can ask for. ``int8`` means post-training quantization.
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+#: Numerical formats a variant can ask for. ``int8`` means post-training quantization; ``tf32`` is fp32
+#: storage with TF32 tensor-core math on NVIDIA GPUs.
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8")
 
 
 @dataclass(frozen=True)

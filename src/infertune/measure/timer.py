@@ -1,10 +1,14 @@
 """The one timed loop every backend goes through.
 
-Warm up by count; then run until BOTH the configured iteration count and a minimum wall time are
-met (so fast variants get enough samples and slow ones are not cut short); each iteration is timed
-with ``time.perf_counter_ns`` around ``runner(inputs)`` and ``runner.synchronize()``. On a GPU runner
-the per-iteration device time also comes from CUDA events. The clock is a parameter so tests can
-drive the loop with a fake clock and never sleep.
+Warm up until both a count and a minimum time are met (a GPU idles at a fraction of its clock and
+needs some hundred milliseconds of work to ramp up; cuDNN autotuning and lazy initialisation happen
+in the first call, timed apart); then run until BOTH the configured iteration count and a minimum
+wall time are met (so fast variants get enough samples and slow ones are not cut short); each
+iteration is timed with ``time.perf_counter_ns`` around ``runner(inputs)`` and ``runner.synchronize()``.
+On a GPU runner the per-iteration device time also comes from CUDA events recorded around the call
+on the current stream; the synchronised host time of the same iterations is kept too, so the two can
+be checked against each other. ``EndToEnd`` wraps a GPU runner for the second, end-to-end loop: host
+input in, host output out. The clock is a parameter so tests can drive the loop with a fake clock.
 """
 
 from __future__ import annotations
@@ -28,12 +32,14 @@ class TimingPolicy:
         min_iterations: timed calls at least.
         min_time_s: timed seconds at least (the loop ends when both minimums are met).
         max_iterations: a hard cap so a very fast variant with a long min_time stays bounded.
+        warmup_min_time_s: untimed seconds at least (warmup ends when both warmup minimums are met).
     """
 
     warmup_iterations: int = 3
     min_iterations: int = 10
     min_time_s: float = 1.0
     max_iterations: int = 10_000
+    warmup_min_time_s: float = 0.0
 
 
 @dataclass
@@ -44,6 +50,11 @@ class Timing:
     first_call_ns: int | None = None
     device_samples_ms: list[float] = field(default_factory=list)
     wall_ns: int = 0
+
+    @property
+    def host_samples_ms(self) -> list[float]:
+        """Synchronised host time per iteration in ms (equal to ``samples_ms`` on CPU runners)."""
+        return [s / 1e6 for s in self.samples_ns]
 
     @property
     def samples_ms(self) -> list[float]:
@@ -68,9 +79,12 @@ def measure(
     clock: Clock = time.perf_counter_ns,
 ) -> Timing:
     """Warm up, then time iterations until ``policy`` is satisfied; returns the raw samples."""
-    for _ in range(policy.warmup_iterations):
+    warm_until = clock() + int(policy.warmup_min_time_s * 1e9)
+    done = 0
+    while done < policy.warmup_iterations or (clock() < warm_until and done < policy.max_iterations):
         runner(inputs)
         runner.synchronize()
+        done += 1
     samples: list[int] = []
     device_ms: list[float] = []
     min_ns = int(policy.min_time_s * 1e9)
@@ -93,3 +107,22 @@ def measure(
             device_ms.append(float(events[0].elapsed_time(events[1])))
         elapsed = t1 - start
     return Timing(samples_ns=samples, device_samples_ms=device_ms, wall_ns=clock() - start)
+
+
+class EndToEnd(Runner):
+    """A runner whose call is the whole trip: host array -> device input -> inference -> host array.
+
+    Timed by ``measure`` like any runner, it gives the latency a caller holding host data sees
+    (copies both ways included), next to the device latency of the wrapped runner.
+    """
+
+    latency_scope = "end_to_end"
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+
+    def __call__(self, inputs: Any) -> Any:
+        return self.runner.to_numpy(self.runner(self.runner.to_native(inputs)))
+
+    def synchronize(self) -> None:
+        self.runner.synchronize()
