@@ -181,8 +181,11 @@ def _metrics(name: str, outputs: np.ndarray, reference: np.ndarray) -> tuple[Out
     diff = out - ref
     max_abs = float(np.abs(diff).max()) if diff.size else 0.0
     spread = float(ref.max() - ref.min()) if ref.size else 0.0
-    norms = np.linalg.norm(out, axis=1) * np.linalg.norm(ref, axis=1)
-    cos = np.where(norms > 0, (out * ref).sum(axis=1) / np.where(norms > 0, norms, 1.0), 1.0)
+    norm_out, norm_ref = np.linalg.norm(out, axis=1), np.linalg.norm(ref, axis=1)
+    norms = norm_out * norm_ref
+    # two all-zero samples agree (1); one all-zero sample against a non-zero one does not (0)
+    cos = np.where(norms > 0, (out * ref).sum(axis=1) / np.where(norms > 0, norms, 1.0),
+                   np.where((norm_out == 0) & (norm_ref == 0), 1.0, 0.0))
     noise = float((diff**2).sum())
     classes = np.ndim(reference) == 2 and np.shape(reference)[1] > 1
     return OutputMetrics(
