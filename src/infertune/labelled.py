@@ -70,7 +70,7 @@ def _class_indices(names: list[str], num_classes: int | None, root: Path) -> dic
             idx = imagenet[_key(name)]
             if idx < 0:
                 raise ConfigError(f"verify.dataset: {name!r} names two ImageNet classes; rename the folder to "
-                                  "its class index (e.g. 134 or 517 for 'crane')")
+                                  "its class index (e.g. 264 or 474 for 'cardigan')")
             out[name] = idx
         else:
             unknown.append(name)
