@@ -232,3 +232,27 @@ def test_random_weights_are_labelled_in_the_tables(verified_rows):
     text = console.export_text()
     assert "agreement with random weights" in text and "max_rel_err" in text
     assert "INT8 calibrated on: photos: hubble_deep_field" in text
+    from infertune.report.data import load_report_data
+    from infertune.report.html import render_html
+
+    html = render_html(load_report_data(verified_rows[1].csv_path), [])
+    assert "agreement with random weights" in html
+
+
+def test_verify_command_prints_the_metrics_and_exits_1_on_a_failure(tmp_path, capsys):
+    import yaml
+
+    from infertune.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": TINY, "benchmark": {"batch_sizes": [2], "isolation": "none", "device": "cpu"},
+        "optimization": {"variants": ["pytorch:fp32", "faulty:fp32:unnormalised"]},
+        "output": {"dir": str(tmp_path / "results"), "models_dir": str(tmp_path / "models")}}))
+    with registered():
+        code = main(["verify", "--config", str(config), "--quiet", "--inputs", "synthetic"])
+    out = capsys.readouterr().out
+    assert code == 1 and "fidelity failed: faulty:fp32:unnormalised" in out
+    assert "cos min" in out and "cosine_min" in out and "verified on: synthetic" in out
+    with registered():
+        assert main(["verify", "--config", str(config), "--quiet", "--variants", "pytorch:fp32"]) == 0
