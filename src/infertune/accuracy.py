@@ -51,6 +51,7 @@ def require_trained_weights(weights: str, dataset: str) -> None:
         raise ConfigError(
             f"accuracy mode (verify.dataset: {dataset}) needs trained weights, but the model has random weights "
             "(pretrained weights were off or could not be downloaded). Set model.pretrained: true while online, "
-            "give model.weights: <state_dict.pt>, or use a model that ships its weights (e.g. efficientnet_lite0); "
-            "or drop verify.dataset to check agreement only"
+            "give model.weights: <state_dict.pt>, use a model that ships its weights (e.g. efficientnet_lite0), or have "
+            "your package.module:factory set `infertune_weights = '<name>'` on the module it returns when it loads "
+            "trained weights itself; or drop verify.dataset to check agreement only"
         )
