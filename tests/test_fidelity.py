@@ -13,7 +13,7 @@ import pytest
 from infertune.config import tolerances, validate_config
 from infertune.errors import ConfigError
 from infertune.inputs import InputSource, resolve_source
-from infertune.verify import DEFAULT_TOLERANCES, BOUNDS, Tolerance, compare
+from infertune.verify import BOUNDS, DEFAULT_TOLERANCES, Tolerance, compare
 from tests.faulty_backends import registered
 
 REPO = Path(__file__).resolve().parents[1]
@@ -256,3 +256,18 @@ def test_verify_command_prints_the_metrics_and_exits_1_on_a_failure(tmp_path, ca
     assert "cos min" in out and "cosine_min" in out and "verified on: synthetic" in out
     with registered():
         assert main(["verify", "--config", str(config), "--quiet", "--variants", "pytorch:fp32"]) == 0
+
+
+def test_no_calibration_images_left_fails_only_the_int8_cells(tmp_path):
+    from PIL import Image
+
+    from infertune.pipeline import run
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((40, 40, 3), 60 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+    rows = run(_cfg(tmp_path, ["pytorch:fp32", "onnxruntime:int8"], images=str(folder), samples=2),
+               log=lambda m: None, measure=False).rows
+    assert rows[0].status == "ok" and rows[0].verify_inputs == f"folder {folder}: first 2 of 2 images"
+    assert rows[1].status == "failed" and "no images left for INT8 calibration" in rows[1].error

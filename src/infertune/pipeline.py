@@ -16,6 +16,7 @@ from typing import Any
 
 from infertune.cell import VariantJob, base_row, configure_torch, save_reference
 from infertune.config import RunConfig, tolerances
+from infertune.errors import ConfigError
 from infertune.results import ResultFiles, ResultRow
 
 Log = Callable[[str], None]
@@ -97,7 +98,10 @@ def run(cfg: RunConfig, log: Log = print, progress: Any = None, measure: bool = 
     verify_description = source.describe_verification(len(verify_inputs))
     int8_settings = cfg.optimization.int8.model_dump()
     if any(v.precision == "int8" for v in ladder):  # INT8 caches are keyed by the calibration data too
-        int8_settings["calibration_id"] = source.calibration_identity()
+        try:
+            int8_settings["calibration_id"] = source.calibration_identity()
+        except ConfigError as err:  # no usable calibration set: the INT8 cells fail with this reason
+            int8_settings["calibration_id"] = f"unusable: {err}"
 
     environment = envmod.capture(threads)
     environment.update(device=device, requested_device=cfg.benchmark.device)
