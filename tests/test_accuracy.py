@@ -155,3 +155,15 @@ def test_pretrained_efficientnet_lite0_int8_gate_on_real_photos(tmp_path):
     assert corrupted.status == "fidelity_failed" and "top1_acc" in corrupted.error and "cosine_min" in corrupted.error
     unnormalised = rows["faulty:fp32:unnormalised"]
     assert unnormalised.status == "fidelity_failed" and "cosine_min" in unnormalised.error
+
+
+def test_python_api_verify_runs_accuracy_mode_without_timing(tmp_path):
+    import infertune
+
+    data = _self_labelled_folder(tmp_path / "data", count=4)
+    result = infertune.verify_ladder(
+        log=lambda m: None, model=TINY_TRAINED, optimization={"variants": ["pytorch:fp32"]},
+        benchmark={"batch_sizes": [2], "isolation": "none", "device": "cpu"}, verify={"dataset": str(data)},
+        output={"dir": str(tmp_path / "results"), "models_dir": str(tmp_path / "models")})
+    (row,) = result.rows
+    assert row.status == "ok" and row.top1_acc == 1.0 and row.latency_p50_ms is None
