@@ -77,20 +77,24 @@ def _tool_call(method: str, model: Any, batch: int, threads: int) -> Any:
     from infertune.backends.registry import get_backend
     from infertune.cache import ArtifactCache
     from infertune.config import RunConfig
-    from infertune.inputs import InputSource
+    from infertune.inputs import resolve_source
     from infertune.models import LoadedModel
     from infertune.variants import parse_variant
 
     cfg = RunConfig()
     variant = parse_variant(method.removeprefix(TOOL_PREFIX))
     digest = LoadedModel(model, "resnet50", "random", "torchvision").digest()
-    source = InputSource(shape=(3, 224, 224), seed=cfg.verify.seed, verify_count=cfg.verify.samples)
+    source, _ = resolve_source((3, 224, 224), seed=cfg.verify.seed, inputs=cfg.verify.inputs,
+                               verify_count=cfg.verify.samples)  # the run's default inputs (shipped photos)
+    int8 = cfg.optimization.int8.model_dump()
+    if variant.precision == "int8":  # the run keys INT8 artifacts by their calibration data
+        int8["calibration_id"] = source.calibration_identity()
     ctx = PrepareContext(
         model=model, example_input=source.timed_batch(batch), precision=variant.precision,
         options=variant.option_dict, device="cpu", threads=threads,
         cache=ArtifactCache(REPO / cfg.output.models_dir, f"resnet50-{digest}"),
         calibration=source.calibration,
-        settings={"onnx_opset": cfg.optimization.onnx_opset, "int8": cfg.optimization.int8.model_dump()},
+        settings={"onnx_opset": cfg.optimization.onnx_opset, "int8": int8},
         log=lambda m: None,
     )
     runner = get_backend(variant.backend).prepare(ctx)

@@ -44,3 +44,27 @@ def crashes_at_batch_3() -> nn.Module:
 
 def hangs_at_batch_3() -> nn.Module:
     return _Trap(3, "hang").eval()
+
+
+def tiny_declared_trained() -> nn.Module:
+    """The tiny model, declaring trained weights so accuracy mode accepts it. Its weights are random:
+    tests label their images with its own FP32 predictions, so the reference scores 100% by construction."""
+    model = tiny_convnet()
+    model.infertune_weights = "test:labels-are-its-own-predictions"
+    return model
+
+
+class _TwoHeads(nn.Module):
+    """Logits and pooled features: a model with two outputs, each verified on its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = tiny_convnet()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.inner[:-1](x)
+        return self.inner[-1](features), features
+
+
+def two_outputs() -> nn.Module:
+    return _TwoHeads().eval()

@@ -28,7 +28,8 @@ def test_flipped_predictions_fail_int8_on_top1():
     out = ref[:, ::-1].copy()
     fid = compare(out, ref, DEFAULT_TOLERANCES["int8"])
     assert not fid.ok and fid.top1_agreement == 0.0
-    assert any("top-1" in f for f in fid.failures)
+    assert "top1_agreement" in fid.failed_metrics
+    assert any(f.startswith("top1_agreement 0.0% < 80.0%") for f in fid.failures)
 
 
 def test_nan_and_shape_mismatch_always_fail():

@@ -2,6 +2,7 @@
 
 Public API:
     run(config=None, **overrides) -> RunResult   benchmark a ladder of variants (see pipeline.run)
+    verify_ladder(config=None, **overrides)      the same ladder, verified (and accuracy-gated) but not timed
     load_results(path) -> pandas.DataFrame       read a results CSV/JSON
     list_backends() -> list[str]                 registered backends
     RunConfig                                    the validated configuration model
@@ -24,6 +25,15 @@ def run(config: str | None = None, log: Any = print, **overrides: Any) -> Any:
     return _run(load_config(config, overrides), log=log)
 
 
+def verify_ladder(config: str | None = None, log: Any = print, **overrides: Any) -> Any:
+    """Prepare and verify every variant without timing (``infertune verify``), e.g.
+    ``verify_ladder(verify={"dataset": "val/"})``. (``infertune.verify`` is the metrics module.)"""
+    from infertune.config import load_config
+    from infertune.pipeline import run as _run
+
+    return _run(load_config(config, overrides), log=log, measure=False)
+
+
 def list_backends() -> list[str]:
     from infertune.backends.registry import list_backends as _list
 
@@ -38,4 +48,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-__all__ = ["RunConfig", "list_backends", "load_results", "run", "__version__"]
+__all__ = ["RunConfig", "list_backends", "load_results", "run", "verify_ladder", "__version__"]

@@ -47,6 +47,12 @@ class VariantJob:
     settings: dict[str, Any] = field(default_factory=dict)
     run_id: str = ""
     log_path: str | None = None
+    #: False for ``infertune verify``: prepare and verify only, no timing.
+    measure: bool = True
+    #: what the verification set is (the row's ``verify_inputs``).
+    verify_inputs: str = ""
+    #: accuracy mode: the FP32 reference's {"top1": .., "top5": .., "samples": ..} on the labelled set.
+    ref_accuracy: dict[str, Any] | None = None
 
 
 def base_row(job: VariantJob, batch: int) -> dict[str, Any]:
@@ -105,7 +111,7 @@ def run_variant(job: VariantJob, emit: Emit, model: Any = None) -> None:
     from infertune.cache import ArtifactCache
     from infertune.inputs import InputSource
     from infertune.variants import parse_variant
-    from infertune.verify import Tolerance
+    from infertune.verify import tolerance_for
 
     variant = parse_variant(job.variant)
     backend = get_backend(variant.backend)
@@ -113,13 +119,13 @@ def run_variant(job: VariantJob, emit: Emit, model: Any = None) -> None:
     if model is None:
         emit("stage", job.batch_sizes[0], "load model")
         model = rebuild_model(job)
-    ref = np.load(job.reference_path)
-    verify_inputs, reference = ref["inputs"], ref["reference"]
+    verify_inputs, reference, labels = load_reference(job.reference_path)
     source = InputSource(**job.input_source)
     cache = ArtifactCache(job.cache_root, f"{job.model_name}-{job.model_digest}", enabled=job.use_cache)
-    tolerance = Tolerance(**job.tolerances.get(variant.precision, {}))
+    tolerance = tolerance_for(job.tolerances, variant.precision)
     for batch in job.batch_sizes:
         row = base_row(job, batch)
+        calibration = _RecordedCalibration(source)
         ctx = PrepareContext(
             model=model,
             example_input=source.timed_batch(batch),
@@ -128,13 +134,13 @@ def run_variant(job: VariantJob, emit: Emit, model: Any = None) -> None:
             device=job.device,
             threads=job.threads,
             cache=cache,
-            calibration=source.calibration,
+            calibration=calibration,
             settings=job.settings,
             log=lambda msg, b=batch: emit("log", b, msg),
         )
         samples: list[float] | None = None
         try:
-            samples = _run_cell(backend, ctx, row, verify_inputs, reference, tolerance, job, emit)
+            samples = _run_cell(backend, ctx, row, (verify_inputs, reference, labels), tolerance, job, emit)
         except UnavailableError as err:
             row.update(status="unavailable", error=str(err))
         except InfertuneError as err:
@@ -142,11 +148,40 @@ def run_variant(job: VariantJob, emit: Emit, model: Any = None) -> None:
         except Exception as err:  # a backend bug or a runtime's refusal: failure is data
             row.update(status="failed", error=_one_line(err))
             emit("log", batch, traceback.format_exc())
+        row["calibration_inputs"] = _calibration_text(calibration, variant, row, job)
         emit("row", row, samples)
 
 
-def _run_cell(backend: Any, ctx: Any, row: dict[str, Any], verify_inputs: np.ndarray, reference: np.ndarray,
-              tolerance: Any, job: VariantJob, emit: Emit) -> list[float]:
+class _RecordedCalibration:
+    """``source.calibration`` that remembers whether a backend drew samples, and describes them."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+        self.description = ""
+
+    @property
+    def used(self) -> bool:
+        return bool(self.description)
+
+    def __call__(self, n: int) -> np.ndarray:
+        samples = self.source.calibration(n)
+        self.description = self.source.describe_calibration(n)
+        return samples
+
+
+def _calibration_text(calibration: _RecordedCalibration, variant: Any, row: dict[str, Any], job: VariantJob) -> str:
+    """What calibrated this row: the samples drawn, or for a cached INT8 artifact the same source
+    (the cache key holds the calibration source's identity, so a hit was calibrated on it)."""
+    if calibration.used:
+        return calibration.description
+    if variant.precision == "int8" and row.get("cache_hit") and "dynamic" not in variant.options:
+        n = int((job.settings.get("int8") or {}).get("calibration_samples", 32))
+        return f"{calibration.source.describe_calibration(n)} (cached INT8 artifact)"
+    return ""
+
+
+def _run_cell(backend: Any, ctx: Any, row: dict[str, Any], verification: tuple[np.ndarray, list[Any], Any],
+              tolerance: Any, job: VariantJob, emit: Emit) -> list[float] | None:
     from infertune.cache import dir_size_mb
     from infertune.measure.memory import MemoryProbe
     from infertune.measure.stats import summarize
@@ -165,13 +200,13 @@ def _run_cell(backend: Any, ctx: Any, row: dict[str, Any], verify_inputs: np.nda
     row["latency_scope"] = runner.latency_scope
     try:
         timed_input = runner.to_native(ctx.example_input)
-        row["first_inference_ms"] = time_first_call(runner, timed_input) / 1e6
+        if job.measure:
+            row["first_inference_ms"] = time_first_call(runner, timed_input) / 1e6
         if backend.produces_outputs:
             emit("stage", batch, "verify")
-            fid = verify(runner, verify_inputs, reference, batch, tolerance)
-            row.update(fid.as_row_fields())
-            if not fid.ok:
-                row.update(status="fidelity_failed", error="; ".join(fid.failures))
+            verify_step(runner, verification, batch, tolerance, job, row)
+        if not job.measure:
+            return None
         emit("stage", batch, "measure")
         policy = TimingPolicy(**job.timing)
         timing = measure(runner, timed_input, policy)
@@ -204,22 +239,57 @@ def _end_to_end_fields(runner: Any, host_batch: np.ndarray, policy: Any, device_
     }
 
 
-def verify(runner: Any, inputs: np.ndarray, reference: np.ndarray, batch: int, tolerance: Any) -> Any:
-    """Run the verification samples through ``runner`` in batches of exactly ``batch`` and compare.
+def verify_step(runner: Any, verification: tuple[np.ndarray, list[Any], Any], batch: int, tolerance: Any,
+                job: VariantJob, row: dict[str, Any]) -> None:
+    """Compare with the reference (and, in accuracy mode, gate on accuracy); fill the row's fidelity fields."""
+    from infertune.accuracy import Accuracy, accuracy, gate
+
+    inputs, reference, labels = verification
+    outputs = run_outputs(runner, inputs, batch)
+    fid = _compare(outputs, reference, tolerance)
+    row.update(fid.as_row_fields())
+    row["verify_inputs"] = job.verify_inputs
+    failures = list(fid.failures)
+    if labels is not None and job.ref_accuracy and outputs:
+        acc = accuracy(outputs[0][1], labels)
+        row.update(top1_acc=acc.top1, top5_acc=acc.top5, ref_top1_acc=job.ref_accuracy["top1"],
+                   ref_top5_acc=job.ref_accuracy["top5"])
+        failure = gate(acc, Accuracy(**job.ref_accuracy), tolerance.accuracy_ratio_min)
+        if failure:
+            failures.append(failure)
+    if fid.notes:
+        row["note"] = "; ".join(fid.notes)
+    if failures:
+        row.update(status="fidelity_failed", fidelity_ok=False, error="; ".join(failures))
+
+
+def run_outputs(runner: Any, inputs: np.ndarray, batch: int) -> list[tuple[str, np.ndarray]]:
+    """Run the verification samples through ``runner`` in batches of exactly ``batch``; outputs per tensor.
 
     The last chunk wraps around to the first samples so static-shape artifacts see their own shape;
-    only the real samples are compared.
+    only the real samples are kept.
     """
-    from infertune.verify import compare
+    from infertune.verify import output_list
 
     n = len(inputs)
-    outputs = []
+    chunks: list[list[tuple[str, np.ndarray]]] = []
     for start in range(0, n, batch):
         idx = [(start + i) % n for i in range(batch)]
-        out = runner.to_numpy(runner(runner.to_native(inputs[idx])))
+        out = output_list(runner.to_numpy(runner(runner.to_native(inputs[idx]))))
         runner.synchronize()
-        outputs.append(np.asarray(out)[: min(batch, n - start)])
-    return compare(np.concatenate(outputs), reference, tolerance)
+        chunks.append([(name, arr[: min(batch, n - start)]) for name, arr in out])
+    return [(name, np.concatenate([c[i][1] for c in chunks])) for i, (name, _) in enumerate(chunks[0])]
+
+
+def verify(runner: Any, inputs: np.ndarray, reference: Any, batch: int, tolerance: Any) -> Any:
+    """Run the verification samples through ``runner`` (see ``run_outputs``) and compare with ``reference``."""
+    return _compare(run_outputs(runner, inputs, batch), reference, tolerance)
+
+
+def _compare(outputs: list[tuple[str, np.ndarray]], reference: Any, tolerance: Any) -> Any:
+    from infertune.verify import compare
+
+    return compare(dict(outputs) if len(outputs) > 1 else outputs[0][1], reference, tolerance)
 
 
 def _one_line(err: BaseException, limit: int = 500) -> str:
@@ -227,8 +297,26 @@ def _one_line(err: BaseException, limit: int = 500) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def save_reference(path: Path, inputs: np.ndarray, reference: np.ndarray) -> None:
-    np.savez(path, inputs=inputs, reference=reference)
+def save_reference(path: Path, inputs: np.ndarray, reference: Any, labels: np.ndarray | None = None) -> None:
+    """Save the verification inputs, the reference output(s) (one array or ``output_list`` pairs) and labels."""
+    from infertune.verify import output_list
+
+    outputs = reference if isinstance(reference, list) else output_list(reference)
+    arrays = {f"reference_{i}": arr for i, (_, arr) in enumerate(outputs)}
+    names = np.array([name for name, _ in outputs])
+    extra = {"labels": labels} if labels is not None else {}
+    np.savez(path, inputs=inputs, output_names=names, **arrays, **extra)
+
+
+def load_reference(path: str | Path) -> tuple[np.ndarray, Any, np.ndarray | None]:
+    """(inputs, reference outputs: one array or a {name: array} dict, labels or None)."""
+    with np.load(path) as ref:
+        names = [str(n) for n in ref["output_names"]]
+        outputs = [ref[f"reference_{i}"] for i in range(len(names))]
+        labels = ref["labels"] if "labels" in ref.files else None
+        inputs = ref["inputs"]
+    reference = outputs[0] if len(outputs) == 1 else dict(zip(names, outputs))
+    return inputs, reference, labels
 
 
 def job_to_dict(job: VariantJob) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Command-line interface: argument parsing only; the work lives in pipeline, report and env.
 
     infertune run [--config config.yaml] [--batch-size 1 4 8] [--variants ...] [--device cpu] ...
+    infertune verify [same options] [--dataset labelled_folder/]   (fidelity/accuracy only, no timing)
     infertune report results/benchmark_results_<TS>.csv
     infertune backends | env | compare A.csv B.csv
 
@@ -43,6 +44,16 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="rebuild converted artifacts even if cached")
     p.add_argument("--report", action="store_true", help="also write charts, HTML and markdown after the run")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    _add_verify_args(p)
+
+
+def _add_verify_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--inputs", choices=["photos", "synthetic"],
+                   help="verification inputs: shipped real photos (default) or seeded noise")
+    p.add_argument("--images", help="a folder of your own images to verify on (overrides verify.images)")
+    p.add_argument("--dataset", help="a labelled ImageFolder tree: accuracy mode (overrides verify.dataset)")
+    p.add_argument("--calibration-images", help="a folder of INT8 calibration images (never the verification ones)")
+    p.add_argument("--samples", type=_int_arg("sample count"), help="verification samples (overrides verify.samples)")
 
 
 def _int_arg(what: str, minimum: int = 1) -> Any:
@@ -63,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     run_p = sub.add_parser("run", help="benchmark the ladder (the default command)")
     _add_run_args(run_p)
+    ver_p = sub.add_parser("verify", help="fidelity (and, with --dataset, accuracy) of every variant; no timing")
+    _add_run_args(ver_p)
     rep = sub.add_parser("report", help="charts, HTML and markdown from a results CSV/JSON")
     rep.add_argument("results", help="results/benchmark_results_<TS>.csv (or .json)")
     rep.add_argument("--out", help="output folder (default: beside the results file)")
@@ -86,6 +99,9 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
                       "rounds": args.rounds},
         "optimization": {"variants": args.variants},
         "output": {"dir": args.output_dir, "use_cache": False if args.no_cache else None},
+        "verify": {"inputs": getattr(args, "inputs", None), "images": getattr(args, "images", None),
+                   "dataset": getattr(args, "dataset", None), "samples": getattr(args, "samples", None),
+                   "calibration_images": getattr(args, "calibration_images", None)},
     }
 
 
@@ -115,6 +131,32 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         paths = build_report(result.csv_path)
         console.print(f"report: {paths.get('html')}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Prepare and verify every cell (the pipeline's own path with timing skipped); exit 1 if any fails."""
+    from infertune.config import load_config
+    from infertune.pipeline import run
+    from infertune.progress import CellProgress
+    from infertune.report.fidelity import fidelity_table
+
+    config = args.config
+    if config is None and Path(DEFAULT_CONFIG).is_file():
+        config = DEFAULT_CONFIG
+    cfg = load_config(config, overrides_from_args(args))
+    console = _console()
+    console.print(f"infertune verify: {cfg.model.name} | batch sizes {cfg.benchmark.batch_sizes} | "
+                  f"config {config or 'built-in defaults'}")
+    progress = CellProgress(console, enabled=not args.quiet)
+    result = run(cfg, log=lambda m: console.print(m, markup=False, highlight=False), progress=progress,
+                 measure=False)
+    fidelity_table(result.rows, console)
+    console.print(f"results: {result.csv_path} (+ {result.json_path.name}, {result.config_path.name})")
+    failed = sorted({r.variant for r in result.rows if r.status == "fidelity_failed"})
+    if failed:
+        console.print(f"fidelity failed: {', '.join(failed)}", markup=False, highlight=False)
+        return 1
     return 0
 
 
@@ -173,7 +215,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "report": cmd_report, "backends": cmd_backends, "env": cmd_env, "compare": cmd_compare}
+COMMANDS = {"run": cmd_run, "verify": cmd_verify, "report": cmd_report, "backends": cmd_backends, "env": cmd_env, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

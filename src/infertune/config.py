@@ -108,18 +108,43 @@ class OptimizationConfig(_Section):
 
 
 class ToleranceConfig(_Section):
+    """Override one precision's fidelity bounds (docs/fidelity.md has the defaults); null disables a bound."""
+
     cosine_min: float | None = Field(None, ge=-1, le=1)
     max_rel_err: float | None = Field(None, ge=0)
+    max_abs_err: float | None = Field(None, ge=0)
+    sqnr_min_db: float | None = None
     top1_min: float | None = Field(None, ge=0, le=1)
+    top5_min: float | None = Field(None, ge=0, le=1)
+    accuracy_ratio_min: float | None = Field(None, ge=0, le=1)
 
 
 class VerifyConfig(_Section):
-    """Fidelity checks against FP32 eager. ``images`` = a folder of real images instead of synthetic inputs."""
+    """Fidelity checks against FP32 eager, and accuracy mode.
+
+    Inputs: ``inputs: photos`` (default: real photographs shipped with scikit-image) or
+    ``synthetic`` (seeded noise); ``images`` = a folder of your own images; ``dataset`` = a labelled
+    ImageFolder tree (accuracy mode: top-1/top-5 accuracy and the accuracy gate).
+    ``calibration_images`` = INT8 calibration images (never the verification ones).
+    ``mean``/``std`` override the model's input normalisation (ImageNet's by default).
+    """
 
     samples: int = Field(8, ge=1)
+    inputs: Literal["photos", "synthetic"] = "photos"
     images: str | None = None
+    dataset: str | None = None
+    calibration_images: str | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
     seed: int = 0
     tolerances: dict[Literal["fp32", "tf32", "fp16", "bf16", "int8"], ToleranceConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_image_source(self) -> VerifyConfig:
+        if self.images and self.dataset:
+            raise ValueError("set either verify.images (a folder of images) or verify.dataset (a labelled "
+                             "ImageFolder tree for accuracy mode), not both")
+        return self
 
 
 class OutputConfig(_Section):
@@ -148,9 +173,13 @@ class RunConfig(_Section):
 def _section_fields(path: tuple[Any, ...]) -> list[str]:
     """Valid keys at a location, for 'did you mean' suggestions."""
     model: type[BaseModel] = RunConfig
-    for part in path:
-        field = model.model_fields.get(str(part))
+    parts = list(path)
+    while parts:
+        field = model.model_fields.get(str(parts.pop(0)))
         ann = getattr(field, "annotation", None) if field else None
+        if getattr(ann, "__origin__", None) is dict and parts:  # e.g. verify.tolerances.<precision>
+            ann = ann.__args__[1]
+            parts.pop(0)
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             model = ann
         else:

@@ -1,15 +1,30 @@
 """Inputs: the timed example batch, the verification set and the calibration set, from one source.
 
-The source is synthetic (standard normal, seeded) by default, or a folder of real images
-(``verify.images``), preprocessed the ImageNet way. Verification and calibration samples come from
-the same source but never overlap: synthetic sets use different seeds; an image folder is split,
-the first ``verify.samples`` images verify and the rest calibrate.
+Sources (``InputSource.kind``):
+
+- ``photos`` (the default): real photographs shipped inside scikit-image (``infertune.photos``);
+  the verification and calibration photos are different photos.
+- ``folder``: a folder of images (``verify.images``): the first ``verify.samples`` images verify,
+  the rest calibrate.
+- ``dataset``: a labelled ImageFolder tree (``verify.dataset``, accuracy mode): every image verifies
+  and carries a label; calibration comes from ``verify.calibration_images`` or the shipped photos.
+- ``synthetic``: standard normal noise, seeded; calibration uses a different seed.
+
+Images get the standard ImageNet preprocessing: resize the short side to 256/224 of the input size
+(bilinear), centre-crop, scale to [0, 1], normalise with the model's mean/std (ImageNet's unless the
+model or ``verify.mean``/``verify.std`` say otherwise). Calibration never sees a verification image:
+``calibration_images`` is checked against the verification files by content. Each set describes
+itself (``describe_verification``, ``describe_calibration``) so every result row can say which inputs
+were used.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,83 +36,296 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 #: added to the seed for calibration data so it never repeats verification data.
 CALIBRATION_SEED_OFFSET = 1_000_003
 TIMED_SEED_OFFSET = 2_000_003
+KINDS = ("photos", "folder", "dataset", "synthetic")
 
 
 @dataclass(frozen=True)
 class InputSource:
-    """Where samples come from: a seed (synthetic) or an image folder; ``shape`` excludes the batch."""
+    """Where samples come from; ``shape`` excludes the batch. Picklable: workers rebuild it from a dict.
+
+    Attributes:
+        kind: one of ``KINDS``; empty means ``folder`` when ``images`` is set, else ``synthetic``.
+        images: the folder (``folder``) or the ImageFolder root (``dataset``).
+        verify_count: how many images of a ``folder`` verify; calibration images start after them.
+        calibration_images: a folder of calibration images (any kind but synthetic).
+        mean, std: per-channel normalisation of images scaled to [0, 1].
+        num_classes: the model's number of outputs, to map a dataset's class folders.
+    """
 
     shape: tuple[int, ...]
     seed: int = 0
     images: str | None = None
-    #: how many images the verification set takes; calibration images start after them.
     verify_count: int = 0
+    kind: str = ""
+    calibration_images: str | None = None
+    mean: tuple[float, ...] = tuple(float(v) for v in IMAGENET_MEAN)
+    std: tuple[float, ...] = tuple(float(v) for v in IMAGENET_STD)
+    num_classes: int | None = None
+
+    @property
+    def source_kind(self) -> str:
+        return self.kind or ("folder" if self.images else "synthetic")
+
+    # ------------------------------------------------------------------ verification
 
     def verification(self, n: int) -> np.ndarray:
-        """The ``n`` samples every variant is compared on."""
-        if self.images:
-            return _load_images(self._image_files()[:n], self.shape, need=n, role="verification")
+        """The samples every variant is compared on (a ``dataset`` gives all its images, whatever ``n``)."""
+        kind = self.source_kind
+        if kind == "photos":
+            from infertune import photos
+
+            files = photos.verification_files()
+            return self._load([(files[i % len(files)], _photo_view(i, len(files))) for i in range(n)],
+                              seed=self.seed)
+        if kind == "folder":
+            files = self._folder_files()
+            if len(files) < n:
+                raise ConfigError(f"verification needs {n} images but {self.images} has {len(files)}: "
+                                  "add images or lower verify.samples")
+            return self._load([(f, "plain") for f in files[:n]], seed=self.seed)
+        if kind == "dataset":
+            return self._load([(f, "plain") for f in self.dataset.files], seed=self.seed)
         return _synthetic(n, self.shape, self.seed)
 
+    def labels(self) -> np.ndarray | None:
+        """Class indices of the verification samples (``dataset`` only), else None."""
+        return np.asarray(self.dataset.labels, dtype=np.int64) if self.source_kind == "dataset" else None
+
+    @cached_property
+    def dataset(self) -> Any:
+        from infertune.labelled import read_labelled_folder
+
+        return read_labelled_folder(self.images or "", self.num_classes)
+
+    def describe_verification(self, n: int) -> str:
+        kind = self.source_kind
+        if kind == "photos":
+            from infertune import photos
+
+            names = [name.split(".")[0] for name, _, _ in photos.VERIFICATION_PHOTOS]
+            extra = n - min(n, len(names))
+            more = (f" + {extra} mirrored" if extra <= len(names) else f" + {extra} mirrored/cropped") if extra else ""
+            return f"photos: {', '.join(names[:n])}{more} (scikit-image {photos.skimage_version()})"
+        if kind == "folder":
+            return f"folder {self.images}: first {n} of {len(self._folder_files())} images"
+        if kind == "dataset":
+            return self.dataset.description
+        return f"synthetic: N(0,1) noise, seed {self.seed}"
+
+    # ------------------------------------------------------------------ calibration
+
     def calibration(self, n: int) -> np.ndarray:
-        """``n`` calibration samples, disjoint from the verification ones."""
-        if self.images:
-            files = self._image_files()[self.verify_count :]
+        """``n`` calibration samples, never drawn from a verification image."""
+        files = self._calibration_files()
+        if files is None:
+            return _synthetic(n, self.shape, self.seed + CALIBRATION_SEED_OFFSET)
+        # first pass over the files as they are, then seeded random crops/flips of them
+        views = [(files[i % len(files)], "plain" if i < len(files) else "augment") for i in range(n)]
+        return self._load(views, seed=self.seed + CALIBRATION_SEED_OFFSET)
+
+    def describe_calibration(self, n: int) -> str:
+        files = self._calibration_files()
+        if files is None:
+            return f"synthetic: N(0,1) noise, seed {self.seed + CALIBRATION_SEED_OFFSET}"
+        augmented = f", {n} samples (crops/flips beyond the first {len(files)})" if n > len(files) else ""
+        if self.calibration_images:
+            where = f"folder {self.calibration_images}: {len(files)} images"
+        elif self.source_kind == "folder":
+            where = f"folder {self.images}: the {len(files)} images after the first {self.verify_count}"
+        else:
+            from infertune import photos
+
+            names = ", ".join(p.stem for p in files)
+            where = f"photos: {names} (scikit-image {photos.skimage_version()})"
+        return where + augmented
+
+    def calibration_identity(self) -> str:
+        """A short digest of what calibration would read (part of INT8 artifact cache keys), so a
+        cached INT8 model calibrated on other data is never reused."""
+        files = self._calibration_files()
+        h = hashlib.sha256(f"{self.source_kind}|{self.seed}|{self.mean}|{self.std}".encode())
+        for f in files or []:
+            stat = f.stat()
+            h.update(f"{f.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        return h.hexdigest()[:16]
+
+    def _calibration_files(self) -> list[Path] | None:
+        """The image files calibration reads, or None for synthetic calibration."""
+        if self.calibration_images:
+            files = _image_files(self.calibration_images, "verify.calibration_images")
+            self._check_disjoint(files)
+            return files
+        kind = self.source_kind
+        if kind == "synthetic":
+            return None
+        if kind == "folder":
+            files = self._folder_files()[self.verify_count:]
             if not files:
                 raise ConfigError(
-                    f"{self.images} has no images left for INT8 calibration after the verification ones: "
-                    "add images or lower verify.samples"
+                    f"{self.images} has no images left for INT8 calibration after the {self.verify_count} "
+                    "verification ones: add images, lower verify.samples or set verify.calibration_images"
                 )
-            picked = [files[i % len(files)] for i in range(n)]
-            return _load_images(picked, self.shape, need=1, role="calibration")
-        return _synthetic(n, self.shape, self.seed + CALIBRATION_SEED_OFFSET)
+            return files
+        from infertune import photos
+
+        reason = photos.photos_available()
+        if reason:
+            raise ConfigError(f"INT8 calibration needs images: {reason}; set verify.calibration_images to a "
+                              "folder of images (never the verification ones)")
+        return photos.calibration_files()
+
+    def _check_disjoint(self, calibration: list[Path]) -> None:
+        kind = self.source_kind
+        if kind == "photos":
+            from infertune import photos
+
+            verification = photos.verification_files()
+        elif kind == "folder":
+            verification = self._folder_files()[: self.verify_count]
+        elif kind == "dataset":
+            verification = list(self.dataset.files)
+        else:
+            return
+        shared = set(_digests(calibration)) & set(_digests(verification))
+        if shared:
+            names = [p.name for p, d in zip(calibration, _digests(calibration)) if d in shared]
+            raise ConfigError(f"verify.calibration_images shares {len(names)} image(s) with the verification set "
+                              f"({', '.join(names[:5])}): calibration and verification must not overlap")
+
+    # ------------------------------------------------------------------ timing
 
     def timed_batch(self, batch_size: int) -> np.ndarray:
         """The batch the timed loop feeds (synthetic: content does not change dense-model speed)."""
         return _synthetic(batch_size, self.shape, self.seed + TIMED_SEED_OFFSET)
 
-    def _image_files(self) -> list[Path]:
-        folder = Path(self.images or "")
-        if not folder.is_dir():
-            raise ConfigError(f"verify.images: {folder} is not a folder; point it at a folder of .jpg/.png images")
-        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise ConfigError(f"verify.images: {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        return files
+    # ------------------------------------------------------------------ loading
+
+    def _folder_files(self) -> list[Path]:
+        return _image_files(self.images or "", "verify.images")
+
+    def _load(self, views: list[tuple[Path, str]], seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        out = np.empty((len(views), *self.shape), dtype=np.float32)
+        for i, (path, view) in enumerate(views):
+            out[i] = preprocess(open_image(path, self.shape[0]), self.shape, self.mean, self.std, view, rng)
+        return out
+
+
+def resolve_source(shape: tuple[int, ...], seed: int = 0, inputs: str = "photos", images: str | None = None,
+                   dataset: str | None = None, verify_count: int = 8, calibration_images: str | None = None,
+                   mean: Any = None, std: Any = None, num_classes: int | None = None) -> tuple[InputSource, str]:
+    """Pick the source the config asks for; returns it and a note when it had to fall back.
+
+    ``dataset`` wins over ``images``, which wins over ``inputs`` (``photos`` or ``synthetic``). Shipped
+    photos fall back to synthetic inputs, with a note saying why, when scikit-image is missing or the
+    model does not take 1- or 3-channel images.
+    """
+    note = ""
+    if dataset:
+        kind = "dataset"
+    elif images:
+        kind = "folder"
+    else:
+        kind = inputs
+    if kind == "photos":
+        from infertune import photos
+
+        reason = photos.photos_available() or ("" if shape[0] in (1, 3) else
+                                               f"the model takes {shape[0]}-channel inputs, not images")
+        if reason:
+            kind, note = "synthetic", f"verification uses synthetic inputs: the shipped photos are unusable ({reason})"
+    elif kind in ("folder", "dataset") and shape[0] not in (1, 3):
+        raise ConfigError(f"verify.{kind if kind == 'dataset' else 'images'}: the model takes {shape[0]}-channel "
+                          "inputs; images give 1 or 3 channels")
+    channels = shape[0]
+    mean_t = tuple(float(v) for v in (mean if mean is not None else IMAGENET_MEAN))
+    std_t = tuple(float(v) for v in (std if std is not None else IMAGENET_STD))
+    if channels == 3 and (len(mean_t) != 3 or len(std_t) != 3):
+        raise ConfigError(f"verify.mean/verify.std need 3 values for RGB inputs, got {list(mean_t)} / {list(std_t)}")
+    if any(s <= 0 for s in std_t):
+        raise ConfigError(f"verify.std values must be > 0, got {list(std_t)}")
+    source = InputSource(shape=tuple(shape), seed=seed, images=dataset or images, verify_count=verify_count,
+                         kind=kind, calibration_images=calibration_images, mean=mean_t, std=std_t,
+                         num_classes=num_classes)
+    return source, note
+
+
+def _photo_view(i: int, count: int) -> str:
+    """Photo sample ``i``: each photo as is, then mirrored, then random crops."""
+    rounds = i // count
+    return "plain" if rounds == 0 else ("mirror" if rounds == 1 else "augment")
 
 
 def _synthetic(n: int, shape: tuple[int, ...], seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, *shape)).astype(np.float32)
 
 
-def _load_images(files: list[Path], shape: tuple[int, ...], need: int, role: str) -> np.ndarray:
+def _image_files(folder: str | Path, key: str) -> list[Path]:
+    root = Path(folder)
+    if not root.is_dir():
+        raise ConfigError(f"{key}: {root} is not a folder; point it at a folder of .jpg/.png images")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ConfigError(f"{key}: {root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
+
+
+def _digests(files: list[Path]) -> list[str]:
+    return [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
+
+
+def open_image(path: Path, channels: int) -> Any:
+    """Open an image as RGB (or greyscale for 1-channel models); a bad file is a ConfigError."""
     from PIL import Image
 
-    if len(files) < need:
-        raise ConfigError(f"{role} needs {need} images but the folder has {len(files)}: add images or lower verify.samples")
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB" if channels == 3 else "L")
+    except OSError as err:
+        raise ConfigError(f"cannot read image {path}: {err}") from None
+
+
+def preprocess(img: Any, shape: tuple[int, ...], mean: tuple[float, ...], std: tuple[float, ...],
+               view: str = "plain", rng: np.random.Generator | None = None) -> np.ndarray:
+    """ImageNet-style preprocessing of one PIL image into a (C, H, W) float32 array.
+
+    ``plain``: resize the short side to 256/224 of the target, centre-crop. ``mirror``: the same,
+    flipped left-right. ``augment``: a random crop of 35-100% of the area (aspect 3/4-4/3) resized to
+    the target, flipped half the time (calibration and extra verification samples).
+    """
+    from PIL import Image
+
     channels, height, width = shape
-    out = np.empty((len(files), *shape), dtype=np.float32)
-    for i, path in enumerate(files):
-        try:
-            img = Image.open(path).convert("RGB" if channels == 3 else "L")
-        except OSError as err:
-            raise ConfigError(f"cannot read image {path}: {err}") from None
-        out[i] = _preprocess(img, height, width, channels)
-    return out
-
-
-def _preprocess(img, height: int, width: int, channels: int) -> np.ndarray:
-    """Resize the short side to 256/224 of the target, centre-crop, scale to [0,1], ImageNet-normalise."""
-    scale = 256 / 224
-    w, h = img.size
-    short = min(w, h)
-    target = round(max(height, width) * scale)
-    img = img.resize((max(1, round(w * target / short)), max(1, round(h * target / short))))
-    w, h = img.size
-    left, top = (w - width) // 2, (h - height) // 2
-    img = img.crop((left, top, left + width, top + height))
+    if view == "augment":
+        rng = rng or np.random.default_rng(0)
+        img = _random_crop(img, rng).resize((width, height), Image.BILINEAR)
+        if rng.random() < 0.5:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    else:
+        w, h = img.size
+        target = round(max(height, width) * 256 / 224)
+        scale = target / min(w, h)
+        img = img.resize((max(width, round(w * scale)), max(height, round(h * scale))), Image.BILINEAR)
+        w, h = img.size
+        left, top = (w - width) // 2, (h - height) // 2
+        img = img.crop((left, top, left + width, top + height))
+        if view == "mirror":
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
     arr = np.asarray(img, dtype=np.float32) / 255.0
     if channels == 1:
         return arr[None]
-    arr = (arr - IMAGENET_MEAN) / IMAGENET_STD
+    arr = (arr - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return arr.transpose(2, 0, 1)
+
+
+def _random_crop(img: Any, rng: np.random.Generator) -> Any:
+    w, h = img.size
+    for _ in range(10):
+        area = w * h * rng.uniform(0.35, 1.0)
+        aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+        cw, ch = round(np.sqrt(area * aspect)), round(np.sqrt(area / aspect))
+        if 0 < cw <= w and 0 < ch <= h:
+            left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+            return img.crop((left, top, left + cw, top + ch))
+    side = min(w, h)
+    return img.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))

@@ -1,7 +1,9 @@
-"""Model sources: torchvision and timm names, ``package.module:factory`` callables, local weights.
+"""Model sources: torchvision and timm names, ``package.module:factory`` callables, local weights,
+and models whose weights ship in a pip package (``infertune.zoo``: ``efficientnet_lite0``).
 
-Every loaded model says which weights it carries (``imagenet``, ``random``, ``file:<sha256 prefix>``)
-so that every result row can say it too. Pretrained weights are downloaded only when online; offline
+Every loaded model says which weights it carries (``imagenet``, ``random``, ``file:<sha256 prefix>``,
+``imagenet:<package>``) so that every result row can say it too, and which input normalisation it
+expects (``preprocessing``: mean/std; ImageNet's unless the model says otherwise). Pretrained weights are downloaded only when online; offline
 the model falls back to seeded random weights with one warning line, never a hang or a traceback.
 Random weights are drawn after ``torch.manual_seed(seed)`` so worker processes rebuild the same model.
 """
@@ -37,6 +39,8 @@ class LoadedModel:
     weights: str
     source: str
     warning: str = ""
+    #: {"mean": (...), "std": (...)} the inputs were normalised with in training; None = ImageNet's.
+    preprocessing: dict[str, tuple[float, ...]] | None = None
 
     def digest(self) -> str:
         """A short hash of the parameters and buffers: part of every artifact cache key."""
@@ -65,11 +69,16 @@ def load_model(name: str, pretrained: bool = True, weights: str | None = None, s
             f"{name}: ONNX files as the model source are not supported yet; give a torchvision/timm "
             "name or a package.module:factory that returns a torch nn.Module"
         )
+    from infertune.zoo import SHIPPED_MODELS
+
     torch.manual_seed(seed)
     use_pretrained = pretrained and not weights
-    if ":" in name and not name.startswith("timm:"):
+    if name in SHIPPED_MODELS:
+        module, source = SHIPPED_MODELS[name](pretrained=use_pretrained), "package"
+        tag = getattr(module, "infertune_weights", "random")
+    elif ":" in name and not name.startswith("timm:"):
         module, source = _from_factory(name), "factory"
-        tag = "random"
+        tag = getattr(module, "infertune_weights", "random")  # a factory may declare trained weights
     elif name.startswith("timm:") or (_timm_has(name) and not _torchvision_has(name)):
         module, tag = _from_timm(name.removeprefix("timm:"), use_pretrained, warn)
         source = "timm"
@@ -78,7 +87,19 @@ def load_model(name: str, pretrained: bool = True, weights: str | None = None, s
         source = "torchvision"
     if weights:
         tag = _load_weights(module, weights)
-    return LoadedModel(module=module.eval().float(), name=name, weights=tag, source=source)
+    return LoadedModel(module=module.eval().float(), name=name, weights=tag, source=source,
+                       preprocessing=_preprocessing(module))
+
+
+def _preprocessing(module: Any) -> dict[str, tuple[float, ...]] | None:
+    """The mean/std a model declares (``infertune_preprocessing``) or timm's ``pretrained_cfg`` holds."""
+    declared = getattr(module, "infertune_preprocessing", None)
+    if isinstance(declared, dict) and "mean" in declared and "std" in declared:
+        return {"mean": tuple(declared["mean"]), "std": tuple(declared["std"])}
+    cfg = getattr(module, "pretrained_cfg", None)
+    if isinstance(cfg, dict) and cfg.get("mean") and cfg.get("std"):
+        return {"mean": tuple(cfg["mean"]), "std": tuple(cfg["std"])}
+    return None
 
 
 def _torchvision_names() -> list[str]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from infertune.cell import VariantJob, base_row, configure_torch, save_reference
 from infertune.config import RunConfig, tolerances
+from infertune.errors import ConfigError
 from infertune.results import ResultFiles, ResultRow
 
 Log = Callable[[str], None]
@@ -52,7 +53,7 @@ def timestamp() -> str:
     return _dt.datetime.now().strftime("%Y%m%d_%H%M%S")
 
 
-def run(cfg: RunConfig, log: Log = print, progress: Any = None) -> RunResult:
+def run(cfg: RunConfig, log: Log = print, progress: Any = None, measure: bool = True) -> RunResult:
     """Run the whole ladder described by ``cfg``; returns the rows and where they were written.
 
     Args:
@@ -60,12 +61,13 @@ def run(cfg: RunConfig, log: Log = print, progress: Any = None) -> RunResult:
         log: one-line messages for the user (warnings, cache reuse).
         progress: an object with ``start(total)``, ``stage(variant, batch, stage)``, ``advance()`` and
             ``stop()`` (see ``infertune.progress``), or None.
+        measure: False for ``infertune verify``: every cell is prepared and verified, never timed
+            (files are named ``verify_results_<TS>``).
     """
     import torch
 
     from infertune import env as envmod
     from infertune.backends.registry import get_backend
-    from infertune.inputs import InputSource
     from infertune.ladder import build_ladder
     from infertune.models import load_model
 
@@ -77,10 +79,11 @@ def run(cfg: RunConfig, log: Log = print, progress: Any = None) -> RunResult:
     out_dir = Path(cfg.output.dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     run_id = timestamp()
-    stem = out_dir / f"benchmark_results_{run_id}"
+    prefix = "benchmark_results" if measure else "verify_results"
+    stem = out_dir / f"{prefix}_{run_id}"
     while stem.with_suffix(".csv").exists():  # two runs in one second
         run_id += "_1"
-        stem = out_dir / f"benchmark_results_{run_id}"
+        stem = out_dir / f"{prefix}_{run_id}"
     csv_path, json_path = stem.with_suffix(".csv"), stem.with_suffix(".json")
     config_path = Path(f"{stem}.config.yaml")
     log_path = Path(f"{stem}.log")
@@ -90,11 +93,15 @@ def run(cfg: RunConfig, log: Log = print, progress: Any = None) -> RunResult:
     loaded = load_model(cfg.model.name, cfg.model.pretrained, cfg.model.weights, cfg.model.seed,
                         warn=lambda m: (warnings.append(m), log(m)))
     sample_shape = tuple(cfg.model.input_shape[1:])
-    n_verify = cfg.verify.samples
-    source = InputSource(shape=sample_shape, seed=cfg.verify.seed, images=cfg.verify.images, verify_count=n_verify)
-    verify_inputs = source.verification(n_verify)
-    with torch.inference_mode():
-        reference = loaded.module(torch.from_numpy(verify_inputs)).float().numpy()
+    source, verification = _verification_set(cfg, loaded, sample_shape, lambda m: (warnings.append(m), log(m)))
+    verify_inputs, reference, labels, ref_accuracy = verification
+    verify_description = source.describe_verification(len(verify_inputs))
+    int8_settings = cfg.optimization.int8.model_dump()
+    if any(v.precision == "int8" for v in ladder):  # INT8 caches are keyed by the calibration data too
+        try:
+            int8_settings["calibration_id"] = source.calibration_identity()
+        except ConfigError as err:  # no usable calibration set: the INT8 cells fail with this reason
+            int8_settings["calibration_id"] = f"unusable: {err}"
 
     environment = envmod.capture(threads)
     environment.update(device=device, requested_device=cfg.benchmark.device)
@@ -104,7 +111,7 @@ def run(cfg: RunConfig, log: Log = print, progress: Any = None) -> RunResult:
     tmp = Path(tempfile.mkdtemp(prefix="infertune-"))
     try:
         ref_path = tmp / "reference.npz"
-        save_reference(ref_path, verify_inputs, reference)
+        save_reference(ref_path, verify_inputs, reference, labels)
         state_path = tmp / "weights.pt"
         torch.save(loaded.module.state_dict(), state_path)
         digest = loaded.digest()
@@ -116,7 +123,7 @@ def run(cfg: RunConfig, log: Log = print, progress: Any = None) -> RunResult:
             "min_time_s": cfg.benchmark.min_time_s,
             "max_iterations": cfg.benchmark.max_iterations,
         }
-        settings = {"onnx_opset": cfg.optimization.onnx_opset, "int8": cfg.optimization.int8.model_dump()}
+        settings = {"onnx_opset": cfg.optimization.onnx_opset, "int8": int8_settings}
         batches = list(cfg.benchmark.batch_sizes)
         rounds = cfg.benchmark.rounds
         if progress:
@@ -127,10 +134,10 @@ def run(cfg: RunConfig, log: Log = print, progress: Any = None) -> RunResult:
             weights_tag=loaded.weights, model_digest=digest, device=device,
             requested_device=cfg.benchmark.device, threads=threads, timing=timing, tolerances=tol,
             reference_path=str(ref_path),
-            input_source={"shape": sample_shape, "seed": cfg.verify.seed, "images": cfg.verify.images,
-                          "verify_count": n_verify},
+            input_source=asdict(source),
             cache_root=cfg.output.models_dir, use_cache=cfg.output.use_cache, settings=settings,
-            run_id=run_id, log_path=str(log_path),
+            run_id=run_id, log_path=str(log_path), measure=measure, verify_inputs=verify_description,
+            ref_accuracy=ref_accuracy,
         ) for variant in ladder]
         for round_index in range(rounds):
             for variant, job in zip(ladder, jobs):
@@ -161,6 +168,60 @@ def run(cfg: RunConfig, log: Log = print, progress: Any = None) -> RunResult:
             progress.stop()
         _rm_tree(tmp)
     return RunResult(files.rows, csv_path, json_path, config_path, log_path, environment, warnings)
+
+
+def _verification_set(cfg: RunConfig, loaded: Any, shape: tuple[int, ...], warn: Log) -> tuple[Any, tuple[Any, ...]]:
+    """The input source, and (inputs, FP32 reference outputs, labels or None, reference accuracy or None).
+
+    Accuracy mode (``verify.dataset``) refuses random weights before any image is read.
+    """
+    from infertune.accuracy import accuracy, require_trained_weights
+    from infertune.inputs import resolve_source
+
+    v = cfg.verify
+    if v.dataset:
+        require_trained_weights(loaded.weights, v.dataset)
+    pre = loaded.preprocessing or {}
+    source, note = resolve_source(
+        shape, seed=v.seed, inputs=v.inputs, images=v.images, dataset=v.dataset, verify_count=v.samples,
+        calibration_images=v.calibration_images, mean=v.mean if v.mean is not None else pre.get("mean"),
+        std=v.std if v.std is not None else pre.get("std"),
+        num_classes=_num_classes(loaded.module, shape) if v.dataset else None)
+    if note:
+        warn(f"warning: {note}")
+    inputs = source.verification(v.samples)
+    reference = reference_outputs(loaded.module, inputs)
+    labels = source.labels()
+    ref_accuracy = None
+    if labels is not None:
+        acc = accuracy(reference[0][1], labels)
+        ref_accuracy = {"top1": acc.top1, "top5": acc.top5, "samples": acc.samples}
+    return source, (inputs, reference, labels, ref_accuracy)
+
+
+def reference_outputs(module: Any, inputs: Any, chunk: int = 32) -> list[tuple[str, Any]]:
+    """FP32 eager outputs on ``inputs``, in chunks (a labelled set may hold thousands of images)."""
+    import numpy as np
+    import torch
+
+    from infertune.verify import output_list
+
+    parts: list[list[tuple[str, Any]]] = []
+    with torch.inference_mode():
+        for start in range(0, len(inputs), chunk):
+            parts.append(output_list(module(torch.from_numpy(inputs[start:start + chunk]))))
+    return [(name, np.concatenate([p[i][1] for p in parts])) for i, (name, _) in enumerate(parts[0])]
+
+
+def _num_classes(module: Any, shape: tuple[int, ...]) -> int | None:
+    """The width of the model's first output on one zero sample (to map a dataset's class folders)."""
+    import torch
+
+    from infertune.verify import output_list
+
+    with torch.inference_mode():
+        first = output_list(module(torch.zeros((1, *shape))))[0][1]
+    return int(first.shape[1]) if first.ndim == 2 else None
 
 
 def _record(files: ResultFiles, row: ResultRow, samples: list[float] | None, round_index: int) -> None:

@@ -83,6 +83,18 @@ class ResultRow:
     sqnr_db: float | None = None
     top1_agreement: float | None = None
     verify_samples: int | None = None
+    mean_abs_err: float | None = None
+    top5_overlap: float | None = None
+    #: per-output metrics (JSON list) when the model has several outputs; the fields above are the worst.
+    fidelity_outputs: str = ""
+    # accuracy mode (verify.dataset): this variant's and the FP32 reference's accuracy on the labelled set
+    top1_acc: float | None = None
+    top5_acc: float | None = None
+    ref_top1_acc: float | None = None
+    ref_top5_acc: float | None = None
+    # which inputs verified this row and which calibrated it (INT8 only)
+    verify_inputs: str = ""
+    calibration_inputs: str = ""
     note: str = ""
 
     @property

@@ -101,7 +101,8 @@ class Runner(ABC):
         """Run one inference on native inputs; may return before the device is done."""
 
     def to_numpy(self, outputs: Any) -> np.ndarray:
-        """Bring outputs back as a float32 host array (used by verify, never timed)."""
+        """Bring outputs back as a float32 host array (used by verify, never timed); a model with
+        several outputs may return a list or a {name: array} dict (each output is then verified)."""
         return np.asarray(outputs, dtype=np.float32)
 
     def synchronize(self) -> None:

@@ -213,7 +213,10 @@ def quantize_cached(ctx: PrepareContext, source: Path, source_key: str, recipe: 
     import onnxruntime as ort
 
     pre = _preprocessed(ctx, source, source_key, ort.__version__)
-    entry = ctx.cache.entry("onnx-int8", ort=ort.__version__, onnx=source_key, **recipe.key_parts())
+    # which calibration data (infertune.inputs.InputSource.calibration_identity): other data, other model
+    calibration_id = (ctx.settings.get("int8") or {}).get("calibration_id") if recipe.mode != "dynamic" else None
+    entry = ctx.cache.entry("onnx-int8", ort=ort.__version__, onnx=source_key, calibration=calibration_id,
+                            **recipe.key_parts())
     out = entry.file("model.int8.onnx")
     if entry.hit:
         ctx.log(f"reusing cached INT8 model {out} ({recipe.key()})")
@@ -224,7 +227,7 @@ def quantize_cached(ctx: PrepareContext, source: Path, source_key: str, recipe: 
         _quantize_dynamic(pre, out, recipe)
     else:
         calib = ctx.cache.entry("onnx-calibration", ort=ort.__version__, onnx=source_key, method=recipe.method,
-                                samples=recipe.calibration_samples)
+                                samples=recipe.calibration_samples, calibration=calibration_id)
         _quantize_static(pre, out, recipe, ctx.calibration, calib.file("ranges.json"))
         if not calib.hit:
             calib.commit({"method": recipe.method, "samples": recipe.calibration_samples})

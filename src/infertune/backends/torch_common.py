@@ -80,12 +80,12 @@ class TorchRunner(Runner):
         with self._torch.inference_mode():
             self.graph = CudaGraphCall(self.fn, example)
 
-    def to_numpy(self, outputs: Any) -> np.ndarray:
-        if isinstance(outputs, (tuple, list)):
-            outputs = outputs[0]
-        if isinstance(outputs, dict):
-            outputs = next(iter(outputs.values()))
-        return outputs.detach().float().cpu().numpy()
+    def to_numpy(self, outputs: Any) -> Any:
+        """One float32 array, or a {name: array} dict when the model returns several tensors."""
+        from infertune.verify import output_list
+
+        named = output_list(outputs)
+        return named[0][1] if len(named) == 1 else dict(named)
 
     def synchronize(self) -> None:
         if self.is_cuda:

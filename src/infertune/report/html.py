@@ -15,7 +15,7 @@ from typing import Any
 from infertune.report import environment
 from infertune.report.charts import caption_for
 from infertune.report.data import ReportData
-from infertune.report.table import HEADERS
+from infertune.report.table import HEADERS, RANDOM_WEIGHTS_NOTE
 from infertune.report.view import NOISE_THRESHOLD, build_views, fmt_ips, fmt_ms, fmt_pct, fmt_speedup
 from infertune.results import ResultRow
 
@@ -48,7 +48,7 @@ def _context(data: ReportData, charts: list[Path]) -> dict[str, Any]:
         "title": f"infertune report: {', '.join(models)} on {', '.join(devices)}",
         "source": str(data.source),
         "run_ids": sorted({r.run_id for r in data.rows if r.run_id}),
-        "notes": data.notes,
+        "notes": data.notes + ([RANDOM_WEIGHTS_NOTE] if _all_random(data.rows) else []),
         "views": views,
         "headers": HEADERS,
         "summary": [_summary_line(v) for v in views],
@@ -65,6 +65,11 @@ def _context(data: ReportData, charts: list[Path]) -> dict[str, Any]:
         "config_json": json.dumps(data.config, indent=2, sort_keys=False, default=str) if data.config else "",
         "noise_threshold": fmt_pct(NOISE_THRESHOLD),
     }
+
+
+def _all_random(rows: list[ResultRow]) -> bool:
+    """Every row ran with random weights: the fidelity column is agreement, not correctness."""
+    return bool(rows) and all(r.weights.startswith("random") for r in rows)
 
 
 #: the facts shown in one line under the title: what the numbers most depend on.

@@ -20,6 +20,9 @@ __all__ = ["HEADERS", "best_variants", "markdown_table", "seed_table"]
 #: the seed README's four columns, then ours.
 HEADERS = ("Format", "Latency (ms)", "Throughput (img/sec)", "Speedup", "p95 (ms)", "Fidelity",
            "Convert (s)", "Size (MB)", "Peak mem (MB)", "Status")
+#: printed under a table whose rows ran with random weights.
+RANDOM_WEIGHTS_NOTE = ("fidelity is agreement with random weights: it shows each variant computes the same "
+                       "function as FP32 eager, not that its predictions are right (use trained weights for that)")
 #: columns right-aligned as numbers.
 _NUMERIC = {1, 2, 3, 4, 6, 7, 8}
 
@@ -45,9 +48,21 @@ def seed_table(rows: Iterable[ResultRow], console: Console | None = None) -> Non
         console.print()
 
 
+def _random_weights(view: GroupView) -> bool:
+    """True when the group's rows ran with random weights: its agreement numbers say nothing about accuracy."""
+    weights = {ln.row.weights for ln in view.lines if ln.row.weights}
+    return bool(weights) and all(w.startswith("random") for w in weights)
+
+
+def _headers(view: GroupView) -> tuple[str, ...]:
+    if not _random_weights(view):
+        return HEADERS
+    return tuple("Fidelity (random weights)" if h == "Fidelity" else h for h in HEADERS)
+
+
 def _rich_table(view: GroupView) -> Table:
     table = Table(title=f"{view.title}  (p50 {view.scope} latency)", title_justify="left")
-    for i, header in enumerate(HEADERS):
+    for i, header in enumerate(_headers(view)):
         numeric = i in _NUMERIC
         # Status carries the reason a cell did not run: let it wrap rather than cut it off.
         table.add_column(header, justify="right" if numeric else "left",
@@ -68,6 +83,8 @@ def _cells(line: LineView) -> list[str]:
 def _under_lines(view: GroupView) -> list[str]:
     """The winner sentence, the noise footnote, and the run's notes ("INT8 slower than FP32: ...")."""
     lines = [view.fastest_sentence()]
+    if _random_weights(view):
+        lines.append(RANDOM_WEIGHTS_NOTE)
     if view.noisy_lines:
         lines.append(view.noise_footnote())
     lines.extend(f"note: {note}" for note in view.notes)
@@ -80,7 +97,7 @@ def markdown_table(rows: Iterable[ResultRow]) -> str:
     for view in build_views(rows):
         parts.append(f"### {view.title}\n")
         parts.append(f"p50 {view.scope} latency per batch; speedup vs pytorch:fp32.\n")
-        parts.append("| " + " | ".join(HEADERS) + " |")
+        parts.append("| " + " | ".join(_headers(view)) + " |")
         parts.append("|" + "|".join(("---:" if i in _NUMERIC else "---") for i in range(len(HEADERS))) + "|")
         for line in view.lines:
             cells = [_md_escape(c) for c in _cells(line)]
