@@ -63,9 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     run_p = sub.add_parser("run", help="benchmark the ladder (the default command)")
     _add_run_args(run_p)
-    rep = sub.add_parser("report", help="charts, HTML and markdown from a results CSV/JSON")
-    rep.add_argument("results", help="results/benchmark_results_<TS>.csv (or .json)")
-    rep.add_argument("--out", help="output folder (default: beside the results file)")
+    rep = sub.add_parser("report", help="charts, HTML and markdown from results CSV/JSON files")
+    rep.add_argument("results", nargs="+",
+                     help="results/benchmark_results_<TS>.csv (or .json); several files merge into one report")
+    rep.add_argument("--out", help="output folder (default: a folder named after the first file, beside it)")
     sub.add_parser("backends", help="list backends and whether they can run here").add_argument(
         "--device", default="cpu", choices=["cpu", "cuda"])
     sub.add_parser("env", help="print the environment that results record")
@@ -137,7 +138,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from infertune.report.data import load_report_data
 
     paths = build_report(args.results, args.out)
-    _print_table(load_report_data(args.results).rows, _console())
+    _print_table(load_report_data(args.results).rows, _console())  # small files: reading twice costs nothing
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0
