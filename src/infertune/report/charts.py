@@ -253,24 +253,33 @@ def _distribution(ctx: _Context) -> Any:
 
 
 def _pareto(ctx: _Context) -> Any:
-    """Speedup against a fidelity measure; the frontier of variants not beaten on both."""
+    """Speedup (or throughput, without a baseline) against a fidelity measure, and the frontier of
+    variants that no other variant beats on both."""
     metric = _fidelity_metric(ctx)
     if metric is None:
         return None
     name, label, percent, why = metric
-    batches = _spread(ctx.batches, _MAX_PARETO_PANELS)
-    ncols = len(batches)
-    fig = _figure(height_in=5.5)
-    axes = fig.subplots(1, ncols, sharey=True, squeeze=False).ravel()
-    drawn: dict[str, Any] = {}
-    for ax, batch in zip(axes, batches):
+    use_speedup = any(ctx.speedup(r) for r in ctx.measured)
+
+    def x_of(row: ResultRow) -> float | None:
+        return ctx.speedup(row) if use_speedup else row.throughput_ips
+
+    panels: list[tuple[int, list[tuple[ResultRow, float, float]]]] = []
+    for batch in ctx.batches:
         points = []
         for variant in ctx.variants:
             row = ctx.measured_cell(variant, batch)
-            x = ctx.speedup(row) if row is not None else None
-            y = _metric_value(row, name, percent) if row is not None else None
-            if x is not None and y is not None:
-                points.append((row, x, y))
+            if row is not None and _finite(x := x_of(row)) and (y := _metric_value(row, name, percent)) is not None:
+                points.append((row, float(x), y))  # type: ignore[arg-type]
+        if points:
+            panels.append((batch, points))
+    if not panels:
+        return None
+    panels = [panels[i] for i in _spread_index(len(panels), _MAX_PARETO_PANELS)]
+    fig = _figure(height_in=5.5)
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False).ravel()
+    drawn: dict[str, Any] = {}
+    for ax, (batch, points) in zip(axes, panels):
         for row, x, y in points:
             passed = keeps_predictions(row)
             drawn[row.variant] = ax.scatter([x], [y], s=70, color=ctx.color[row.variant], zorder=3,
@@ -282,8 +291,9 @@ def _pareto(ctx: _Context) -> Any:
         for i, (x, y, row) in enumerate(frontier):
             ax.annotate(row.variant, (x, y), textcoords="offset points", xytext=(5, 6 if i % 2 else -11),
                         fontsize=7, bbox={"boxstyle": "round,pad=0.15", "fc": "white", "alpha": 0.8, "lw": 0})
-        ax.axvline(1.0, color="black", linewidth=0.8, linestyle=":")
-        ax.set_xlabel(f"speedup over {BASELINE_VARIANT} (×)")
+        if use_speedup:
+            ax.axvline(1.0, color="black", linewidth=0.8, linestyle=":")
+        ax.set_xlabel(f"speedup over {BASELINE_VARIANT} (×)" if use_speedup else "images per second")
         ax.set_title(f"batch {batch}", fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(label)
@@ -483,12 +493,11 @@ def _frontier(points: list[tuple[float, float, ResultRow]]) -> list[tuple[float,
     return sorted(kept, key=lambda p: p[0])
 
 
-def _spread(values: list[int], limit: int) -> list[int]:
-    """At most ``limit`` values, always the first and last, the rest evenly spaced between."""
-    if len(values) <= limit:
-        return values
-    idx = sorted({round(i * (len(values) - 1) / (limit - 1)) for i in range(limit)})
-    return [values[i] for i in idx]
+def _spread_index(count: int, limit: int) -> list[int]:
+    """At most ``limit`` indexes into ``count`` items, always the first and last, the rest evenly spaced."""
+    if count <= limit:
+        return list(range(count))
+    return sorted({round(i * (count - 1) / (limit - 1)) for i in range(limit)})
 
 
 # ---------------------------------------------------------------- small helpers

@@ -85,7 +85,7 @@ def _context(data: ReportData, charts: list[Path]) -> dict[str, Any]:
         "notes": data.notes,
         "winners": _winners(views),
         "columns": columns,
-        "table": [_table_row(view, line, columns, i) for i, (view, line) in enumerate(lines)],
+        "table": [_table_row(view, line, columns) for view, line in lines],
         "groups": [v.title for v in views],
         "footnotes": [(v.title, v.noise_footnote()) for v in views if v.noisy_lines]
                      + [(v.title, f"note: {n}") for v in views for n in v.notes],
@@ -148,7 +148,7 @@ def _columns(many_models: bool, many_devices: bool) -> list[_Column]:
     return cols
 
 
-def _table_row(view: GroupView, line: LineView, columns: list[_Column], index: int) -> dict[str, Any]:
+def _table_row(view: GroupView, line: LineView, columns: list[_Column]) -> dict[str, Any]:
     """Display text, sort key and tooltip per column, plus the row's styling class."""
     row = line.row
     measured = is_measured(row)
@@ -156,7 +156,7 @@ def _table_row(view: GroupView, line: LineView, columns: list[_Column], index: i
         "model": (row.model, row.model, ""),
         "device": (row.device, row.device, ""),
         "batch": (str(row.batch_size), row.batch_size, ""),
-        "variant": (line.variant + (" ★" if line.kind == "best" else ""), index, row.label),
+        "variant": (line.variant + (" ★" if line.kind == "best" else ""), line.variant, row.label),
         "status": (_status_cell(row), _STATUS_RANK.get(row.status, len(_STATUS_RANK)), row.error),
         "p50": (line.latency + (" †" if line.noisy else ""), _num(row.latency_p50_ms, measured),
                 f"IQR/median {fmt_pct(row.iqr_over_median)}" if line.noisy else ""),
