@@ -76,16 +76,20 @@ def merge(runs: list[ReportData]) -> ReportData:
     samples: dict[str, list[float]] = {}
     notes: list[str] = []
     for run in runs:
+        replaced: dict[Path, list[str]] = {}
         for row in run.rows:
             if row.cell_id in rows:
-                notes.append(f"{row.cell_id} is in both {origin[row.cell_id].name} and {run.source.name}: "
-                             f"showing {run.source.name}'s row (to compare two runs use `infertune compare`)")
+                replaced.setdefault(origin[row.cell_id], []).append(row.cell_id)
                 del rows[row.cell_id]  # re-insert at the later file's position
                 samples.pop(row.cell_id, None)
             rows[row.cell_id] = row
             origin[row.cell_id] = run.source
             if row.cell_id in run.samples:
                 samples[row.cell_id] = run.samples[row.cell_id]
+        for older, cells in replaced.items():
+            shown = ", ".join(cells[:3]) + (f" and {len(cells) - 3} more" if len(cells) > 3 else "")
+            notes.append(f"{len(cells)} cell(s) are in both {older} and {run.source}: showing the later file's "
+                         f"rows ({shown}); to compare two runs use `infertune compare`")
         notes.extend(f"{run.source.name}: {note}" for note in run.notes)
     environments = [r.environment for r in runs if r.environment]
     if any(env != environments[0] for env in environments[1:]):
