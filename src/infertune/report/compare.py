@@ -41,6 +41,9 @@ MIN_SAMPLES = 5
 #: the bootstrap draws at most this many samples per side: enough for a stable median, fast on 100,000-sample cells.
 _BOOTSTRAP_MAX = 2000
 _BOOTSTRAP_RESAMPLES = 999
+#: a significant change of the p50 smaller than this is reported as negligible: with 10,000 samples
+#: (the null backend) a shift of one clock tick is "significant" yet means nothing.
+NEGLIGIBLE = 0.005
 #: config keys that differ between any two runs without changing what was measured.
 _IGNORED_CONFIG = ("output.",)
 
@@ -99,6 +102,8 @@ class CellComparison:
         direction = "slower" if self.p50_change > 0 else "faster"  # type: ignore[operator]
         if self.significant is None:
             return f"{prefix}{direction} (not tested: no raw samples)"
+        if self.significant and abs(self.p50_change) < NEGLIGIBLE:  # type: ignore[arg-type]
+            return f"{prefix}negligible (significant, but p50 within ±{100 * NEGLIGIBLE:g}%)"
         if self.significant:
             return f"{prefix}{direction}"
         return f"{prefix}no significant change"
@@ -270,12 +275,13 @@ def summary_lines(c: Comparison, threshold_pct: float | None) -> list[str]:
     lines = [f"baseline: {c.baseline.source}", f"candidate: {c.candidate.source}"]
     shared = c.shared
     if c.tested:
-        sig = [x for x in shared if x.significant]
+        sig = [x for x in shared if x.significant and abs(x.p50_change) >= NEGLIGIBLE]  # type: ignore[arg-type]
         slower = sum(1 for x in sig if x.p50_change > 0)  # type: ignore[operator]
         untested = sum(1 for x in shared if x.significant is None)
         lines.append(
             f"test: Mann-Whitney U on the raw samples, p-values adjusted across {len(shared) - untested} cells "
-            f"(Benjamini-Hochberg), alpha {c.alpha:g}: {len(sig)} of {len(shared)} cells changed significantly "
+            f"(Benjamini-Hochberg), alpha {c.alpha:g}: the p50 of {len(sig)} of {len(shared)} cells changed "
+            f"significantly "
             f"({slower} slower, {len(sig) - slower} faster)"
             + (f"; {untested} cells had too few samples to test" if untested else ""))
     else:
@@ -349,9 +355,9 @@ def _style(x: CellComparison, threshold_pct: float | None) -> str:
         return "dim"
     if x.significant is False:
         return "dim"
-    if x.significant:
+    if x.significant and abs(x.p50_change) >= NEGLIGIBLE:  # type: ignore[arg-type]
         return "red" if x.p50_change > 0 else "green"  # type: ignore[operator]
-    return ""
+    return "dim" if x.significant else ""
 
 
 def comparison_markdown(c: Comparison, threshold_pct: float | None) -> str:
