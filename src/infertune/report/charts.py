@@ -182,18 +182,22 @@ def _throughput(ctx: _Context) -> Any:
         fig.suptitle(ctx.title(f"throughput at batch {batch} (higher is better; run more batch sizes "
                                "to see scaling)"))
         return fig
-    fig, ax = _single(height_in=5.5)
+    fig, ax = _single(height_in=max(5.5, 0.19 * len(ctx.variants) + 1.5))  # room for the legend
     values: list[float] = []
-    for variant in ctx.variants:
+    lines: list[tuple[float, Any]] = []
+    for i, variant in enumerate(ctx.variants):
         pts = [(b, r) for b in ctx.batches if (r := ctx.measured_cell(variant, b)) and _finite(r.throughput_ips)]
         if not pts:
             continue
         failed = any(r.status == "fidelity_failed" for _, r in pts)
         ys = [r.throughput_ips for _, r in pts]
         values += ys  # type: ignore[arg-type]
-        ax.plot([b for b, _ in pts], ys, marker="X" if failed else "o", color=ctx.color[variant],
-                linestyle="--" if failed else "-", linewidth=1.8,
-                label=variant + (" (failed fidelity)" if failed else ""))
+        # past ten variants colours repeat: a different marker keeps two lines of one colour apart
+        marker = "X" if failed else "osD^v"[(i // 10) % 5]
+        (line,) = ax.plot([b for b, _ in pts], ys, marker=marker, color=ctx.color[variant],
+                          linestyle="--" if failed else "-", linewidth=1.8,
+                          label=variant + (" (failed fidelity)" if failed else ""))
+        lines.append((ys[-1], line))  # type: ignore[arg-type]
     ax.set_xscale("log", base=2)
     ax.set_xticks(ctx.batches, [str(b) for b in ctx.batches])
     ax.minorticks_off()
@@ -203,7 +207,9 @@ def _throughput(ctx: _Context) -> Any:
     ax.set_xlabel("batch size (images per call)")
     ax.set_ylabel("images per second (at p50 latency)")
     ax.grid(alpha=0.3, which="both")
-    fig.legend(loc="outside right upper", fontsize=8, title="variant", title_fontsize=8)
+    ordered = [line for _, line in sorted(lines, key=lambda p: -p[0])]  # legend in the lines' order at the right
+    fig.legend(ordered, [line.get_label() for line in ordered], loc="outside right upper", fontsize=8,
+               title="variant (top = most at the largest batch)", title_fontsize=8)
     missing = _not_measured(ctx)
     if missing:
         ax.set_title("not measured: " + missing, fontsize=8, color=_MUTED, loc="left")
