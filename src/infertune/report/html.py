@@ -55,8 +55,9 @@ class _Chart:
 class _Column:
     key: str
     label: str
-    numeric: bool
+    numeric: bool  # sorts by number
     tip: str = ""
+    text: bool = False  # reads as text (left-aligned) even though it sorts by number
 
 
 def render_html(data: ReportData, charts: list[Path]) -> str:
@@ -87,13 +88,13 @@ def _context(data: ReportData, charts: list[Path]) -> dict[str, Any]:
         "columns": columns,
         "table": [_table_row(view, line, columns) for view, line in lines],
         "groups": [v.title for v in views],
-        "footnotes": [(v.title, v.noise_footnote()) for v in views if v.noisy_lines]
-                     + [(v.title, f"note: {n}") for v in views for n in v.notes],
+        "footnotes": _footnotes(views),
         "charts": [_chart(p) for p in charts],
         "problems": _problems(data.rows),
         "has_samples": data.has_samples,
         "environments": _environments(data),
         "config_json": json.dumps(data.config, indent=2, default=str) if data.config else "",
+        "settings": _settings(data.config),
         "noise_threshold": fmt_pct(NOISE_THRESHOLD),
     }
 
@@ -138,7 +139,7 @@ def _columns(many_models: bool, many_devices: bool) -> list[_Column]:
         _Column("p99", "p99 (ms)", True, "99th percentile latency of one batch: the slow tail"),
         _Column("throughput", "Throughput (img/s)", True, "batch size × 1000 / p50"),
         _Column("speedup", "Speedup", True, "pytorch:fp32's p50 over this variant's p50 at the same batch size"),
-        _Column("fidelity", "Fidelity", True, "lowest per-sample cosine vs the FP32 eager reference"),
+        _Column("fidelity", "Fidelity", True, "lowest per-sample cosine vs the FP32 eager reference", text=True),
         _Column("top1", "Top-1 agree", True, "share of verification inputs whose top-1 class matches FP32 eager"),
         _Column("convert", "Convert (s)", True, "one-off conversion time; (cached) = artifact reused"),
         _Column("size", "Size (MB)", True, "converted artifact on disk"),
@@ -173,8 +174,8 @@ def _table_row(view: GroupView, line: LineView, columns: list[_Column]) -> dict[
     return {
         "kind": line.kind,
         "group": view.title,
-        "cells": [{"text": cells[c.key][0], "sort": cells[c.key][1], "tip": cells[c.key][2], "numeric": c.numeric,
-                   "key": c.key} for c in columns],
+        "cells": [{"text": cells[c.key][0], "sort": cells[c.key][1], "tip": cells[c.key][2],
+                   "right": c.numeric and not c.text, "key": c.key} for c in columns],
     }
 
 
@@ -190,6 +191,36 @@ def _status_cell(row: ResultRow) -> str:
 def _num(value: float | None, keep: bool) -> Any:
     """A number to sort by; empty (sorted last either way) when there is none."""
     return value if keep and isinstance(value, (int, float)) and math.isfinite(value) else ""
+
+
+def _footnotes(views: list[GroupView]) -> list[tuple[str, str]]:
+    """(where, text) under the table: noise per group, and each run note once with every group it is in."""
+    out = [(v.title, v.noise_footnote()) for v in views if v.noisy_lines]
+    notes: dict[str, list[str]] = {}
+    for view in views:
+        for note in view.notes:
+            notes.setdefault(note, []).append(view.title)
+    out += [(", ".join(groups), f"note: {note}") for note, groups in notes.items()]
+    return out
+
+
+#: the settings a reviewer asks about first, as (label, dotted key in the resolved config).
+_SETTINGS = (
+    ("model", "model.name"), ("input shape", "model.input_shape"), ("device", "benchmark.device"),
+    ("batch sizes", "benchmark.batch_sizes"), ("warmup", "benchmark.warmup_iterations"),
+    ("timed iterations (min)", "benchmark.benchmark_iterations"), ("min time per cell (s)", "benchmark.min_time_s"),
+    ("rounds", "benchmark.rounds"), ("threads", "benchmark.threads"), ("isolation", "benchmark.isolation"),
+    ("verification samples", "verify.samples"),
+)
+
+
+def _settings(config: dict[str, Any]) -> list[tuple[str, str]]:
+    out = []
+    for label, key in _SETTINGS:
+        value = environment.lookup(config, key)
+        if value is not None:
+            out.append((label, environment.flatten({"v": value})[0][1]))
+    return out
 
 
 # ---------------------------------------------------------------- failures, environment, charts
