@@ -185,7 +185,7 @@ class Browser:
             self._proc.wait()
         self._log.close()
 
-    def __enter__(self) -> Browser:
+    def __enter__(self) -> Browser:  # noqa: PYI034 (typing.Self needs Python 3.11)
         return self
 
     def __exit__(self, *exc: object) -> None:

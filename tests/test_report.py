@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from rich.console import Console
 
@@ -27,6 +26,7 @@ from tests.report_fixtures import (
     write_run,
 )
 from tests.report_fixtures import p50_of as _p50
+
 
 def _text(rows: list[ResultRow]) -> str:
     console = Console(record=True, width=260)
@@ -103,7 +103,7 @@ def test_seed_table_without_baseline_says_so():
 def test_markdown_table_parses():
     rows, _ = make_rows()
     md = markdown_table(rows)
-    tables = re.findall(r"((?:^\|.*\|\n)+)", md, flags=re.M)
+    tables = re.findall(r"((?:^\|.*\|\n)+)", md, flags=re.MULTILINE)
     assert len(tables) == 2
     for table in tables:
         lines = table.strip().splitlines()
@@ -202,7 +202,7 @@ def test_html_allows_no_network_and_runs_only_its_own_script(tmp_path):
     html = build_report(write_run(tmp_path))["html"].read_text()
     csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', html).group(1)
     assert "default-src 'none'" in csp and "img-src data:" in csp
-    script = re.search(r"<script>(.*)</script>", html, flags=re.S).group(1)
+    script = re.search(r"<script>(.*)</script>", html, flags=re.DOTALL).group(1)
     digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
     assert f"script-src 'sha256-{digest}'" in csp  # an injected script would not match the hash
     assert not re.search(r'(src|href)="(https?:)?//', html) and "url(" not in html and "@import" not in html
@@ -351,7 +351,7 @@ def test_importing_report_does_not_import_torch():
     code = ("import sys, infertune.report, infertune.report.build; "
             "bad = [m for m in ('torch', 'onnxruntime', 'openvino', 'tensorrt', 'matplotlib', 'jinja2') "
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -376,10 +376,10 @@ def test_report_and_compare_commands_work_where_no_runtime_can_be_imported(tmp_p
     csv_path = write_run(tmp_path)
     other = write_run(tmp_path / "b", seed=1)
     report = subprocess.run([sys.executable, "-c", NO_RUNTIMES, "report", str(csv_path), "--out", str(tmp_path / "o")],
-                            capture_output=True, text=True, timeout=300)
+                            check=False, capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stdout + report.stderr
     assert (tmp_path / "o" / "report.html").is_file() and len(list((tmp_path / "o").glob("*.png"))) == 5
     compare = subprocess.run([sys.executable, "-c", NO_RUNTIMES, "compare", str(csv_path), str(other)],
-                             capture_output=True, text=True, timeout=300)
+                             check=False, capture_output=True, text=True, timeout=300)
     assert compare.returncode == 0, compare.stdout + compare.stderr
     assert "Mann-Whitney U" in compare.stdout

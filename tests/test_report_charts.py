@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from infertune.report.charts import CAPTIONS, DPI, WIDTH_PX, _fidelity_metric, _frontier, write_charts
+from infertune.report.charts import (
+    CAPTIONS,
+    DPI,
+    WIDTH_PX,
+    _fidelity_metric,
+    _frontier,
+    write_charts,
+)
 from infertune.results import ResultRow
 from tests.report_fixtures import LADDER, make_rows
 

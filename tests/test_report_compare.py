@@ -128,12 +128,12 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
         ([str(base), str(other_model)], "no measured (model, variant, batch size, device) in common"),
         ([str(base), str(base), "--alpha", "2"], "alpha must be between 0 and 1"),
     ):
-        proc = subprocess.run([sys.executable, "-m", "infertune", "compare", *args], capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-m", "infertune", "compare", *args], check=False, capture_output=True, text=True,
                               timeout=120)
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert expected in proc.stderr and "Traceback" not in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "infertune", "compare", str(base), str(base),
-                           "--fail-on-regression", "-3"], capture_output=True, text=True, timeout=120)
+                           "--fail-on-regression", "-3"], check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "PCT must be >= 0" in proc.stderr
 
 
