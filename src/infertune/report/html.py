@@ -116,7 +116,7 @@ def _winners(views: list[GroupView]) -> list[dict[str, Any]]:
             "p99": fmt_ms(best.latency_p99_ms) if best else "—",
             "throughput": fmt_ips(best.throughput_ips) if best else "—",
             "speedup": fmt_speedup(view.best_speedup, "×") if best and view.best_speedup else "",
-            "scope": view.scope,
+            "scope": best.latency_scope.replace("_", "-") if best and best.latency_scope else view.scope,
             "why_none": "" if best else "no variant both ran and passed its fidelity check",
         })
     return list(out.values())
