@@ -25,6 +25,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -311,7 +312,7 @@ def regression_lines(c: Comparison, threshold_pct: float) -> list[str]:
     return out
 
 
-def print_comparison(c: Comparison, threshold_pct: float | None, console: object | None = None) -> None:
+def print_comparison(c: Comparison, threshold_pct: float | None, console: Any = None) -> None:
     """The comparison as a rich table: significant slowdowns red, speedups green, noise dimmed."""
     from rich.console import Console
     from rich.table import Table
@@ -341,9 +342,9 @@ def print_comparison(c: Comparison, threshold_pct: float | None, console: object
             x.verdict() + (" ✗ REGRESSION" if threshold_pct is not None and x.is_regression(threshold_pct) else ""),
         ]
         table.add_row(*(Text(v) for v in cells), style=style)  # Text: file contents are never markup
-    console.print(table)  # type: ignore[attr-defined]
+    console.print(table)
     for line in summary_lines(c, threshold_pct):
-        console.print(Text(line, style="bold red" if line.startswith("REGRESSION") else ""))  # type: ignore[attr-defined]
+        console.print(Text(line, style="bold red" if line.startswith("REGRESSION") else ""))
 
 
 def _style(x: CellComparison, threshold_pct: float | None) -> str:
