@@ -14,7 +14,8 @@ from infertune.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input", "-i", required=True, help="results CSV written by benchmark_all.py")
+    parser.add_argument("--input", "-i", required=True, nargs="+",
+                        help="results CSV (or JSON) written by benchmark_all.py; several files merge into one report")
     parser.add_argument("--output", "-o", help="folder for charts and the HTML page")
     args = parser.parse_args()
-    sys.exit(main(["report", args.input, *(["--out", args.output] if args.output else [])]))
+    sys.exit(main(["report", *args.input, *(["--out", args.output] if args.output else [])]))

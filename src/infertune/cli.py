@@ -3,7 +3,7 @@
     infertune run [--config config.yaml] [--batch-size 1 4 8] [--variants ...] [--device cpu] ...
     infertune verify [same options] [--dataset labelled_folder/]   (fidelity/accuracy only, no timing)
     infertune report results/benchmark_results_<TS>.csv
-    infertune backends | env | compare A.csv B.csv
+    infertune backends | env | compare BASELINE CANDIDATE [--fail-on-regression PCT]
 
 A user-fixable problem (bad config, unknown model, missing file) prints one clear message and exits
 with status 2; it never shows a traceback.
@@ -76,16 +76,37 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(run_p)
     ver_p = sub.add_parser("verify", help="fidelity (and, with --dataset, accuracy) of every variant; no timing")
     _add_run_args(ver_p)
-    rep = sub.add_parser("report", help="charts, HTML and markdown from a results CSV/JSON")
-    rep.add_argument("results", help="results/benchmark_results_<TS>.csv (or .json)")
-    rep.add_argument("--out", help="output folder (default: beside the results file)")
+    rep = sub.add_parser("report", help="charts, HTML and markdown from results CSV/JSON files")
+    rep.add_argument("results", nargs="+",
+                     help="results/benchmark_results_<TS>.csv (or .json); several files merge into one report")
+    rep.add_argument("--out", help="output folder (default: a folder named after the first file, beside it)")
     sub.add_parser("backends", help="list backends and whether they can run here").add_argument(
         "--device", default="cpu", choices=["cpu", "cuda"])
     sub.add_parser("env", help="print the environment that results record")
-    cmp_p = sub.add_parser("compare", help="p50 latency ratios between two result files")
-    cmp_p.add_argument("a")
-    cmp_p.add_argument("b")
+    cmp_p = sub.add_parser(
+        "compare", help="p50/p99/throughput changes between two runs, tested on the raw samples",
+        description="Compare every cell of two runs: point changes of p50, p99 and throughput, a Mann-Whitney U "
+                    "test on the raw samples (adjusted across cells) and a bootstrap CI of the p50 change.",
+        epilog="exit status: 0 no regression (or no --fail-on-regression), 1 regression beyond PCT, "
+               "2 bad input (missing or malformed file, nothing in common)")
+    cmp_p.add_argument("baseline", help="the reference run's results CSV or JSON (the JSON holds the raw samples)")
+    cmp_p.add_argument("candidate", help="the run under test")
+    cmp_p.add_argument("--fail-on-regression", type=_pct_arg, metavar="PCT",
+                       help="exit 1 when a cell's p50 got slower by more than PCT%% and the change is significant "
+                            "(or when a cell that passed now fails)")
+    cmp_p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    cmp_p.add_argument("--markdown", metavar="PATH", help="also write the comparison as markdown, e.g. for a PR")
     return parser
+
+
+def _pct_arg(text: str) -> float:
+    try:
+        value = float(text.rstrip("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"PCT must be a number of percent, e.g. 5, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"PCT must be >= 0, got {text!r}")
+    return value
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -179,7 +200,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from infertune.report.data import load_report_data
 
     paths = build_report(args.results, args.out)
-    _print_table(load_report_data(args.results).rows, _console())
+    _print_table(load_report_data(args.results).rows, _console())  # small files: reading twice costs nothing
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0
@@ -209,9 +230,20 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from infertune.report.compare import compare_runs
+    """Exit 0 without a regression, 1 with one (only under --fail-on-regression); bad input is 2 in main()."""
+    from infertune.report.compare import (
+        compare_runs,
+        comparison_markdown,
+        print_comparison,
+    )
 
-    print(compare_runs(args.a, args.b))
+    comparison = compare_runs(args.baseline, args.candidate, alpha=args.alpha)
+    print_comparison(comparison, args.fail_on_regression, _console())
+    if args.markdown:
+        Path(args.markdown).write_text(comparison_markdown(comparison, args.fail_on_regression), encoding="utf-8")
+        print(f"markdown: {args.markdown}")
+    if args.fail_on_regression is not None and comparison.regressions(args.fail_on_regression):
+        return 1
     return 0
 
 

@@ -1,11 +1,19 @@
-"""PNG charts of one run, per (model, device): latency, throughput, speedup, distribution, speed vs fidelity.
+"""PNG charts of a report, per (model, device): latency, throughput, speedup, distribution, speed vs fidelity.
+
+Each chart answers one question at a glance. Latency, speedup and distribution are small multiples,
+one panel per batch size with its own scale (batch 1 and batch 256 on one axis would flatten one of
+them), variants in ladder order top to bottom as in the tables, and every variant of the ladder
+listed: one that has no timing says why ("unavailable", "crashed") where its bar would be.
 
 Figures are drawn on matplotlib's Agg canvas attached per figure, not through pyplot, so making charts
 never needs a display and never changes the plotting backend of a notebook or program that calls us.
+Sizes are fixed (``WIDTH_PX`` wide, a height that grows with the number of variants), never cropped
+to content, so the HTML page and the tests know what they get.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -15,6 +23,8 @@ import numpy as np
 
 from infertune.report.view import (
     BASELINE_VARIANT,
+    fastest_passing,
+    fmt_ms,
     group_rows,
     is_measured,
     is_overhead,
@@ -24,18 +34,40 @@ from infertune.report.view import (
 )
 from infertune.results import ResultRow
 
-__all__ = ["CAPTIONS", "caption_for", "write_charts"]
+__all__ = ["CAPTIONS", "DPI", "WIDTH_PX", "caption_for", "write_charts"]
+
+#: every chart is this many pixels wide (12 in at 100 dpi): the width of the HTML page's content.
+DPI = 100
+WIDTH_PX = 1200
 
 #: what each chart answers, by the last part of its file name (``resnet50_cpu_latency.png``).
 CAPTIONS = {
-    "latency": "p50 latency per variant, grouped by batch size (lower is better)",
-    "throughput": "throughput vs batch size: where batching stops paying off",
-    "speedup": "speedup over pytorch:fp32 per batch size; hatched bars changed the predictions",
-    "distribution": "per-iteration latency at the largest batch: wide boxes mean noisy timings",
-    "speed_vs_fidelity": "speed vs fidelity: pick the rightmost point that passed (o), never an X",
+    "latency": "Latency per batch for each variant and batch size: the bar is the median (p50), the whisker "
+               "ends at p99 (the slow tail). Shorter is better; ★ marks the fastest variant that kept the "
+               "predictions.",
+    "throughput": "Throughput against batch size: where batching stops paying off, and which variant "
+                  "serves the most images per second.",
+    "speedup": "Speedup over pytorch:fp32 (its p50 over the variant's p50) at each batch size; hatched bars "
+               "changed the predictions beyond tolerance.",
+    "distribution": "Every timed iteration, per variant and batch size: the box spans p25–p75, the whiskers "
+                    "p1–p99. A wide box means noisy timings; compare medians only when boxes do not overlap.",
+    "pareto": "Speed against fidelity to the FP32 reference: variants on the dashed frontier are not beaten "
+              "on both at once; X marks a variant that failed its fidelity check.",
 }
 
 _FAILED_HATCH = "///"
+_MUTED = "#6e7781"
+_MAX_PARETO_PANELS = 3
+#: fidelity measures a speed-vs-fidelity chart can use, best first: (row field, axis label, as percent).
+#: Fields another version of the result schema may add are looked up by name, so none is required.
+_FIDELITY_METRICS: tuple[tuple[str, str, bool], ...] = (
+    ("accuracy_top1", "top-1 accuracy (%)", True),
+    ("accuracy", "accuracy (%)", True),
+    ("top1_agreement", "top-1 agreement with FP32 eager (%)", True),
+    ("top5_overlap", "top-5 overlap with FP32 eager (%)", True),
+    ("sqnr_db", "SQNR vs FP32 eager outputs (dB, higher is closer)", False),
+    ("cosine_min", "lowest per-sample cosine vs FP32 eager", False),
+)
 
 
 def caption_for(path: Path) -> str:
@@ -59,16 +91,15 @@ def write_charts(rows: Iterable[ResultRow], samples: dict[str, list[float]] | No
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for (model, device), subset in _by_model_device(rows).items():
-        measured = [r for r in subset if is_measured(r) and not is_overhead(r)]
-        if not measured:
+        ctx = _Context(model, device, [r for r in subset if not is_overhead(r)], samples)
+        if not ctx.measured:
             continue
-        ctx = _Context(model, device, measured, subset, samples)
         for name, draw in _CHARTS:
             fig = draw(ctx)
             if fig is None:
                 continue
             path = out / f"{_slug(model)}_{_slug(device)}_{name}.png"
-            fig.savefig(path, dpi=110, bbox_inches="tight")
+            fig.savefig(path, dpi=DPI)
             written.append(path)
     return written
 
@@ -76,194 +107,332 @@ def write_charts(rows: Iterable[ResultRow], samples: dict[str, list[float]] | No
 class _Context:
     """The rows of one (model, device) and the lookups every chart needs."""
 
-    def __init__(self, model: str, device: str, measured: list[ResultRow], all_rows: list[ResultRow],
-                 samples: dict[str, list[float]]) -> None:
-        self.model, self.device, self.measured, self.samples = model, device, measured, samples
-        self.groups = group_rows(all_rows)
-        self.batches = sorted({r.batch_size for r in measured})
-        self.variants = list(dict.fromkeys(r.variant for r in measured))
+    def __init__(self, model: str, device: str, rows: list[ResultRow], samples: dict[str, list[float]]) -> None:
+        self.model, self.device, self.rows, self.samples = model, device, rows, samples
+        self.measured = [r for r in rows if is_measured(r)]
+        self.groups = group_rows(rows)
+        self.variants = list(dict.fromkeys(r.variant for r in rows))  # the ladder, measured or not
+        self.batches = sorted({r.batch_size for r in self.measured})
         palette = _palette(len(self.variants))
         self.color = {v: palette[i] for i, v in enumerate(self.variants)}
-        self.by_cell = {(r.variant, r.batch_size): r for r in measured}
+        self.by_cell = {(r.variant, r.batch_size): r for r in rows}
+        self.best = {b: fastest_passing(self.groups[(model, device, b)]) for b in self.batches}
 
-    @property
-    def hatch_note(self) -> str:
-        """Explains hatched bars in a title, only when there are some."""
-        failed = any(r.status == "fidelity_failed" for r in self.measured)
-        return "; hatched: failed fidelity, do not deploy" if failed else ""
+    def cell(self, variant: str, batch: int) -> ResultRow | None:
+        return self.by_cell.get((variant, batch))
 
-    def title(self, what: str) -> str:
-        return f"{self.model} on {self.device}: {what}"
+    def measured_cell(self, variant: str, batch: int) -> ResultRow | None:
+        row = self.cell(variant, batch)
+        return row if row is not None and is_measured(row) else None
 
     def speedup(self, row: ResultRow) -> float | None:
         return speedup(row, self.groups[(row.model, row.device, row.batch_size)])
 
+    def title(self, what: str) -> str:
+        return f"{self.model} on {self.device}: {what}"
 
-def _latency_bars(ctx: _Context) -> Any:
-    """(a) p50 latency per variant, grouped by batch size; whiskers p5-p95 from samples, else min-p95."""
-    fig, ax = _figure()
-    use_p5 = all(ctx.samples.get(r.cell_id) for r in ctx.measured)
-    _grouped_bars(ax, ctx, lambda r: r.latency_p50_ms, whiskers=lambda r: _whiskers(r, ctx.samples, use_p5))
-    lows = [r.latency_p50_ms for r in ctx.measured]
-    highs = [max(r.latency_p95_ms or 0.0, r.latency_p50_ms) for r in ctx.measured]
-    # batch 1 next to batch 256, or a p95 tail 100x the median: on a linear axis the small bars vanish
-    if max(highs) / max(min(lows), 1e-12) > 30:
-        ax.set_yscale("log")
-    ax.set_ylabel(f"p50 latency per batch (ms), {scope_text(ctx.measured)}")
-    ax.set_title(ctx.title(f"latency per batch (whiskers: {'p5' if use_p5 else 'min'}–p95{ctx.hatch_note})"))
+    @property
+    def any_failed_fidelity(self) -> bool:
+        return any(r.status == "fidelity_failed" for r in self.measured)
+
+
+# ---------------------------------------------------------------- the charts
+
+
+def _latency(ctx: _Context) -> Any:
+    """p50 bars with a whisker to p99, one panel per batch size."""
+    fig, axes = _panels(ctx, len(ctx.batches))
+
+    def p50_p99(row: ResultRow) -> tuple[float | None, float | None]:
+        return row.latency_p50_ms, row.latency_p99_ms
+
+    log = _needs_log(ctx, ctx.batches, p50_p99)
+    for ax, batch in zip(axes, ctx.batches):
+        _hbars(ax, ctx, batch, p50_p99, label=fmt_ms, log=log)
+        ax.set_xlabel("ms per batch" + (" (log scale)" if log else ""))
+        ax.set_title(f"batch {batch}", fontsize=10)
+    failed = "; hatched: failed fidelity" if ctx.any_failed_fidelity else ""
+    fig.suptitle(ctx.title(f"{scope_text(ctx.measured)} latency — bar p50, whisker to p99{failed}"))
     return fig
 
 
-def _throughput_lines(ctx: _Context) -> Any:
-    """(b) throughput vs batch size, one line per variant; dashed where fidelity failed."""
-    fig, ax = _figure()
-    for variant in ctx.variants:
-        pts = [(b, ctx.by_cell[(variant, b)]) for b in ctx.batches if (variant, b) in ctx.by_cell]
-        pts = [(b, r) for b, r in pts if r.throughput_ips]
+def _speedup(ctx: _Context) -> Any:
+    """Speedup over pytorch:fp32, one panel per batch size; a dotted line at 1x."""
+    if not any(ctx.speedup(r) for r in ctx.measured):
+        return None
+    fig, axes = _panels(ctx, len(ctx.batches))
+    for ax, batch in zip(axes, ctx.batches):
+        _hbars(ax, ctx, batch, lambda r: (ctx.speedup(r), None), label=lambda v: f"{v:.2f}×")
+        ax.axvline(1.0, color="black", linewidth=0.8, linestyle=":")
+        ax.set_xlabel(f"× vs {BASELINE_VARIANT}")
+        ax.set_title(f"batch {batch}", fontsize=10)
+    failed = "; hatched: failed fidelity" if ctx.any_failed_fidelity else ""
+    fig.suptitle(ctx.title(f"speedup over {BASELINE_VARIANT} at p50 (higher is better){failed}"))
+    return fig
+
+
+def _throughput(ctx: _Context) -> Any:
+    """Items per second against batch size, a line per variant; bars when there is one batch size."""
+    if len(ctx.batches) == 1:
+        batch = ctx.batches[0]
+        fig, axes = _panels(ctx, 1)
+        _hbars(axes[0], ctx, batch, lambda r: (r.throughput_ips, None),  # type: ignore[arg-type, return-value]
+               label=lambda v: f"{v:,.0f}" if v >= 100 else f"{v:.3g}")
+        axes[0].set_xlabel("images per second (at p50 latency)")
+        fig.suptitle(ctx.title(f"throughput at batch {batch} (higher is better; run more batch sizes "
+                               "to see scaling)"))
+        return fig
+    fig, ax = _single(height_in=max(5.5, 0.19 * len(ctx.variants) + 1.5))  # room for the legend
+    values: list[float] = []
+    lines: list[tuple[float, Any]] = []
+    for i, variant in enumerate(ctx.variants):
+        pts = [(b, r) for b in ctx.batches if (r := ctx.measured_cell(variant, b)) and _finite(r.throughput_ips)]
         if not pts:
             continue
         failed = any(r.status == "fidelity_failed" for _, r in pts)
-        ax.plot([b for b, _ in pts], [r.throughput_ips for _, r in pts], marker="o", color=ctx.color[variant],
-                linestyle="--" if failed else "-", label=variant + (" (failed fidelity)" if failed else ""))
-    if len(ctx.batches) > 1:
-        ax.set_xscale("log", base=2)
+        ys = [r.throughput_ips for _, r in pts]
+        values += ys  # type: ignore[arg-type]
+        # past ten variants colours repeat: a different marker keeps two lines of one colour apart
+        marker = "X" if failed else "osD^v"[(i // 10) % 5]
+        (line,) = ax.plot([b for b, _ in pts], ys, marker=marker, color=ctx.color[variant],
+                          linestyle="--" if failed else "-", linewidth=1.8,
+                          label=variant + (" (failed fidelity)" if failed else ""))
+        lines.append((ys[-1], line))  # type: ignore[arg-type]
+    ax.set_xscale("log", base=2)
     ax.set_xticks(ctx.batches, [str(b) for b in ctx.batches])
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("throughput (items/s at p50)")
-    ax.set_title(ctx.title("throughput vs batch size"))
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    ax.grid(alpha=0.3)
-    return fig
-
-
-def _speedup_bars(ctx: _Context) -> Any:
-    """(c) speedup over pytorch:fp32 per batch size; hatched bars failed fidelity."""
-    if not any(ctx.speedup(r) for r in ctx.measured):
-        return None
-    fig, ax = _figure()
-    _grouped_bars(ax, ctx, ctx.speedup, label_fmt="{:.2f}x")
-    ax.axhline(1.0, color="black", linewidth=0.8, linestyle=":")
-    ax.set_ylabel(f"speedup over {BASELINE_VARIANT} (p50, higher is better)")
-    ax.set_title(ctx.title(f"speedup vs PyTorch{ctx.hatch_note}"))
+    ax.minorticks_off()
+    if values and max(values) / max(min(values), 1e-12) > 30:
+        ax.set_yscale("log")
+        _plain_log_ticks(ax.yaxis)
+    ax.set_xlabel("batch size (images per call)")
+    ax.set_ylabel("images per second (at p50 latency)")
+    ax.grid(alpha=0.3, which="both")
+    ordered = [line for _, line in sorted(lines, key=lambda p: -p[0])]  # legend in the lines' order at the right
+    fig.legend(ordered, [line.get_label() for line in ordered], loc="outside right upper", fontsize=8,
+               title="variant (top = most at the largest batch)", title_fontsize=8)
+    missing = _not_measured(ctx)
+    if missing:
+        ax.set_title("not measured: " + missing, fontsize=8, color=_MUTED, loc="left")
+    fig.suptitle(ctx.title("throughput vs batch size (higher is better)"))
     return fig
 
 
 def _distribution(ctx: _Context) -> Any:
-    """(d) per-iteration latency distribution at the largest batch size that has raw samples."""
+    """Boxes of the raw per-iteration latencies, one panel per batch size that has samples."""
     batches = [b for b in ctx.batches if any(ctx.samples.get(r.cell_id) for r in ctx.measured if r.batch_size == b)]
     if not batches:
         return None
-    batch = batches[-1]
-    cells = [ctx.by_cell[(v, batch)] for v in ctx.variants if (v, batch) in ctx.by_cell]
-    cells = [r for r in cells if ctx.samples.get(r.cell_id)]
-    fig, ax = _figure(height=max(3.0, 0.6 * len(cells) + 1.5))
-    data = [ctx.samples[r.cell_id] for r in cells]
-    box = ax.boxplot(data, patch_artist=True, showfliers=True, whis=(5, 95),
-                     flierprops={"markersize": 3, "alpha": 0.5}, **_horizontal())
-    for patch, row in zip(box["boxes"], cells):
-        patch.set_facecolor(ctx.color[row.variant])
-        patch.set_alpha(0.6)
-        if row.status == "fidelity_failed":
-            patch.set_hatch(_FAILED_HATCH)
-    ax.set_yticks(range(1, len(cells) + 1), [f"{r.variant}  (n={len(ctx.samples[r.cell_id])})" for r in cells])
-    ax.invert_yaxis()  # ladder order top to bottom, as in the table
-    lo, hi = min(min(d) for d in data), max(max(d) for d in data)
-    if lo > 0 and hi / lo > 30:  # a long tail would squash every box into the left edge
-        ax.set_xscale("log")
-    ax.set_xlabel(f"latency per iteration (ms), {scope_text(cells)}")
-    ax.set_title(ctx.title(f"latency distribution at batch {batch} (box: IQR, whiskers: p5–p95)"))
-    ax.grid(axis="x", alpha=0.3)
+    fig, axes = _panels(ctx, len(batches))
+    for ax, batch in zip(axes, batches):
+        data, positions, colors, hatches = [], [], [], []
+        for i, variant in enumerate(ctx.variants):
+            row = ctx.cell(variant, batch)
+            values = ctx.samples.get(row.cell_id) if row is not None and is_measured(row) else None
+            if values:
+                data.append(values)
+                positions.append(i)
+                colors.append(ctx.color[variant])
+                hatches.append(_FAILED_HATCH if row.status == "fidelity_failed" else "")  # type: ignore[union-attr]
+            else:
+                _status_text(ax, i, row, "no raw samples" if row is not None and is_measured(row) else None)
+        box = ax.boxplot(data, positions=positions, whis=(1, 99), showfliers=False, patch_artist=True,
+                         widths=0.6, medianprops={"color": "black", "linewidth": 1.4}, **_horizontal())
+        _variant_axis(ax, ctx)  # boxplot relabels the y axis with positions: put the names back
+        for patch, color, hatch in zip(box["boxes"], colors, hatches):
+            patch.set_facecolor(color)
+            patch.set_alpha(0.75)
+            patch.set_hatch(hatch)
+        lo = min(float(np.percentile(d, 1)) for d in data)
+        hi = max(float(np.percentile(d, 99)) for d in data)
+        if lo > 0 and hi / lo > 30:  # batch 1 of INT8 next to FP32 eager: a linear axis hides the fast ones
+            ax.set_xscale("log")
+            _plain_log_ticks(ax.xaxis)
+        for pos, values in zip(positions, data):
+            ax.annotate(f"n={len(values)}", (float(np.percentile(values, 99)), pos), textcoords="offset points",
+                        xytext=(4, -3), fontsize=7, color=_MUTED)
+        ax.set_xlim(right=_pad_right(ax, hi))
+        ax.set_xlabel("ms per batch")
+        ax.set_title(f"batch {batch}", fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(ctx.title("latency of every timed iteration — box p25–p75, whiskers p1–p99"))
     return fig
 
 
-def _speed_vs_fidelity(ctx: _Context) -> Any:
-    """(e) speedup against fidelity at the largest batch: pick the rightmost point that passed."""
-    batch = ctx.batches[-1]
-    cells = [ctx.by_cell[(v, batch)] for v in ctx.variants if (v, batch) in ctx.by_cell]
-    metric, label = _fidelity_metric(cells)
-    pts = [(r, ctx.speedup(r), getattr(r, metric)) for r in cells]
-    pts = [(r, x, y) for r, x, y in pts if x is not None and y is not None and np.isfinite(y)]
-    if not pts:
+def _pareto(ctx: _Context) -> Any:
+    """Speedup (or throughput, without a baseline) against a fidelity measure, and the frontier of
+    variants that no other variant beats on both."""
+    metric = _fidelity_metric(ctx)
+    if metric is None:
         return None
-    fig, ax = _figure()
-    for i, (row, x, y) in enumerate(sorted(pts, key=lambda p: p[1])):
-        passed = keeps_predictions(row)
-        ax.scatter([x], [y], s=80, color=ctx.color[row.variant], marker="o" if passed else "X",
-                   edgecolors="black", linewidths=0.6, zorder=3)
-        # neighbours in speed often share a cosine of ~1.0: alternate label heights so names stay apart
-        ax.annotate(row.variant + ("" if passed else " (failed)"), (x, y), textcoords="offset points",
-                    xytext=(6, 6 if i % 2 == 0 else -14), fontsize=8)
-    ax.axvline(1.0, color="black", linewidth=0.8, linestyle=":")
-    ax.set_xlabel(f"speedup over {BASELINE_VARIANT} at batch {batch} (higher is better)")
-    ax.set_ylabel(label)
-    ax.set_title(ctx.title(f"speed vs fidelity at batch {batch} (o passed, X failed)"))
-    ax.grid(alpha=0.3)
+    name, label, percent, why = metric
+    use_speedup = any(ctx.speedup(r) for r in ctx.measured)
+
+    def x_of(row: ResultRow) -> float | None:
+        return ctx.speedup(row) if use_speedup else row.throughput_ips
+
+    panels: list[tuple[int, list[tuple[ResultRow, float, float]]]] = []
+    for batch in ctx.batches:
+        points = []
+        for variant in ctx.variants:
+            row = ctx.measured_cell(variant, batch)
+            if row is not None and _finite(x := x_of(row)) and (y := _metric_value(row, name, percent)) is not None:
+                points.append((row, float(x), y))  # type: ignore[arg-type]
+        if points:
+            panels.append((batch, points))
+    if not panels:
+        return None
+    panels = [panels[i] for i in _spread_index(len(panels), _MAX_PARETO_PANELS)]
+    fig = _figure(height_in=5.5)
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False).ravel()
+    drawn: dict[str, Any] = {}
+    for ax, (batch, points) in zip(axes, panels):
+        for row, x, y in points:
+            passed = keeps_predictions(row)
+            drawn[row.variant] = ax.scatter([x], [y], s=70, color=ctx.color[row.variant], zorder=3,
+                                            marker="o" if passed else "X", edgecolors="black", linewidths=0.6)
+        frontier = _frontier([(x, y, row) for row, x, y in points if keeps_predictions(row)])
+        if len(frontier) > 1:
+            ax.plot([p[0] for p in frontier], [p[1] for p in frontier], linestyle="--", color=_MUTED,
+                    linewidth=1, zorder=2)
+        for i, (x, y, row) in enumerate(frontier):
+            ax.annotate(row.variant, (x, y), textcoords="offset points", xytext=(5, 6 if i % 2 else -11),
+                        fontsize=7, bbox={"boxstyle": "round,pad=0.15", "fc": "white", "alpha": 0.8, "lw": 0})
+        if use_speedup:
+            ax.axvline(1.0, color="black", linewidth=0.8, linestyle=":")
+        ax.set_xlabel(f"speedup over {BASELINE_VARIANT} (×)" if use_speedup else "images per second")
+        ax.set_title(f"batch {batch}", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(label)
+    if name == "cosine_min":
+        axes[0].ticklabel_format(axis="y", useOffset=False)
+    fig.legend(list(drawn.values()), list(drawn), loc="outside lower center", ncols=min(len(drawn), 5),
+               fontsize=8, title="variant (o passed its fidelity check, X failed it)", title_fontsize=8)
+    fig.suptitle(ctx.title("speed vs fidelity (up and right is better)") + (f"\n{why}" if why else ""))
     return fig
 
 
 _CHARTS: list[tuple[str, Callable[[_Context], Any]]] = [
-    ("latency", _latency_bars),
-    ("throughput", _throughput_lines),
-    ("speedup", _speedup_bars),
+    ("latency", _latency),
+    ("throughput", _throughput),
+    ("speedup", _speedup),
     ("distribution", _distribution),
-    ("speed_vs_fidelity", _speed_vs_fidelity),
+    ("pareto", _pareto),
 ]
 
 
-# ---------------------------------------------------------------- helpers
+# ---------------------------------------------------------------- drawing helpers
 
 
-def _figure(height: float = 5.5) -> tuple[Any, Any]:
+def _figure(height_in: float) -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, height))
+    fig = Figure(figsize=(WIDTH_PX / DPI, round(height_in * DPI) / DPI), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)  # headless, per figure: no global backend switch
+    return fig
+
+
+def _single(height_in: float) -> tuple[Any, Any]:
+    fig = _figure(height_in)
     return fig, fig.add_subplot()
 
 
-def _grouped_bars(ax: Any, ctx: _Context, value: Callable[[ResultRow], float | None],
-                  whiskers: Callable[[ResultRow], tuple[float, float]] | None = None,
-                  label_fmt: str | None = None) -> None:
-    """One group of bars per batch size, one bar per variant, hatched where fidelity failed."""
-    n = len(ctx.variants)
-    width = 0.8 / max(n, 1)
-    x = np.arange(len(ctx.batches))
+def _panels(ctx: _Context, count: int) -> tuple[Any, list[Any]]:
+    """Up to four panels a row, sharing the variant axis; height grows with the number of variants."""
+    ncols = min(count, 4)
+    nrows = math.ceil(count / ncols)
+    panel_in = 0.3 * len(ctx.variants) + 1.1
+    fig = _figure(height_in=nrows * panel_in + 0.6)
+    axes = list(fig.subplots(nrows, ncols, sharey=True, squeeze=False).ravel())
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    for ax in axes[:count]:
+        _variant_axis(ax, ctx)
+    return fig, axes[:count]
+
+
+def _variant_axis(ax: Any, ctx: _Context) -> None:
+    ax.set_yticks(range(len(ctx.variants)), ctx.variants, fontsize=9)
+    ax.set_ylim(len(ctx.variants) - 0.5, -0.5)  # ladder order top to bottom, as in the tables
+    ax.tick_params(axis="y", length=0)
+
+
+def _hbars(ax: Any, ctx: _Context, batch: int,
+           value: Callable[[ResultRow], tuple[float | None, float | None]],
+           label: Callable[[float], str], log: bool = False) -> None:
+    """One horizontal bar per variant (value, optional whisker end); the status where there is no value.
+
+    The fastest variant that kept the predictions gets a ★ and a bold label. With ``log`` the axis is
+    logarithmic and bars start at half the smallest value, so a 5 ms bar stays visible next to 400 ms.
+    """
+    bars: list[tuple[int, ResultRow, float, float | None]] = []
     for i, variant in enumerate(ctx.variants):
-        xs, ys, errs, hatches = [], [], [], []
-        for j, batch in enumerate(ctx.batches):
-            row = ctx.by_cell.get((variant, batch))
-            v = value(row) if row is not None else None
-            if v is None:
-                continue
-            xs.append(x[j] - 0.4 + width * (i + 0.5))
-            ys.append(v)
-            errs.append(whiskers(row) if whiskers else (0.0, 0.0))
-            hatches.append(_FAILED_HATCH if row.status == "fidelity_failed" else "")
-        if not xs:
-            continue
-        yerr = np.array(errs).T if whiskers else None
-        bars = ax.bar(xs, ys, width, yerr=yerr, capsize=2, color=ctx.color[variant], label=variant,
-                      edgecolor="black", linewidth=0.4)
-        for bar, hatch in zip(bars, hatches):
-            bar.set_hatch(hatch)
-        if label_fmt and len(xs) * n <= 40:  # labels stay readable up to ~40 bars
-            ax.bar_label(bars, [label_fmt.format(y) for y in ys], fontsize=7, padding=2)
-    ax.set_xticks(x, [f"batch {b}" for b in ctx.batches])
-    # outside the axes: inside, the legend covers the first group's bars whatever "best" picks
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    ax.grid(axis="y", alpha=0.3)
+        row = ctx.cell(variant, batch)
+        v, whisker = value(row) if row is not None and is_measured(row) else (None, None)
+        if _finite(v) and (not log or v > 0):  # type: ignore[operator]
+            bars.append((i, row, v, whisker if _finite(whisker) and whisker > v else None))  # type: ignore[arg-type, operator]
+        else:
+            _status_text(ax, i, row, "no value" if row is not None and is_measured(row) else None)
+    if not bars:
+        return
+    base = 0.0
+    if log:
+        ax.set_xscale("log")
+        _plain_log_ticks(ax.xaxis)
+        base = min(v for _, _, v, _ in bars) / 2
+    ends = []
+    for i, row, v, whisker in bars:
+        ax.barh(i, v - base, left=base, height=0.7, color=ctx.color[row.variant], edgecolor="black", linewidth=0.4,
+                hatch=_FAILED_HATCH if row.status == "fidelity_failed" else None)
+        end = v
+        if whisker is not None:
+            ax.plot([v, whisker], [i, i], color="black", linewidth=1)
+            ax.plot([whisker], [i], marker="|", markersize=9, color="black")
+            end = whisker
+        ends.append(end)
+        best = ctx.best.get(batch) is row
+        ax.annotate(("★ " if best else "") + label(v), (end, i), textcoords="offset points",
+                    xytext=(4, 0), va="center", fontsize=8, fontweight="bold" if best else "normal")
+    ax.set_xlim(base, _pad_right(ax, max(ends)))
+    ax.grid(axis="x", alpha=0.3)
 
 
-def _whiskers(row: ResultRow, samples: dict[str, list[float]], use_p5: bool) -> tuple[float, float]:
-    """Distances below and above the p50 bar: to p5 (or min) and to p95."""
-    p50 = row.latency_p50_ms or 0.0
-    if use_p5:
-        low = float(np.percentile(samples[row.cell_id], 5))
+def _needs_log(ctx: _Context, batches: list[int], value: Callable[[ResultRow], tuple[Any, Any]]) -> bool:
+    """True when, in some panel, the longest bar (or whisker) is over 20x the shortest: then a linear
+    axis would shrink the fast variants, the ones a reader looks for, to slivers."""
+    for batch in batches:
+        pairs = [value(r) for v in ctx.variants if (r := ctx.measured_cell(v, batch)) is not None]
+        lows = [a for a, _ in pairs if _finite(a) and a > 0]
+        highs = [max(a, b) if _finite(b) else a for a, b in pairs if _finite(a) and a > 0]
+        if lows and max(highs) / min(lows) > 20:
+            return True
+    return False
+
+
+def _status_text(ax: Any, y: int, row: ResultRow | None, measured_reason: str | None) -> None:
+    """Where a bar would be: why there is none ("unavailable", "crashed", "not run at this batch")."""
+    if measured_reason is not None:
+        text = measured_reason
+    elif row is None:
+        text = "not run at this batch size"
     else:
-        low = row.latency_min_ms if row.latency_min_ms is not None else p50
-    high = row.latency_p95_ms if row.latency_p95_ms is not None else p50
-    return max(p50 - low, 0.0), max(high - p50, 0.0)
+        text = row.status.replace("_", " ")
+    ax.text(0.01, y, text, transform=ax.get_yaxis_transform(), va="center", fontsize=8,
+            color=_MUTED, style="italic")
+
+
+def _pad_right(ax: Any, end: float) -> float:
+    """Room right of the longest bar for its label: a quarter more on a linear axis, 3x on a log one."""
+    return end * (3.0 if ax.get_xscale() == "log" else 1.25)
+
+
+def _plain_log_ticks(axis: Any) -> None:
+    """Log axes labelled 2, 5, 10, 20 ... instead of 2×10⁰, 5×10⁰, 10¹."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:.3g}"))
+    axis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
 
 
 def _horizontal() -> dict[str, Any]:
@@ -274,11 +443,70 @@ def _horizontal() -> dict[str, Any]:
     return {"orientation": "horizontal"} if (major, minor) >= (3, 10) else {"vert": False}
 
 
-def _fidelity_metric(rows: list[ResultRow]) -> tuple[str, str]:
-    """Cosine when recorded (every verified row has it), else SQNR."""
-    if any(r.cosine_min is not None for r in rows):
-        return "cosine_min", "lowest per-sample cosine vs FP32 reference (1 = identical)"
-    return "sqnr_db", "SQNR vs FP32 reference (dB, higher is better)"
+def _not_measured(ctx: _Context) -> str:
+    """``aoti:fp16 (crashed), tensorrt:fp16 (unavailable)``: variants with no timing at any batch size."""
+    out = []
+    for variant in ctx.variants:
+        rows = [r for r in ctx.rows if r.variant == variant]
+        if rows and not any(is_measured(r) for r in rows):
+            out.append(f"{variant} ({rows[0].status.replace('_', ' ')})")
+    return ", ".join(out)
+
+
+# ---------------------------------------------------------------- speed vs fidelity
+
+
+def _fidelity_metric(ctx: _Context) -> tuple[str, str, bool, str] | None:
+    """The first fidelity measure that tells the variants apart: (field, label, as percent, why).
+
+    Accuracy or top-1 agreement reads best, but on a few verification images every variant often
+    agrees 100%; then a finer measure (SQNR) is drawn and the title says why.
+    """
+    candidates = []
+    for name, label, percent in _FIDELITY_METRICS:
+        values = [_metric_value(r, name, percent) for r in ctx.measured]
+        values = [v for v in values if v is not None]
+        if values:
+            candidates.append((name, label, percent, values))
+    if not candidates:
+        return None
+    for name, label, percent, values in candidates:
+        if max(values) - min(values) > 1e-9 * max(1.0, abs(max(values))):
+            skipped = [c for c in candidates[: candidates.index((name, label, percent, values))] if c[2]]
+            why = (f"{skipped[0][1].split(' (')[0]} is {skipped[0][3][0]:.0f}% for every variant, "
+                   f"so {label.split(' (')[0]} is shown" if skipped else "")
+            return name, label, percent, why
+    name, label, percent, _ = candidates[0]
+    return name, label, percent, ""
+
+
+def _metric_value(row: ResultRow, name: str, percent: bool) -> float | None:
+    value = getattr(row, name, None)
+    if not _finite(value):
+        return None
+    v = float(value)  # type: ignore[arg-type]
+    return 100.0 * v if percent and v <= 1.0 else v
+
+
+def _frontier(points: list[tuple[float, float, ResultRow]]) -> list[tuple[float, float, ResultRow]]:
+    """Points no other point beats on both speed and fidelity, by increasing speed."""
+    best_y = -math.inf
+    kept = []
+    for x, y, row in sorted(points, key=lambda p: (-p[0], -p[1])):
+        if y > best_y:
+            kept.append((x, y, row))
+            best_y = y
+    return sorted(kept, key=lambda p: p[0])
+
+
+def _spread_index(count: int, limit: int) -> list[int]:
+    """At most ``limit`` indexes into ``count`` items, always the first and last, the rest evenly spaced."""
+    if count <= limit:
+        return list(range(count))
+    return sorted({round(i * (count - 1) / (limit - 1)) for i in range(limit)})
+
+
+# ---------------------------------------------------------------- small helpers
 
 
 def _by_model_device(rows: list[ResultRow]) -> dict[tuple[str, str], list[ResultRow]]:
@@ -293,6 +521,10 @@ def _palette(n: int) -> list[Any]:
 
     cmap = colormaps["tab10" if n <= 10 else "tab20"]
     return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _slug(text: str) -> str:

@@ -1,13 +1,16 @@
-"""Load a run's result files for a report, checking them first so a wrong file gets a clear message.
+"""Load result files for a report, checking them first so a wrong file gets a clear message.
 
 A report needs the rows (CSV or JSON). The JSON beside a CSV adds the environment, the resolved
 config and the raw samples; without it the report still works, and says what it could not show.
+Several files merge into one report (a CPU run and a GPU run, or runs of several models): rows are
+concatenated, and a cell measured in two files keeps the later file's row, with a note.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,7 @@ _WHAT_TO_PASS = "pass a CSV (or the JSON beside it) written by `infertune run` /
 
 @dataclass
 class ReportData:
-    """Everything a report shows, read from one run's files."""
+    """Everything a report shows, read from one run's files (or several merged: see ``runs``)."""
 
     source: Path
     rows: list[ResultRow]
@@ -31,16 +34,81 @@ class ReportData:
     config: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what the report could not show, and why
+    runs: list[ReportData] = field(default_factory=list)  # the files merged into this one; empty for one file
+
+    @property
+    def sources(self) -> list[Path]:
+        return [r.source for r in self.runs] if self.runs else [self.source]
+
+    @property
+    def has_samples(self) -> bool:
+        return bool(self.samples)
 
 
-def load_report_data(path: Path | str) -> ReportData:
-    """Read rows, samples, config and environment from a results CSV or JSON.
+def load_report_data(paths: Path | str | Sequence[Path | str]) -> ReportData:
+    """Read rows, samples, config and environment from one or more results CSV / JSON files.
+
+    Args:
+        paths: a results file, or several to merge. A CSV passed together with its own JSON is read once.
 
     Raises:
-        InfertuneError: the file is missing, empty, or not an infertune results file; the message
+        InfertuneError: a file is missing, empty, or not an infertune results file; the message
             says what is wrong and what to pass instead.
     """
-    path = Path(path)
+    if isinstance(paths, (str, Path)):
+        return _load_one(Path(paths))
+    unique = _without_duplicates([Path(p) for p in paths])
+    if not unique:
+        raise InfertuneError(f"no results file given: {_WHAT_TO_PASS}")
+    if len(unique) == 1:
+        return _load_one(unique[0])
+    return merge([_load_one(p) for p in unique])
+
+
+def merge(runs: list[ReportData]) -> ReportData:
+    """One ReportData from several files: rows in file order, a cell measured twice keeps the later row.
+
+    The environment and config shown at the top are the first file's; when the files disagree the
+    report says so and shows every file's environment.
+    """
+    rows: dict[str, ResultRow] = {}
+    origin: dict[str, Path] = {}
+    samples: dict[str, list[float]] = {}
+    notes: list[str] = []
+    for run in runs:
+        replaced: dict[Path, list[str]] = {}
+        for row in run.rows:
+            if row.cell_id in rows:
+                replaced.setdefault(origin[row.cell_id], []).append(row.cell_id)
+                del rows[row.cell_id]  # re-insert at the later file's position
+                samples.pop(row.cell_id, None)
+            rows[row.cell_id] = row
+            origin[row.cell_id] = run.source
+            if row.cell_id in run.samples:
+                samples[row.cell_id] = run.samples[row.cell_id]
+        for older, cells in replaced.items():
+            shown = ", ".join(cells[:3]) + (f" and {len(cells) - 3} more" if len(cells) > 3 else "")
+            notes.append(f"{len(cells)} cell(s) are in both {older} and {run.source}: showing the later file's "
+                         f"rows ({shown}); to compare two runs use `infertune compare`")
+        notes.extend(f"{run.source.name}: {note}" for note in run.notes)
+    environments = [r.environment for r in runs if r.environment]
+    if any(env != environments[0] for env in environments[1:]):
+        notes.append("the files were recorded in different environments: the summary shows "
+                     f"{runs[0].source.name}'s; every file's environment is listed under Environment")
+    first = runs[0]
+    return ReportData(first.source, list(rows.values()), samples,
+                      next((r.config for r in runs if r.config), {}), environments[0] if environments else {},
+                      notes, runs)
+
+
+def _without_duplicates(paths: list[Path]) -> list[Path]:
+    """Drop repeated paths, and a CSV whose JSON (which holds the same rows and more) is also given."""
+    resolved = list(dict.fromkeys(p.resolve() if p.exists() else p for p in paths))
+    jsons = {p for p in resolved if p.suffix.lower() == ".json"}
+    return [p for p in resolved if not (p.suffix.lower() == ".csv" and json_path_for(p) in jsons)]
+
+
+def _load_one(path: Path) -> ReportData:
     _check_file(path)
     if path.suffix.lower() == ".json":
         doc = _read_json(path, required=True)

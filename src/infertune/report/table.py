@@ -12,7 +12,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from infertune.report.view import GroupView, LineView, best_variants, build_views
+from infertune.report.view import (
+    GroupView,
+    LineView,
+    best_variants,
+    build_views,
+    md_escape,
+)
 from infertune.results import ResultRow
 
 __all__ = ["HEADERS", "best_variants", "markdown_table", "seed_table"]
@@ -95,8 +101,8 @@ def markdown_table(rows: Iterable[ResultRow]) -> str:
     """The same tables as GitHub markdown: a ``###`` heading per group, the winner in bold."""
     parts: list[str] = []
     for view in build_views(rows):
-        parts.append(f"### {view.title}\n")
-        parts.append(f"p50 {view.scope} latency per batch; speedup vs pytorch:fp32.\n")
+        parts.append(f"### {_md_escape(view.title)}\n")
+        parts.append(f"p50 {_md_escape(view.scope)} latency per batch; speedup vs pytorch:fp32.\n")
         parts.append("| " + " | ".join(_headers(view)) + " |")
         parts.append("|" + "|".join(("---:" if i in _NUMERIC else "---") for i in range(len(HEADERS))) + "|")
         for line in view.lines:
@@ -111,5 +117,5 @@ def markdown_table(rows: Iterable[ResultRow]) -> str:
 
 
 def _md_escape(text: str) -> str:
-    """Keep a cell on one line and its pipes from splitting it."""
-    return " ".join(text.split()).replace("|", "\\|")
+    """Keep a cell on one line, its pipes from splitting it, and markup in result files inert."""
+    return md_escape(text)

@@ -8,6 +8,7 @@ time only; the rows themselves keep plain floats.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -178,6 +179,23 @@ def status_text(row: ResultRow) -> str:
     return f"{row.status}: {reason}" if reason else row.status
 
 
+#: markdown punctuation that could turn text from a result file into emphasis, code, links or a strikethrough.
+_MD_SPECIAL = re.compile(r"([\\`*\[\]~|])")
+_MD_EDGE_UNDERSCORE = re.compile(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")  # intraword _ is literal already
+
+
+def md_escape(text: str) -> str:
+    """Text from a result file as one line of inert markdown: HTML and markdown syntax shown as typed.
+
+    ``<script>`` becomes ``&lt;script&gt;``, ``|`` cannot split a table cell, ``[x](y)`` makes no link;
+    ``torch_compile`` stays readable because an underscore inside a word is literal in markdown.
+    """
+    text = " ".join(str(text).split())
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = _MD_SPECIAL.sub(r"\\\1", text)
+    return _MD_EDGE_UNDERSCORE.sub(r"\\_", text)
+
+
 def scope_text(rows: Iterable[ResultRow]) -> str:
     """Which latency the numbers are ("end-to-end", "device"), as recorded in the rows."""
     scopes = sorted({r.latency_scope for r in rows if r.latency_scope})
@@ -205,6 +223,7 @@ class LineView:
     convert: str = "—"
     size: str = "—"
     memory: str = "—"
+    p99: str = "—"
 
 
 @dataclass
@@ -287,6 +306,7 @@ def _line(row: ResultRow, group: list[ResultRow], is_best: bool, samples: list[f
         convert=fmt_seconds(row.convert_s, row.cache_hit),
         size=fmt_mb(row.artifact_mb),
         memory=fmt_mb(row.peak_host_mb),
+        p99=fmt_ms(row.latency_p99_ms) if measured else "—",
     )
 
 

@@ -1,0 +1,107 @@
+"""Synthetic result files for the report tests: a realistic ladder with every kind of row, written by
+the same ``ResultFiles`` a run uses, so the tests read what a user's run would have written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from infertune.results import ResultFiles, ResultRow
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+UNAVAILABLE_REASON = "pip install infertune[openvino]"
+FAILED_REASON = "RuntimeError: export failed at aten::foo"
+ENVIRONMENT = {  # the keys infertune.env.capture() writes
+    "cpu_model": "AMD EPYC 7B13 (test)",
+    "isa": ["AVX2", "FMA", "F16C"],
+    "int8_dot_product": False,
+    "logical_cores": 2,
+    "usable_cores": 2,
+    "threads": 2,
+    "os": "Linux-6.1-x86_64",
+    "python": "3.11.2",
+    "machine": "x86_64",
+    "libraries": {"torch": "2.14.1", "onnxruntime": "1.32.0"},
+    "physical_cores": 1,
+}
+
+# (variant, backend, precision, p50 ms at batch 1, cosine, status, error, noisy)
+LADDER = [
+    ("pytorch:fp32", "pytorch", "fp32", 118.0, 1.0, "ok", "", False),
+    ("torchscript:fp32", "torchscript", "fp32", 92.0, 0.99999, "ok", "", True),
+    ("onnxruntime:fp32", "onnxruntime", "fp32", 61.0, 0.99998, "ok", "", False),
+    # faster than everything, but its predictions drift: must never be "the fastest that keeps predictions"
+    ("onnxruntime:int8", "onnxruntime", "int8", 25.0, 0.91, "fidelity_failed", "cosine 0.9100 < 0.98", False),
+    ("openvino:int8", "openvino", "int8", None, None, "unavailable", UNAVAILABLE_REASON, False),
+    ("torch_compile:fp32", "torch_compile", "fp32", None, None, "failed", FAILED_REASON, False),
+]
+MEASURED = [v for v, _, _, p50, *_ in LADDER if p50 is not None]
+
+
+def make_rows(batches: tuple[int, ...] = (1, 8), model: str = "resnet50", seed: int = 0, device: str = "cpu",
+              scale: dict[str, float] | None = None, n: int = 40,
+              ladder: list[tuple] | None = None) -> tuple[list[ResultRow], dict[str, list[float]]]:
+    """Rows for a ladder (one unavailable, one failed, one fidelity_failed, one noisy) and their raw samples.
+
+    Args:
+        scale: multiply a variant's latencies, e.g. ``{"onnxruntime:fp32": 1.15}`` for a 15% slowdown.
+        n: raw samples per measured cell.
+    """
+    rng = np.random.default_rng(seed)
+    scale = scale or {}
+    rows: list[ResultRow] = []
+    samples: dict[str, list[float]] = {}
+    for batch in batches:
+        for variant, backend, precision, p50_b1, cos, status, error, noisy in ladder or LADDER:
+            row = ResultRow(model=model, variant=variant, backend=backend, precision=precision, options="",
+                            batch_size=batch, device=device, status=status, error=error, run_id="t1",
+                            latency_scope="end_to_end" if p50_b1 else "")
+            if p50_b1 is not None:
+                spread = 0.2 if noisy else 0.03
+                # per-image cost drops a little with batch size, as on a real CPU
+                centre = p50_b1 * scale.get(variant, 1.0) * batch * 0.9 ** np.log2(batch)
+                s = np.abs(centre * (1 + spread * rng.standard_normal(n)))
+                p25, p50, p75, p95, p99 = np.percentile(s, [25, 50, 75, 95, 99])
+                row.latency_p50_ms = float(p50)
+                row.latency_p95_ms = float(p95)
+                row.latency_p99_ms = float(p99)
+                row.latency_min_ms = float(s.min())
+                row.latency_max_ms = float(s.max())
+                row.latency_mean_ms = float(s.mean())
+                row.throughput_ips = batch * 1000.0 / float(p50)
+                row.iqr_over_median = float((p75 - p25) / p50)
+                row.noisy = noisy
+                row.iterations = len(s)
+                row.cosine_min = cos
+                row.sqnr_db = 40.0 if cos > 0.99 else 12.0
+                row.top1_agreement = 1.0 if cos > 0.99 else 0.75
+                row.fidelity_ok = status == "ok"
+                samples[row.cell_id] = [float(x) for x in s]
+            if variant == "onnxruntime:int8":
+                row.note = "INT8 slower than FP32: CPU lacks VNNI"
+            rows.append(row)
+    return rows, samples
+
+
+def write_rows(folder: Path, rows: list[ResultRow], samples: dict[str, list[float]] | None = None,
+               name: str = "benchmark_results_20260101_000000", environment: dict | None = None,
+               config: dict | None = None) -> Path:
+    """Write rows as a run would (CSV + JSON); returns the CSV path."""
+    files = ResultFiles(folder / f"{name}.csv", folder / f"{name}.json",
+                        config=config if config is not None else {"model": {"name": "resnet50"},
+                                                                  "benchmark": {"batch_sizes": [1, 8]}},
+                        environment=environment if environment is not None else ENVIRONMENT)
+    for row in rows:
+        files.add(row, (samples or {}).get(row.cell_id))
+    return files.csv_path
+
+
+def write_run(folder: Path, name: str = "benchmark_results_20260101_000000", **kw) -> Path:
+    """A whole synthetic run on disk; keyword arguments go to ``make_rows``."""
+    rows, samples = make_rows(**kw)
+    return write_rows(folder, rows, samples, name)
+
+
+def p50_of(rows: list[ResultRow], variant: str, batch: int) -> float:
+    return next(r.latency_p50_ms for r in rows if r.variant == variant and r.batch_size == batch)
