@@ -383,3 +383,25 @@ def test_report_and_compare_commands_work_where_no_runtime_can_be_imported(tmp_p
                              check=False, capture_output=True, text=True, timeout=300)
     assert compare.returncode == 0, compare.stdout + compare.stderr
     assert "Mann-Whitney U" in compare.stdout
+
+
+def test_gpu_rows_get_an_end_to_end_column_in_every_table(tmp_path):
+    rows, _ = make_rows()
+    assert "E2E p50 (ms)" not in markdown_table(rows)  # CPU rows: latency is already end to end
+    for r in rows:
+        if r.latency_p50_ms is not None:
+            r.latency_scope, r.e2e_latency_p50_ms, r.e2e_latency_p99_ms = "device", r.latency_p50_ms + 4.25, 9.0
+    md = markdown_table(rows)
+    header = next(ln for ln in md.splitlines() if ln.startswith("| Format"))
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    assert cells[cells.index("p95 (ms)") + 1] == "E2E p50 (ms)"
+    from infertune.report.view import fmt_ms
+
+    baseline = next(ln for ln in md.splitlines() if ln.startswith("| pytorch:fp32"))
+    assert f"| {fmt_ms(_p50(rows, 'pytorch:fp32', 1) + 4.25)} | cos" in baseline
+    files = ResultFiles(tmp_path / "r.csv", tmp_path / "r.json")
+    for r in rows:
+        files.add(r)
+    build_report(files.csv_path, tmp_path / "out")
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "E2E p50 (ms)" in html and "GPU mem (MB)" in html

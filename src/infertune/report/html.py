@@ -76,7 +76,8 @@ def _context(data: ReportData, charts: list[Path]) -> dict[str, Any]:
     views = build_views(data.rows, data.samples)
     models = list(dict.fromkeys(r.model for r in data.rows))
     devices = list(dict.fromkeys(r.device for r in data.rows))
-    columns = _columns(many_models=len(models) > 1, many_devices=len(devices) > 1)
+    columns = _columns(many_models=len(models) > 1, many_devices=len(devices) > 1,
+                       gpu=any(r.e2e_latency_p50_ms is not None for r in data.rows))
     lines = [(view, line) for view in views for line in view.lines]
     return {
         "title": f"{', '.join(models)} on {', '.join(devices)}",
@@ -125,7 +126,7 @@ def _winners(views: list[GroupView]) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- the sortable results table
 
 
-def _columns(many_models: bool, many_devices: bool) -> list[_Column]:
+def _columns(many_models: bool, many_devices: bool, gpu: bool = False) -> list[_Column]:
     cols = []
     if many_models:
         cols.append(_Column("model", "Model", False))
@@ -138,6 +139,10 @@ def _columns(many_models: bool, many_devices: bool) -> list[_Column]:
         _Column("p50", "p50 (ms)", True, "median latency of one batch; † = noisy (IQR/median above the threshold)"),
         _Column("p99", "p99 (ms)", True, "99th percentile latency of one batch: the slow tail"),
         _Column("throughput", "Throughput (img/s)", True, "batch size × 1000 / p50"),
+        *([_Column("e2e", "E2E p50 (ms)", True, "GPU runners: a second loop timed from host input to host output "
+                                                "(both copies included); p50/p99 are device latency (CUDA events)"),
+           _Column("device_mem", "GPU mem (MB)", True, "peak device memory (torch.cuda.max_memory_allocated)")]
+          if gpu else []),
         _Column("speedup", "Speedup", True, "pytorch:fp32's p50 over this variant's p50 at the same batch size"),
         _Column("fidelity", "Fidelity", True, "lowest per-sample cosine vs the FP32 eager reference", text=True),
         _Column("top1", "Top-1 agree", True, "share of verification inputs whose top-1 class matches FP32 eager"),
@@ -163,6 +168,8 @@ def _table_row(view: GroupView, line: LineView, columns: list[_Column]) -> dict[
                 f"IQR/median {fmt_pct(row.iqr_over_median)}" if line.noisy else ""),
         "p99": (line.p99, _num(row.latency_p99_ms, measured), ""),
         "throughput": (line.throughput, _num(row.throughput_ips, measured), ""),
+        "e2e": (fmt_ms(row.e2e_latency_p50_ms), _num(row.e2e_latency_p50_ms, measured), ""),
+        "device_mem": (fmt_ms(row.peak_device_mb), _num(row.peak_device_mb, True), ""),
         "speedup": (line.speedup, _num(row.speedup_vs_pytorch, measured) if line.speedup != "—" else "", ""),
         "fidelity": (line.fidelity, _num(row.cosine_min, True), row.error if "FAILED" in line.fidelity else ""),
         "top1": (fmt_pct(row.top1_agreement), _num(row.top1_agreement, True), ""),

@@ -2,6 +2,8 @@
 terminal (rich) and as GitHub markdown, one table per (model, device, batch size).
 
 Extra columns (p95, fidelity, one-off costs, status) are kept compact so the seed's four columns still read first.
+GPU tables add ``E2E p50 (ms)``: the latency of a second loop timed from host input to host output,
+next to the device latency (input already on the GPU, CUDA events) of the main columns.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from infertune.report.view import (
     LineView,
     best_variants,
     build_views,
+    fmt_ms,
     md_escape,
 )
 from infertune.results import ResultRow
@@ -29,8 +32,10 @@ HEADERS = ("Format", "Latency (ms)", "Throughput (img/sec)", "Speedup", "p95 (ms
 #: printed under a table whose rows ran with random weights.
 RANDOM_WEIGHTS_NOTE = ("fidelity is agreement with random weights: it shows each variant computes the same "
                        "function as FP32 eager, not that its predictions are right (use trained weights for that)")
+E2E_HEADER = "E2E p50 (ms)"
 #: columns right-aligned as numbers.
-_NUMERIC = {1, 2, 3, 4, 6, 7, 8}
+_NUMERIC = {"Latency (ms)", "Throughput (img/sec)", "Speedup", "p95 (ms)", E2E_HEADER, "Convert (s)", "Size (MB)",
+            "Peak mem (MB)"}
 
 _STYLES = {"best": "bold green", "fidelity_failed": "red", "error": "dim", "overhead": "dim italic", "ok": ""}
 
@@ -60,29 +65,38 @@ def _random_weights(view: GroupView) -> bool:
     return bool(weights) and all(w.startswith("random") for w in weights)
 
 
+def _has_e2e(view: GroupView) -> bool:
+    """True when some row of the group was also timed end to end (GPU runners)."""
+    return any(ln.row.e2e_latency_p50_ms is not None for ln in view.lines)
+
+
 def _headers(view: GroupView) -> tuple[str, ...]:
-    if not _random_weights(view):
-        return HEADERS
-    return tuple("Fidelity (random weights)" if h == "Fidelity" else h for h in HEADERS)
+    headers = list(HEADERS)
+    if _has_e2e(view):
+        headers.insert(headers.index("p95 (ms)") + 1, E2E_HEADER)
+    if _random_weights(view):
+        headers[headers.index("Fidelity")] = "Fidelity (random weights)"
+    return tuple(headers)
 
 
 def _rich_table(view: GroupView) -> Table:
     table = Table(title=f"{view.title}  (p50 {view.scope} latency)", title_justify="left")
-    for i, header in enumerate(_headers(view)):
-        numeric = i in _NUMERIC
+    for header in _headers(view):
+        numeric = header in _NUMERIC
         # Status carries the reason a cell did not run: let it wrap rather than cut it off.
         table.add_column(header, justify="right" if numeric else "left",
                          overflow="fold", no_wrap=header != "Status")
     for line in view.lines:
         # Text(), never markup strings: "pip install infertune[openvino]" must print as written.
-        table.add_row(*(Text(cell) for cell in _cells(line)), style=_STYLES[line.kind])
+        table.add_row(*(Text(cell) for cell in _cells(line, _has_e2e(view))), style=_STYLES[line.kind])
     return table
 
 
-def _cells(line: LineView) -> list[str]:
+def _cells(line: LineView, e2e: bool = False) -> list[str]:
     variant = f"{line.variant} ★" if line.kind == "best" else line.variant
     latency = f"{line.latency} †" if line.noisy else line.latency
-    return [variant, latency, line.throughput, line.speedup, line.p95, line.fidelity,
+    e2e_cell = [fmt_ms(line.row.e2e_latency_p50_ms)] if e2e else []
+    return [variant, latency, line.throughput, line.speedup, line.p95, *e2e_cell, line.fidelity,
             line.convert, line.size, line.memory, line.status]
 
 
@@ -103,10 +117,11 @@ def markdown_table(rows: Iterable[ResultRow]) -> str:
     for view in build_views(rows):
         parts.append(f"### {_md_escape(view.title)}\n")
         parts.append(f"p50 {_md_escape(view.scope)} latency per batch; speedup vs pytorch:fp32.\n")
-        parts.append("| " + " | ".join(_headers(view)) + " |")
-        parts.append("|" + "|".join(("---:" if i in _NUMERIC else "---") for i in range(len(HEADERS))) + "|")
+        headers = _headers(view)
+        parts.append("| " + " | ".join(headers) + " |")
+        parts.append("|" + "|".join(("---:" if h in _NUMERIC else "---") for h in headers) + "|")
         for line in view.lines:
-            cells = [_md_escape(c) for c in _cells(line)]
+            cells = [_md_escape(c) for c in _cells(line, _has_e2e(view))]
             if line.kind == "best":
                 cells = [f"**{c}**" for c in cells]
             parts.append("| " + " | ".join(cells) + " |")
