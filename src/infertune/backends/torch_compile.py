@@ -160,7 +160,7 @@ class InductorBackend(Backend):
 class TorchCompileBackend(InductorBackend):
     name = "torch_compile"
     label = "torch.compile"
-    description = "torch.compile (Inductor) on CPU or CUDA; compiled in prepare, freezing on by default on the CPU."
+    description = "torch.compile (Inductor) on CPU or CUDA; compiled in prepare, freezing on by default; cuda_graph option."
 
     def default_variants(self, device: str) -> list[str]:
         # max-autotune is not in the default ladder: on CUDA it takes minutes per batch size.
