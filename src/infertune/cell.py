@@ -47,6 +47,10 @@ class VariantJob:
     settings: dict[str, Any] = field(default_factory=dict)
     run_id: str = ""
     log_path: str | None = None
+    #: the worker's data-memory cap (RLIMIT_DATA) in MB; None: no cap.
+    memory_limit_mb: int | None = None
+    #: the module that registers this variant's backend, imported by the worker (plugins, test backends).
+    backend_module: str = ""
 
 
 def base_row(job: VariantJob, batch: int) -> dict[str, Any]:
@@ -136,7 +140,11 @@ def run_variant(job: VariantJob, emit: Emit, model: Any = None) -> None:
         except InfertuneError as err:
             row.update(status="failed", error=str(err))
         except Exception as err:  # a backend bug or a runtime's refusal: failure is data
-            row.update(status="failed", error=_one_line(err))
+            if job.memory_limit_mb and is_out_of_memory(err):
+                row.update(status="crashed", error=f"out of memory: the cell needed more than the worker's limit "
+                           f"of {job.memory_limit_mb} MB (benchmark.memory_limit_mb): {_one_line(err, 300)}")
+            else:
+                row.update(status="failed", error=_one_line(err))
             emit("log", batch, traceback.format_exc())
         emit("row", row, samples)
 
@@ -199,6 +207,15 @@ def verify(runner: Any, inputs: np.ndarray, reference: np.ndarray, batch: int, t
         runner.synchronize()
         outputs.append(np.asarray(out)[: min(batch, n - start)])
     return compare(np.concatenate(outputs), reference, tolerance)
+
+
+#: how runtimes word a failed allocation (torch, ONNX Runtime, OpenVINO, the C library).
+_OOM_WORDS = ("can't allocate memory", "cannot allocate memory", "failed to allocate", "bad_alloc", "out of memory")
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """True when ``err`` is an allocation failure (what a memory limit turns an oversized cell into)."""
+    return isinstance(err, MemoryError) or any(w in str(err).lower() for w in _OOM_WORDS)
 
 
 def _one_line(err: BaseException, limit: int = 500) -> str:

@@ -6,6 +6,12 @@
 
 A user-fixable problem (bad config, unknown model, missing file) prints one clear message and exits
 with status 2; it never shows a traceback.
+
+Exit codes: 0 the run finished (every cell has a row; failed, crashed or timed-out variants are rows,
+not errors); 2 bad input or an unusable environment, found before any long work (one ``error:`` line);
+130 stopped by Ctrl-C (SIGINT), 143 stopped by SIGTERM: the files hold every finished row, the cell in
+progress is marked ``interrupted``, and ``infertune run --resume RUN`` finishes the run;
+1 an unexpected internal error (a bug: please report the traceback).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from infertune.errors import InfertuneError
+from infertune.errors import ConfigError, InfertuneError
 
 DEFAULT_CONFIG = "config.yaml"
 
@@ -42,6 +48,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--isolation", choices=["process", "none"], help="run each variant in its own process (default)")
     p.add_argument("--no-cache", action="store_true", help="rebuild converted artifacts even if cached")
     p.add_argument("--report", action="store_true", help="also write charts, HTML and markdown after the run")
+    p.add_argument("--resume", metavar="RUN",
+                   help="finish an interrupted run with its saved config: a file of the run "
+                        "(results/benchmark_results_<TS>.csv) or its folder (the newest unfinished run there)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
@@ -94,28 +103,53 @@ def cmd_run(args: argparse.Namespace) -> int:
     from infertune.pipeline import run
     from infertune.progress import CellProgress
 
-    config = args.config
-    if config is None and Path(DEFAULT_CONFIG).is_file():
-        config = DEFAULT_CONFIG
-    cfg = load_config(config, overrides_from_args(args))
+    resume = None
+    if args.resume:
+        from infertune.resume import load_resume
+
+        _no_overrides_with_resume(args)
+        resume = load_resume(args.resume)
+        cfg, config = resume.config, f"{resume.stem}.config.yaml (resuming)"
+    else:
+        config = args.config
+        if config is None and Path(DEFAULT_CONFIG).is_file():
+            config = DEFAULT_CONFIG
+        cfg = load_config(config, overrides_from_args(args))
     console = _console()
     console.print(f"infertune: {cfg.model.name} | batch sizes {cfg.benchmark.batch_sizes} | "
                   f"config {config or 'built-in defaults'}")
     progress = CellProgress(console, enabled=not args.quiet)
-    result = run(cfg, log=lambda m: console.print(m, markup=False, highlight=False), progress=progress)
+    result = run(cfg, log=lambda m: console.print(m, markup=False, highlight=False), progress=progress,
+                 resume=resume)
     _print_table(result.rows, console)
     reused = sorted({r.variant for r in result.rows if r.cache_hit})
     if reused:
         console.print(f"reused cached artifacts under {cfg.output.models_dir}/ (from an earlier cell or run) for: "
                       f"{', '.join(reused)}; --no-cache rebuilds them",
                       markup=False, highlight=False)
-    console.print(f"results: {result.csv_path} (+ {result.json_path.name}, {result.config_path.name})")
+    console.print(f"results: {result.csv_path} (+ {result.json_path.name}, {result.config_path.name}, "
+                  f"{result.csv_path.with_suffix('.jsonl').name})")
     if args.report:
         from infertune.report.build import build_report
 
         paths = build_report(result.csv_path)
         console.print(f"report: {paths.get('html')}")
     return 0
+
+
+def _no_overrides_with_resume(args: argparse.Namespace) -> None:
+    """--resume reruns with the run's saved config: a flag that changes it would mix two configurations."""
+    flags = {"config": "--config", "batch_sizes": "--batch-size", "variants": "--variants", "model": "--model",
+             "weights": "--weights", "pretrained": "--pretrained", "input_shape": "--input-shape",
+             "device": "--device", "threads": "--threads", "warmup": "--warmup", "iterations": "--iterations",
+             "min_time": "--min-time", "rounds": "--rounds", "output_dir": "--output-dir",
+             "isolation": "--isolation"}
+    given = [flag for name, flag in flags.items() if getattr(args, name, None) is not None]
+    if args.no_cache:
+        given.append("--no-cache")
+    if given:
+        raise ConfigError(f"--resume continues a run with its saved config; drop {', '.join(given)} "
+                          "(or start a new run with them)")
 
 
 def _console() -> Any:
@@ -173,6 +207,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+#: exit codes (see the module docstring): a finished run, bad input, Ctrl-C, SIGTERM.
+EXIT_OK, EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_SIGTERM = 0, 2, 130, 143
+
 COMMANDS = {"run": cmd_run, "report": cmd_report, "backends": cmd_backends, "env": cmd_env, "compare": cmd_compare}
 
 
@@ -184,14 +221,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         build_parser().print_help()
         return 0
+    from infertune.interrupts import RunInterrupted
+
     try:
         return COMMANDS[args.command](args)
     except InfertuneError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except RunInterrupted as stop:
+        print(f"interrupted by {stop.signal_name}: {stop.summary or 'nothing was written yet'}", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print("interrupted: the result files hold every row finished so far", file=sys.stderr)
-        return 130
+        return EXIT_SIGINT
 
 
 if __name__ == "__main__":
