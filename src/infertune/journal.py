@@ -30,7 +30,7 @@ class JournalRecord:
 
     @property
     def status(self) -> str:
-        return str(self.row.get("status", ""))
+        return str(self.row.get("status") or "ok")
 
 
 class Journal:
@@ -55,10 +55,17 @@ class Journal:
         finally:
             os.close(fd)
 
-    def touch(self) -> None:
-        """Create the (empty) journal so that a run with no finished cell yet is still resumable."""
+    def open(self) -> None:
+        """Create the journal (a run with no finished cell yet is still resumable) or, when resuming,
+        end a torn last line so that the next record starts on a line of its own."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.touch(exist_ok=True)
+        with open(self.path, "a+b") as f:
+            if f.tell() > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def read_journal(path: Path | str) -> list[JournalRecord]:

@@ -140,7 +140,7 @@ def _run(cfg: RunConfig, log: Log, progress: Any, resume: ResumeState | None) ->
         done = resume.done()
     else:
         _write_config(config_path, cfg)
-    journal.touch()
+    journal.open()
     files.write()
 
     tmp = Path(tempfile.mkdtemp(prefix="infertune-"))
@@ -174,6 +174,7 @@ def _run(cfg: RunConfig, log: Log, progress: Any, resume: ResumeState | None) ->
         ) for variant in ladder]
         try:
             for round_index in range(rounds):
+                files.run["round"] = round_index + 1
                 for variant, job in zip(ladder, jobs):
                     todo = [b for b in batches if (round_index, _cell_id(job, b)) not in done]
                     if progress and len(todo) < len(batches):
@@ -263,9 +264,10 @@ def _run_job(job: VariantJob, cfg: RunConfig, model: Any, handle: Callable[[tupl
 def _keep(files: ResultFiles, journal: Journal, row: dict[str, Any], samples: list[float] | None,
           round_index: int) -> None:
     """Journal the cell (fsynced), then fold it into the CSV/JSON; a failed write is a clear error."""
+    result = ResultRow(**_known_fields(row))
     try:
-        journal.append(round_index, row, samples)
-        _record(files, ResultRow(**_known_fields(row)), samples, round_index)
+        journal.append(round_index, asdict(result), samples)
+        _record(files, result, samples, round_index)
     except OSError as err:
         raise InfertuneError(
             f"cannot write the results to {files.csv_path.parent} ({err.strerror or err}); the rows finished "
@@ -288,8 +290,11 @@ def _record_interrupt(files: ResultFiles, journal: Journal, in_flight: _InFlight
     files.run.update(status="interrupted", stopped_by=stop.signal_name)
     files.write()
     finished = sum(1 for r in files.rows if r.status != "interrupted")
-    stop.summary = (f"{finished} of {files.run.get('cells_planned', '?')} cells finished"
-                    f"{', the one in progress is marked interrupted' if marked else ''}; results in "
+    progress = f"{finished} of {files.run.get('cells_planned', '?')} cells finished"
+    if files.run.get("rounds", 1) > 1:
+        progress = (f"round {files.run.get('round', 1)} of {files.run['rounds']} was in progress "
+                    f"({finished} of {files.run.get('cells_planned', '?')} cells have rows)")
+    stop.summary = (f"{progress}{', the cell in progress is marked interrupted' if marked else ''}; results in "
                     f"{files.csv_path} (+ .json, .jsonl); finish the run with: infertune run --resume {files.csv_path}")
 
 
