@@ -44,3 +44,7 @@ def crashes_at_batch_3() -> nn.Module:
 
 def hangs_at_batch_3() -> nn.Module:
     return _Trap(3, "hang").eval()
+
+
+def broken_factory() -> nn.Module:
+    raise TypeError("build() missing 1 required positional argument: 'depth'")

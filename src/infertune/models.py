@@ -234,7 +234,7 @@ def _refusal(path: str, err: BaseException) -> str:
     """Why a weights file was refused by the weights-only loader, and how to save one that is not."""
     import re
 
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+    found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(err))
     what = (f"it asks to import and call {found.group(1)}" if found
             else "it is not a plain state_dict of tensors (a pickle of other Python objects, or not a torch file)")
     return (f"refused to load {path}: {what}. infertune loads weights only with torch.load(weights_only=True), "
