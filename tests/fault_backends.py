@@ -115,11 +115,17 @@ def _count_run(name: str) -> int:
 
 @register_backend
 class SlowOnceBackend(_Fault):
-    name = "slow_once"
+    """A good variant (eager PyTorch underneath, verified) whose first cell is slow enough to interrupt."""
 
-    def fail(self, ctx: PrepareContext) -> None:
+    name = "slow_once"
+    produces_outputs = True
+
+    def prepare(self, ctx: PrepareContext) -> Runner:
         if _count_run(self.name) == 1:
             time.sleep(600)  # the test interrupts the run meanwhile
+        from infertune.backends.registry import get_backend
+
+        return get_backend("pytorch").prepare(ctx)
 
 
 @register_backend

@@ -25,7 +25,7 @@ from multiprocessing.connection import wait
 from typing import Any
 
 from infertune import interrupts
-from infertune.cell import VariantJob, base_row, run_variant
+from infertune.cell import VariantJob, base_row, is_out_of_memory, run_variant
 
 Event = tuple[Any, ...]
 
@@ -104,6 +104,7 @@ def run_in_worker(job: VariantJob, on_event: Callable[[Event], None] | None = No
     """
     ctx = mp.get_context("spawn")
     recv_conn, send_conn = ctx.Pipe(duplex=False)
+    log_start = os.path.getsize(job.log_path) if job.log_path and os.path.exists(job.log_path) else 0
     env_threads = str(job.threads)
     saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     os.environ.update(OMP_NUM_THREADS=env_threads, MKL_NUM_THREADS=env_threads)
@@ -120,7 +121,7 @@ def run_in_worker(job: VariantJob, on_event: Callable[[Event], None] | None = No
                 os.environ[k] = v
     finished = False
     try:
-        yield from _pump(proc, recv_conn, job, cell_timeout_s, variant_timeout_s)
+        yield from _pump(proc, recv_conn, job, cell_timeout_s, variant_timeout_s, log_start)
         finished = True
     finally:
         if finished:
@@ -142,7 +143,7 @@ def kill_worker(proc: Any) -> None:
 
 
 def _pump(proc: Any, recv_conn: Any, job: VariantJob, cell_timeout_s: float,
-          variant_timeout_s: float | None) -> Iterator[Event]:
+          variant_timeout_s: float | None, log_start: int = 0) -> Iterator[Event]:
     """Relay the worker's events; on death or timeout, finish with rows for the cells it left."""
     done_batches: set[int] = set()
     current = job.batch_sizes[0]
@@ -169,7 +170,7 @@ def _pump(proc: Any, recv_conn: Any, job: VariantJob, cell_timeout_s: float,
             event = recv_conn.recv()
         except EOFError:
             proc.join(timeout=10)
-            failure = ("crashed", _death_reason(proc.exitcode, job, fatal))
+            failure = ("crashed", _death_reason(proc.exitcode, job, fatal, log_start))
             break
         if event[0] == "fatal":
             fatal = event[1]
@@ -190,27 +191,35 @@ def _pump(proc: Any, recv_conn: Any, job: VariantJob, cell_timeout_s: float,
             current = missing[0]
         for batch in missing:
             row = base_row(job, batch)
+            what = "timed out" if failure[0] == "timeout" else failure[0]
             row.update(status=failure[0], error=failure[1] if batch == current else
-                       f"not run: the worker {failure[0]} on batch {current}")
+                       f"not run: the worker {what} on batch {current}")
             yield ("row", row, None)
 
 
-def _death_reason(exitcode: int | None, job: VariantJob, fatal: str = "") -> str:
+def _death_reason(exitcode: int | None, job: VariantJob, fatal: str = "", log_start: int = 0) -> str:
+    """'worker process killed by SIGSEGV (Segmentation fault); last log line: ...': what the row says."""
     if exitcode is not None and exitcode < 0:
         try:
-            what = f"killed by {signal.Signals(-exitcode).name}"
+            name, detail = signal.Signals(-exitcode).name, signal.strsignal(-exitcode) or ""
         except ValueError:
-            what = f"killed by signal {-exitcode}"
+            name, detail = f"signal {-exitcode}", ""
         if -exitcode == signal.SIGKILL:
-            what += " (often the out-of-memory killer: try smaller batch sizes or set benchmark.memory_limit_mb)"
+            detail += "; often the out-of-memory killer: try smaller batch sizes or set benchmark.memory_limit_mb"
+        what = f"killed by {name}" + (f" ({detail})" if detail else "")
     else:
         what = f"exited with code {exitcode}"
     if job.memory_limit_mb:
-        what += f"; it was limited to {job.memory_limit_mb} MB of data memory (benchmark.memory_limit_mb)"
+        what += f" (its memory limit: {job.memory_limit_mb} MB, benchmark.memory_limit_mb)"
     tail = f"; it said: {fatal}" if fatal else ""
+    out_of_memory = is_out_of_memory(RuntimeError(fatal)) or "failed to map segment" in fatal  # dlopen under a cap
+    if job.memory_limit_mb and fatal and out_of_memory:
+        tail += " -- raise benchmark.memory_limit_mb: loading the runtime alone needs more (torch: about 0.8 GB)"
     if not tail and job.log_path and os.path.exists(job.log_path):
-        with open(job.log_path, errors="replace") as f:
-            lines = [ln for ln in f.read().splitlines() if ln.strip()]
+        with open(job.log_path, "rb") as f:  # this worker's last words, not our banner
+            f.seek(log_start)
+            text = f.read().decode(errors="replace")
+        lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("=== ")]
         if lines:
             tail = f"; last log line: {lines[-1][:300]}"
     return f"worker process {what}{tail}"
