@@ -187,3 +187,18 @@ def test_resume_with_flags_that_change_the_config_is_refused(tmp_path):
     assert proc.returncode == 2
     assert "--resume continues a run with its saved config; drop --batch-size" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_signal_during_a_row_write_waits_for_the_write_and_repeats_are_ignored():
+    from infertune import interrupts
+
+    steps = []
+    with pytest.raises(RunInterrupted) as info, interrupts.catch_signals():
+        with interrupts.deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            steps.append("journal")  # the handler ran, but held the signal: the write goes on
+            os.kill(os.getpid(), signal.SIGINT)
+            steps.append("csv")
+        steps.append("never")
+    assert steps == ["journal", "csv"] and info.value.signal_name == "SIGTERM" and info.value.exit_code == 143
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the previous handlers are back

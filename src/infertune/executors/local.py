@@ -105,31 +105,38 @@ def run_in_worker(job: VariantJob, on_event: Callable[[Event], None] | None = No
     ctx = mp.get_context("spawn")
     recv_conn, send_conn = ctx.Pipe(duplex=False)
     log_start = os.path.getsize(job.log_path) if job.log_path and os.path.exists(job.log_path) else 0
-    env_threads = str(job.threads)
-    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    os.environ.update(OMP_NUM_THREADS=env_threads, MKL_NUM_THREADS=env_threads)
+    proc: Any = None
+    finished = False
     try:
         with interrupts.deferred():  # a Ctrl-C mid-start would leave a worker nobody owns
-            proc = ctx.Process(target=_worker_main, args=(job, send_conn), daemon=False)
-            proc.start()
-            send_conn.close()  # the parent keeps only the reading end, so a dead worker reads as EOF
+            proc = _start(ctx, job, send_conn)
+        yield from _pump(proc, recv_conn, job, cell_timeout_s, variant_timeout_s, log_start)
+        finished = True
     finally:
+        if proc is not None:
+            if finished:
+                proc.join(timeout=10)
+            if proc.is_alive():  # interrupted, timed out, or stuck after 'done'
+                kill_worker(proc)
+                proc.join()
+        recv_conn.close()
+
+
+def _start(ctx: Any, job: VariantJob, send_conn: Any) -> Any:
+    """Spawn the worker with the job's thread count in its environment; keep only the pipe's reading end."""
+    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    os.environ.update(OMP_NUM_THREADS=str(job.threads), MKL_NUM_THREADS=str(job.threads))
+    try:
+        proc = ctx.Process(target=_worker_main, args=(job, send_conn), daemon=False)
+        proc.start()
+    finally:
+        send_conn.close()  # the parent keeps only the reading end, so a dead worker reads as EOF
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    finished = False
-    try:
-        yield from _pump(proc, recv_conn, job, cell_timeout_s, variant_timeout_s, log_start)
-        finished = True
-    finally:
-        if finished:
-            proc.join(timeout=10)
-        if proc.is_alive():  # interrupted, timed out, or stuck after 'done'
-            kill_worker(proc)
-            proc.join()
-        recv_conn.close()
+    return proc
 
 
 def kill_worker(proc: Any) -> None:
