@@ -7,6 +7,7 @@ always lands in a known cell.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -202,3 +203,45 @@ def test_a_signal_during_a_row_write_waits_for_the_write_and_repeats_are_ignored
         steps.append("never")
     assert steps == ["journal", "csv"] and info.value.signal_name == "SIGTERM" and info.value.exit_code == 143
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the previous handlers are back
+
+
+OPENVINO_THEN_CTRL_C = """
+import os, signal, sys, tempfile, time
+import numpy as np
+from infertune import interrupts
+from infertune.backends.base import PrepareContext
+from infertune.backends.registry import get_backend
+from infertune.cache import ArtifactCache
+from infertune.testing import tiny_convnet
+
+root = tempfile.mkdtemp()
+
+def ctx(batch):
+    return PrepareContext(model=tiny_convnet(), example_input=np.zeros((batch, 3, 32, 32), np.float32),
+                          precision="fp32", options={}, device="cpu", threads=1, cache=ArtifactCache(root, "tiny"),
+                          calibration=lambda n: np.zeros((n, 3, 32, 32), np.float32), log=lambda m: None)
+
+def two_cells():  # two compiled models, destroyed on return
+    first = get_backend("openvino").prepare(ctx(2))
+    first(first.to_native(np.zeros((2, 3, 32, 32), np.float32)))
+    second = get_backend("openvino").prepare(ctx(3))
+
+two_cells()
+try:
+    with interrupts.catch_signals():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+except interrupts.RunInterrupted:
+    print("stopped cleanly")
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")
+def test_ctrl_c_after_in_process_openvino_cells_stops_cleanly(tmp_path):
+    """OpenVINO's CPU plugin leaves a freed alternate signal stack installed once two compiled models are
+    destroyed; without ``interrupts.repair_signal_stack`` the next Ctrl-C is a segfault (exit -11)."""
+    script = tmp_path / "probe.py"
+    script.write_text(OPENVINO_THEN_CTRL_C)
+    proc = subprocess.run([sys.executable, "-W", "ignore", str(script)], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0 and "stopped cleanly" in proc.stdout, (proc.returncode, proc.stderr[-2000:])

@@ -5,13 +5,16 @@ While ``catch_signals()`` is active, SIGINT and SIGTERM raise ``RunInterrupted``
 cut in half (appending a row to the journal and rewriting the result files, starting a worker)
 runs inside ``deferred()``: a signal arriving there is held and raised when the block ends. Once the
 run is stopping, further signals are ignored so that the cleanup (kill the worker, write the files)
-always finishes.
+always finishes. ``repair_signal_stack`` works around a runtime that leaves a dangling alternate
+signal stack behind, which would turn a Ctrl-C into a segfault.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from types import FrameType
@@ -63,6 +66,47 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     raise RunInterrupted(signum)
 
 
+class _StackT(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+_SS_DISABLE = 2
+
+
+def repair_signal_stack() -> bool:
+    """Disable this thread's alternate signal stack when it points at freed memory; True if it did.
+
+    OpenVINO's CPU plugin (seen with 2026.4) installs an alternate signal stack on the thread that
+    compiles a model and, when compiled models are destroyed out of order, frees it without
+    uninstalling it. Python runs every signal handler on the alternate stack, so the next Ctrl-C on
+    that thread crashes the process with SIGSEGV instead of stopping the run cleanly. Only in-process
+    runs (``isolation: none``) compile in this process; Linux only, a no-op when the stack is sound.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        current = _StackT()
+        if libc.sigaltstack(None, ctypes.byref(current)) != 0 or current.ss_flags & _SS_DISABLE or not current.ss_sp:
+            return False
+        if _mapped(current.ss_sp, current.ss_size):
+            return False
+        off = _StackT(None, _SS_DISABLE, 0)
+        return libc.sigaltstack(ctypes.byref(off), None) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _mapped(start: int, size: int) -> bool:
+    """Whether [start, start + size) lies inside one mapping of this process."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            low, high = (int(x, 16) for x in line.split(None, 1)[0].split("-"))
+            if low <= start and start + size <= high:
+                return True
+    return False
+
+
 @contextlib.contextmanager
 def catch_signals() -> Iterator[None]:
     """Turn SIGINT/SIGTERM into ``RunInterrupted`` for the duration of the block (main thread only).
@@ -73,6 +117,7 @@ def catch_signals() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread() or _state.active:
         yield
         return
+    repair_signal_stack()
     previous: dict[int, Any] = {s: signal.getsignal(s) for s in STOP_SIGNALS}
     _state.active, _state.stopping, _state.defer_depth, _state.pending = True, False, 0, None
     for s in STOP_SIGNALS:

@@ -250,7 +250,14 @@ def _run_job(job: VariantJob, cfg: RunConfig, model: Any, handle: Callable[[tupl
     from infertune.executors.local import run_in_worker
 
     if cfg.benchmark.isolation == "none":
-        run_variant(job, lambda *event: handle(event), model=model)
+        def handle_here(*event: Any) -> None:
+            interrupts.repair_signal_stack()  # a runtime in this process may have left one dangling
+            handle(event)
+
+        try:
+            run_variant(job, handle_here, model=model)
+        finally:
+            interrupts.repair_signal_stack()
         return
     events = run_in_worker(job, cell_timeout_s=cfg.benchmark.cell_timeout_s,
                            variant_timeout_s=cfg.benchmark.variant_timeout_s)
