@@ -23,7 +23,7 @@ from infertune.config import RunConfig, tolerances
 from infertune.errors import ConfigError, InfertuneError
 from infertune.journal import Journal
 from infertune.results import ResultFiles, ResultRow, journal_path_for
-from infertune.resume import ResumeState
+from infertune.resume import ResumeState, run_id_of
 
 Log = Callable[[str], None]
 
@@ -101,7 +101,7 @@ def _run(cfg: RunConfig, log: Log, progress: Any, resume: ResumeState | None) ->
                           f"this machine runs on {device}; start a new run instead")
 
     stem = resume.stem if resume is not None else _new_stem(Path(cfg.output.dir))
-    run_id = stem.name.removeprefix("benchmark_results_")
+    run_id = run_id_of(stem)
     csv_path, json_path = stem.with_suffix(".csv"), stem.with_suffix(".json")
     config_path = Path(f"{stem}.config.yaml")
     log_path = Path(f"{stem}.log")
@@ -114,7 +114,8 @@ def _run(cfg: RunConfig, log: Log, progress: Any, resume: ResumeState | None) ->
     n_verify = cfg.verify.samples
     source = InputSource(shape=sample_shape, seed=cfg.verify.seed, images=cfg.verify.images, verify_count=n_verify)
     verify_inputs = source.verification(n_verify)
-    reference = preflight.reference_outputs(loaded.module, verify_inputs, cfg)
+    with preflight.input_shape_check(cfg), torch.inference_mode():
+        reference = loaded.module(torch.from_numpy(verify_inputs)).float().numpy()
     digest = loaded.digest()
     if resume is not None and resume.run.get("model_digest") not in (None, digest):
         raise ConfigError(f"cannot resume {resume.stem.name}: the model's weights now differ from the run's "

@@ -8,14 +8,16 @@ cannot fit in memory, an input shape the model cannot take.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from infertune.errors import ConfigError, ModelError
+from infertune.errors import ConfigError, InfertuneError, ModelError
 
 #: the result files (CSV, JSON, journal, log) of one run are small; below this the disk is full.
 RESULTS_MIN_FREE_MB = 20
@@ -87,25 +89,18 @@ def check_input_memory(cfg: Any) -> None:
         )
 
 
-def reference_outputs(model: Any, inputs: Any, cfg: Any) -> Any:
-    """The FP32 reference outputs, or a ModelError when the model cannot take the configured input shape."""
-    import numpy as np
-    import torch
-
-    shape = list(cfg.model.input_shape)
+@contextlib.contextmanager
+def input_shape_check(cfg: Any) -> Iterator[None]:
+    """Wrap the FP32 reference forward pass: a model that cannot take ``model.input_shape`` raises
+    inside it, and that becomes one ModelError naming the shape and the fix instead of a traceback."""
     try:
-        with torch.inference_mode():
-            out = model(torch.from_numpy(inputs))
+        yield
+    except InfertuneError:
+        raise
     except Exception as err:  # noqa: BLE001 - any model's shape error, worded by its own layers
         text = f"{type(err).__name__}: {err}".replace("\n", " ")
         text = text if len(text) <= 240 else text[:237] + "..."
         raise ModelError(
-            f"{cfg.model.name} cannot take inputs of shape {shape} ({text}): set model.input_shape "
-            "(or --input-shape B C H W) to the shape the model expects"
+            f"{cfg.model.name} cannot take inputs of shape {list(cfg.model.input_shape)} ({text}): set "
+            "model.input_shape (or --input-shape B C H W) to the shape the model expects"
         ) from None
-    if not isinstance(out, torch.Tensor):
-        raise ModelError(
-            f"{cfg.model.name} returns a {type(out).__name__}, not one tensor: infertune benchmarks models "
-            "with one output tensor (wrap the model so forward returns the logits)"
-        )
-    return np.asarray(out.float().numpy())

@@ -33,7 +33,7 @@ class ResumeState:
 
     @property
     def run_id(self) -> str:
-        return self.stem.name.removeprefix(STEM_PREFIX)
+        return run_id_of(self.stem)
 
     def done(self) -> set[tuple[int, str]]:
         """(round, cell id) pairs with a final row; ``interrupted`` ones are to be run again."""
@@ -52,6 +52,11 @@ def _known(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k in FIELD_NAMES}
 
 
+def run_id_of(stem: Path) -> str:
+    """``20261128_184104`` from ``results/benchmark_results_20261128_184104`` (any ``<kind>_results_`` prefix)."""
+    return stem.name.split("_results_", 1)[-1]
+
+
 def run_stem(path: Path | str) -> Path:
     """The stem ``<dir>/benchmark_results_<TS>`` that ``path`` names (a file, the stem, or a folder)."""
     p = Path(path)
@@ -64,8 +69,9 @@ def run_stem(path: Path | str) -> Path:
 
 
 def _newest_unfinished(folder: Path) -> Path:
-    stems = sorted((j.with_suffix("") for j in folder.glob(f"{STEM_PREFIX}*.jsonl")),
-                   key=lambda s: s.name, reverse=True)
+    stems = sorted((j.with_suffix("") for j in folder.glob("*_results_*.jsonl")
+                    if Path(f"{j.with_suffix('')}.config.yaml").is_file()),
+                   key=run_id_of, reverse=True)
     if not stems:
         raise InfertuneError(
             f"no resumable run in {folder}: it has no {STEM_PREFIX}<TIMESTAMP>.jsonl journal; "
