@@ -139,14 +139,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _no_overrides_with_resume(args: argparse.Namespace) -> None:
     """--resume reruns with the run's saved config: a flag that changes it would mix two configurations."""
-    flags = {"config": "--config", "batch_sizes": "--batch-size", "variants": "--variants", "model": "--model",
-             "weights": "--weights", "pretrained": "--pretrained", "input_shape": "--input-shape",
-             "device": "--device", "threads": "--threads", "warmup": "--warmup", "iterations": "--iterations",
-             "min_time": "--min-time", "rounds": "--rounds", "output_dir": "--output-dir",
-             "isolation": "--isolation"}
-    given = [flag for name, flag in flags.items() if getattr(args, name, None) is not None]
-    if args.no_cache:
-        given.append("--no-cache")
+    parser = argparse.ArgumentParser(add_help=False)
+    _add_run_args(parser)  # every run flag, present and future; those that only affect the display are fine
+    given = [action.option_strings[0] for action in parser._actions
+             if action.dest not in ("quiet", "report", "resume") and action.option_strings
+             and getattr(args, action.dest, action.default) != action.default]
     if given:
         raise ConfigError(f"--resume continues a run with its saved config; drop {', '.join(given)} "
                           "(or start a new run with them)")
