@@ -93,3 +93,24 @@ class FakeClock:
 @pytest.fixture
 def fake_clock() -> Iterator[type[FakeClock]]:
     yield FakeClock
+
+
+@pytest.fixture
+def fault_backends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Register the fault-injection backends (tests/fault_backends.py) for one test; yields the marker folder.
+
+    They are removed afterwards so that other tests see only infertune's own backends.
+    """
+    from infertune.backends import registry
+    from tests import fault_backends as faults
+
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    monkeypatch.setenv(faults.MARKER_ENV, str(markers))
+    classes = [c for c in vars(faults).values()
+               if isinstance(c, type) and issubclass(c, faults._Fault) and c is not faults._Fault]
+    for cls in classes:
+        registry.register_backend(cls)
+    yield markers
+    for cls in classes:
+        registry._REGISTRY.pop(cls.name, None)

@@ -68,3 +68,7 @@ class _TwoHeads(nn.Module):
 
 def two_outputs() -> nn.Module:
     return _TwoHeads().eval()
+
+
+def broken_factory() -> nn.Module:
+    raise TypeError("build() missing 1 required positional argument: 'depth'")

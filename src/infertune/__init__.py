@@ -17,11 +17,19 @@ from infertune.results import load_results
 __version__ = "0.1.0"
 
 
-def run(config: str | None = None, log: Any = print, **overrides: Any) -> Any:
-    """Run a benchmark from a YAML path and/or section overrides, e.g. ``run(benchmark={"batch_sizes": [1]})``."""
+def run(config: str | None = None, log: Any = print, resume: str | None = None, **overrides: Any) -> Any:
+    """Run a benchmark from a YAML path and/or section overrides, e.g. ``run(benchmark={"batch_sizes": [1]})``.
+
+    ``resume="results/benchmark_results_<TS>.csv"`` finishes that interrupted run with its saved config.
+    """
     from infertune.config import load_config
     from infertune.pipeline import run as _run
 
+    if resume is not None:
+        from infertune.resume import load_resume
+
+        state = load_resume(resume)
+        return _run(state.config, log=log, resume=state)
     return _run(load_config(config, overrides), log=log)
 
 

@@ -2,7 +2,10 @@
 
 The key hashes the model's weights digest, the backend name and runtime version, the precision and
 options, the input shape and the settings that matter; a hit means conversion is skipped, and the
-row says so (``cache_hit``).
+row says so (``cache_hit``). The manifest records every file's size when the entry is committed; an
+entry whose files have since been truncated or removed (a full disk, an interrupted copy) is not a
+hit: it is rebuilt, and ``CacheEntry.note`` says why. Directory names are sanitised so no model or
+backend name can place files outside the cache root.
 """
 
 from __future__ import annotations
@@ -23,13 +26,18 @@ class CacheEntry:
     path: Path
     key: str
     hit: bool
+    #: why an entry that was committed is being rebuilt ("" when it was not damaged).
+    note: str = ""
 
     def file(self, name: str) -> Path:
         return self.path / name
 
     def commit(self, meta: dict[str, Any] | None = None) -> None:
         """Mark the entry complete; only committed entries are hits next time."""
-        (self.path / "manifest.json").write_text(json.dumps({"key": self.key, **(meta or {})}, indent=2))
+        files = {str(p.relative_to(self.path)): p.stat().st_size for p in sorted(self.path.rglob("*"))
+                 if p.is_file() and p.name not in _BOOKKEEPING}
+        (self.path / "manifest.json").write_text(
+            json.dumps({"key": self.key, **(meta or {}), "files": files}, indent=2))
 
     def discard(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
@@ -47,17 +55,42 @@ class ArtifactCache:
         """Return the entry for (backend, parts...); creates its directory."""
         blob = json.dumps({"model": self.model_id, "backend": backend, **parts}, sort_keys=True, default=str)
         key = hashlib.sha256(blob.encode()).hexdigest()[:16]
-        path = self.root / _safe(self.model_id) / backend / key
+        path = self.root / _safe(self.model_id) / _safe(backend) / key
         hit = self.enabled and (path / "manifest.json").is_file()
-        if not hit:
+        damage = _damage(path) if hit else ""
+        if not hit or damage:
             shutil.rmtree(path, ignore_errors=True)
             path.mkdir(parents=True, exist_ok=True)
             (path / "key.json").write_text(blob)
-        return CacheEntry(path=path, key=key, hit=hit)
+        note = f"cached artifact in {path} was damaged ({damage}); rebuilding it" if damage else ""
+        return CacheEntry(path=path, key=key, hit=hit and not damage, note=note)
+
+
+_BOOKKEEPING = ("manifest.json", "key.json")
+
+
+def _damage(path: Path) -> str:
+    """'' when every file the manifest lists is there with its recorded size, else what is wrong."""
+    try:
+        files = json.loads((path / "manifest.json").read_text()).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return "unreadable manifest.json"
+    if not isinstance(files, dict):
+        return "unreadable manifest.json"
+    for name, size in files.items():
+        f = path / name
+        if not f.is_file():
+            return f"{name} is missing"
+        actual = f.stat().st_size
+        if actual != size:
+            return f"{name} has {actual} of {size} bytes"
+    return ""
 
 
 def _safe(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+    """One path component: only letters, digits and ``-_.``; never ``..`` or empty."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip(".")
+    return safe or "_"
 
 
 def dir_size_mb(path: Path | None) -> float | None:

@@ -53,6 +53,10 @@ class VariantJob:
     verify_inputs: str = ""
     #: accuracy mode: the FP32 reference's {"top1": .., "top5": .., "samples": ..} on the labelled set.
     ref_accuracy: dict[str, Any] | None = None
+    #: the worker's data-memory cap (RLIMIT_DATA) in MB; None: no cap.
+    memory_limit_mb: int | None = None
+    #: the module that registers this variant's backend, imported by the worker (plugins, test backends).
+    backend_module: str = ""
 
 
 def base_row(job: VariantJob, batch: int) -> dict[str, Any]:
@@ -146,7 +150,11 @@ def run_variant(job: VariantJob, emit: Emit, model: Any = None) -> None:
         except InfertuneError as err:
             row.update(status="failed", error=str(err))
         except Exception as err:  # a backend bug or a runtime's refusal: failure is data
-            row.update(status="failed", error=_one_line(err))
+            if job.memory_limit_mb and is_out_of_memory(err):
+                row.update(status="crashed", error=f"out of memory: the cell needed more than the worker's limit "
+                           f"of {job.memory_limit_mb} MB (benchmark.memory_limit_mb): {_one_line(err, 300)}")
+            else:
+                row.update(status="failed", error=_one_line(err))
             emit("log", batch, traceback.format_exc())
         row["calibration_inputs"] = _calibration_text(calibration, variant, row, job)
         emit("row", row, samples)
@@ -290,6 +298,15 @@ def _compare(outputs: list[tuple[str, np.ndarray]], reference: Any, tolerance: A
     from infertune.verify import compare
 
     return compare(dict(outputs) if len(outputs) > 1 else outputs[0][1], reference, tolerance)
+
+
+#: how runtimes word a failed allocation (torch, ONNX Runtime, OpenVINO, the C library).
+_OOM_WORDS = ("can't allocate memory", "cannot allocate memory", "failed to allocate", "bad_alloc", "out of memory")
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """True when ``err`` is an allocation failure (what a memory limit turns an oversized cell into)."""
+    return isinstance(err, MemoryError) or any(w in str(err).lower() for w in _OOM_WORDS)
 
 
 def _one_line(err: BaseException, limit: int = 500) -> str:

@@ -7,6 +7,12 @@
 
 A user-fixable problem (bad config, unknown model, missing file) prints one clear message and exits
 with status 2; it never shows a traceback.
+
+Exit codes: 0 the run finished (every cell has a row; failed, crashed or timed-out variants are rows,
+not errors); 2 bad input or an unusable environment, found before any long work (one ``error:`` line);
+130 stopped by Ctrl-C (SIGINT), 143 stopped by SIGTERM: the files hold every finished row, the cell in
+progress is marked ``interrupted``, and ``infertune run --resume RUN`` finishes the run;
+1 an unexpected internal error (a bug: please report the traceback).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from infertune.errors import InfertuneError
+from infertune.errors import ConfigError, InfertuneError
 
 DEFAULT_CONFIG = "config.yaml"
 
@@ -43,6 +49,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--isolation", choices=["process", "none"], help="run each variant in its own process (default)")
     p.add_argument("--no-cache", action="store_true", help="rebuild converted artifacts even if cached")
     p.add_argument("--report", action="store_true", help="also write charts, HTML and markdown after the run")
+    p.add_argument("--resume", metavar="RUN",
+                   help="finish an interrupted run with its saved config: a file of the run "
+                        "(results/benchmark_results_<TS>.csv) or its folder (the newest unfinished run there)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     _add_verify_args(p)
 
@@ -126,27 +135,51 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from infertune.config import load_config
-    from infertune.pipeline import run
-    from infertune.progress import CellProgress
+def _resolve_config(args: argparse.Namespace) -> tuple[Any, str, Any]:
+    """(config, where it came from, resume state or None) for ``run`` and ``verify``.
 
+    ``--resume`` takes the interrupted run's saved config; otherwise ``--config`` (or ./config.yaml,
+    or the built-in defaults) with the command line's flags on top.
+    """
+    from infertune.config import load_config
+
+    if getattr(args, "resume", None):
+        from infertune.resume import load_resume
+
+        _no_overrides_with_resume(args)
+        resume = load_resume(args.resume)
+        return resume.config, f"{resume.stem}.config.yaml (resuming)", resume
     config = args.config
     if config is None and Path(DEFAULT_CONFIG).is_file():
         config = DEFAULT_CONFIG
-    cfg = load_config(config, overrides_from_args(args))
+    return load_config(config, overrides_from_args(args)), config or "built-in defaults", None
+
+
+def _run_pipeline(args: argparse.Namespace, command: str, measure: bool) -> tuple[Any, Any, Any]:
+    """Resolve the config, print the header line, run the pipeline with a progress bar; (cfg, result, console)."""
+    from infertune.pipeline import run
+    from infertune.progress import CellProgress
+
+    cfg, source, resume = _resolve_config(args)
     console = _console()
-    console.print(f"infertune: {cfg.model.name} | batch sizes {cfg.benchmark.batch_sizes} | "
-                  f"config {config or 'built-in defaults'}")
+    console.print(f"{command}: {cfg.model.name} | batch sizes {cfg.benchmark.batch_sizes} | config {source}",
+                  markup=False, highlight=False)
     progress = CellProgress(console, enabled=not args.quiet)
-    result = run(cfg, log=lambda m: console.print(m, markup=False, highlight=False), progress=progress)
+    result = run(cfg, log=lambda m: console.print(m, markup=False, highlight=False), progress=progress,
+                 measure=measure, resume=resume)
+    return cfg, result, console
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg, result, console = _run_pipeline(args, "infertune", measure=True)
     _print_table(result.rows, console)
     reused = sorted({r.variant for r in result.rows if r.cache_hit})
     if reused:
         console.print(f"reused cached artifacts under {cfg.output.models_dir}/ (from an earlier cell or run) for: "
                       f"{', '.join(reused)}; --no-cache rebuilds them",
                       markup=False, highlight=False)
-    console.print(f"results: {result.csv_path} (+ {result.json_path.name}, {result.config_path.name})")
+    console.print(f"results: {result.csv_path} (+ {result.json_path.name}, {result.config_path.name}, "
+                  f"{result.csv_path.with_suffix('.jsonl').name})")
     if args.report:
         from infertune.report.build import build_report
 
@@ -157,21 +190,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Prepare and verify every cell (the pipeline's own path with timing skipped); exit 1 if any fails."""
-    from infertune.config import load_config
-    from infertune.pipeline import run
-    from infertune.progress import CellProgress
     from infertune.report.fidelity import fidelity_table
 
-    config = args.config
-    if config is None and Path(DEFAULT_CONFIG).is_file():
-        config = DEFAULT_CONFIG
-    cfg = load_config(config, overrides_from_args(args))
-    console = _console()
-    console.print(f"infertune verify: {cfg.model.name} | batch sizes {cfg.benchmark.batch_sizes} | "
-                  f"config {config or 'built-in defaults'}")
-    progress = CellProgress(console, enabled=not args.quiet)
-    result = run(cfg, log=lambda m: console.print(m, markup=False, highlight=False), progress=progress,
-                 measure=False)
+    _, result, console = _run_pipeline(args, "infertune verify", measure=False)
     fidelity_table(result.rows, console)
     console.print(f"results: {result.csv_path} (+ {result.json_path.name}, {result.config_path.name})")
     failed = sorted({r.variant for r in result.rows if r.status == "fidelity_failed"})
@@ -179,6 +200,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
         console.print(f"fidelity failed: {', '.join(failed)}", markup=False, highlight=False)
         return 1
     return 0
+
+
+def _no_overrides_with_resume(args: argparse.Namespace) -> None:
+    """--resume reruns with the run's saved config: a flag that changes it would mix two configurations."""
+    parser = argparse.ArgumentParser(add_help=False)
+    _add_run_args(parser)  # every run flag, present and future; those that only affect the display are fine
+    given = [action.option_strings[0] for action in parser._actions
+             if action.dest not in ("quiet", "report", "resume") and action.option_strings
+             and getattr(args, action.dest, action.default) != action.default]
+    if given:
+        raise ConfigError(f"--resume continues a run with its saved config; drop {', '.join(given)} "
+                          "(or start a new run with them)")
 
 
 def _console() -> Any:
@@ -247,6 +280,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+#: exit codes (see the module docstring): a finished run, bad input, Ctrl-C, SIGTERM.
+EXIT_OK, EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_SIGTERM = 0, 2, 130, 143
+
 COMMANDS = {"run": cmd_run, "verify": cmd_verify, "report": cmd_report, "backends": cmd_backends, "env": cmd_env, "compare": cmd_compare}
 
 
@@ -258,14 +294,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         build_parser().print_help()
         return 0
+    from infertune.interrupts import RunInterrupted
+
     try:
         return COMMANDS[args.command](args)
     except InfertuneError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except RunInterrupted as stop:
+        print(f"interrupted by {stop.signal_name}: {stop.summary or 'nothing was written yet'}", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print("interrupted: the result files hold every row finished so far", file=sys.stderr)
-        return 130
+        return EXIT_SIGINT
 
 
 if __name__ == "__main__":

@@ -74,6 +74,10 @@ class BenchmarkConfig(_Section):
     threads: int | None = Field(None, ge=1)
     isolation: Literal["process", "none"] = "process"
     cell_timeout_s: float = Field(1800, gt=0)
+    #: the whole variant (all its batch sizes) in its worker; None: only cell_timeout_s bounds it.
+    variant_timeout_s: float | None = Field(None, gt=0)
+    #: cap on each worker's data memory (RLIMIT_DATA, MB; CPU runs only); None: no cap.
+    memory_limit_mb: int | None = Field(None, ge=256)
     rounds: int = Field(1, ge=1)
 
     @field_validator("batch_sizes")
@@ -85,6 +89,12 @@ class BenchmarkConfig(_Section):
         if bad:
             raise ValueError(f"batch sizes must be >= 1, got {bad}")
         return list(dict.fromkeys(v))
+
+    @model_validator(mode="after")
+    def _limits_need_workers(self) -> BenchmarkConfig:
+        if self.memory_limit_mb is not None and self.isolation != "process":
+            raise ValueError("memory_limit_mb applies to worker processes: set isolation: process or drop the limit")
+        return self
 
 
 class Int8Config(_Section):
@@ -200,9 +210,14 @@ def _format_errors(err: ValidationError, source: str) -> str:
         else:
             msg = e["msg"].removeprefix("Value error, ")
             got = e.get("input")
-            got_text = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
+            got_text = f" (got {_short_repr(got)})" if got is not None and not isinstance(got, dict) else ""
             lines.append(f"  - {key}: {msg}{got_text}")
     return "\n".join(lines)
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
@@ -225,10 +240,24 @@ def read_yaml(path: Path | str) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist: pass an existing YAML file to --config")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not a text file (byte {err.start} is not UTF-8): pass a YAML config") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+        raise ConfigError(f"{path} is not valid YAML{_yaml_where(err)}; check the indentation, colons, "
+                          "quotes and brackets there") from None
+    except RecursionError:
+        raise ConfigError(f"{path} nests too deeply to be a config: check its brackets") from None
     return data or {}
+
+
+def _yaml_where(err: Any) -> str:
+    """``at line 3, column 7: mapping values are not allowed here``: where the parser stopped and why."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context = getattr(err, "context", None)
+    return f"{where}: {problem}" + (f" ({context})" if context else "")
 
 
 def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -248,6 +277,8 @@ def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None
     """Load ``path`` (or the defaults), apply CLI ``overrides``, validate."""
     data = read_yaml(path) if path else {}
     source = str(path) if path else "the defaults"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must be a YAML mapping (model:, benchmark:, ...), got {type(data).__name__}")
     if overrides:
         data = merge(data, overrides)
         source += " + command-line flags"

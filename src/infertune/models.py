@@ -16,7 +16,9 @@ import hashlib
 import importlib
 import importlib.util
 import io
+import pickle
 import socket
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,7 +210,10 @@ def _from_factory(spec: str) -> Any:
         close = difflib.get_close_matches(attr, [a for a in dir(module) if not a.startswith("_")], n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ModelError(f"{module_name} has no callable {attr!r}.{hint}")
-    model = factory()
+    try:
+        model = factory()
+    except Exception as err:  # noqa: BLE001 - user code: whatever it raises becomes one clear line
+        raise ModelError(f"calling {spec}() to build the model raised {_short(err, 200)}") from None
     import torch
 
     if not isinstance(model, torch.nn.Module):
@@ -224,21 +229,37 @@ def _load_weights(module: Any, path: str) -> str:
         raise ModelError(f"weights file {path} does not exist: set model.weights to a saved state_dict (.pt)")
     digest = hashlib.sha256(p.read_bytes()).hexdigest()[:12]
     try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as err:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the weights-only unpickler warns about pickle protocols
+            state = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ModelError(_refusal(path, err)) from None
+    except Exception as err:  # noqa: BLE001 - zip, EOF, OS errors from a damaged file: one clear line
         raise ModelError(
-            f"cannot load {path} with weights_only=True ({_short(err)}): save a plain state_dict "
-            "with torch.save(model.state_dict(), path)"
+            f"cannot read {path} as torch weights ({_short(err, 100)}): the file is truncated, corrupt or "
+            "not a torch.save file; save the weights with torch.save(model.state_dict(), path)"
         ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ModelError(f"{path} holds a {type(state).__name__}, not a state_dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        what = type(state).__name__ if not isinstance(state, dict) else "dict with non-tensor values"
+        raise ModelError(f"{path} holds a {what}, not a state_dict: save torch.save(model.state_dict(), path)")
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise ModelError(f"{path} does not fit the model: {_short(err, 300)}") from None
     return f"file:{digest}"
+
+
+def _refusal(path: str, err: BaseException) -> str:
+    """Why a weights file was refused by the weights-only loader, and how to save one that is not."""
+    import re
+
+    found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(err))
+    what = (f"it asks to import and call {found.group(1)}" if found
+            else "it is not a plain state_dict of tensors (a pickle of other Python objects, or not a torch file)")
+    return (f"refused to load {path}: {what}. infertune loads weights only with torch.load(weights_only=True), "
+            "which never runs code from a file; save a plain state_dict with torch.save(model.state_dict(), path)")
 
 
 class _download_timeout:

@@ -8,6 +8,7 @@ This module imports neither torch nor any runtime: reports work on a machine wit
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -20,7 +21,7 @@ from typing import Any
 SCHEMA_VERSION = 1
 
 #: the values ``ResultRow.status`` can take.
-STATUSES = ("ok", "fidelity_failed", "unavailable", "failed", "crashed", "timeout")
+STATUSES = ("ok", "fidelity_failed", "unavailable", "failed", "crashed", "timeout", "interrupted")
 
 
 @dataclass
@@ -127,6 +128,8 @@ class ResultFiles:
     environment: dict[str, Any] = field(default_factory=dict)
     rows: list[ResultRow] = field(default_factory=list)
     samples_ms: dict[str, list[float]] = field(default_factory=dict)
+    #: the run's state: status (running | complete | interrupted), cells planned, model digest, resumes.
+    run: dict[str, Any] = field(default_factory=dict)
 
     def add(self, row: ResultRow, samples_ms: list[float] | None = None) -> None:
         self.rows.append(row)
@@ -152,6 +155,7 @@ class ResultFiles:
             "schema_version": SCHEMA_VERSION,
             "config": self.config,
             "environment": self.environment,
+            "run": self.run,
             "rows": [asdict(r) for r in self.rows],
             "samples_ms": self.samples_ms,
         }
@@ -180,16 +184,30 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    """Write a temporary file beside ``path``, fsync it, rename it over ``path``: readers see the old
+    file or the new one, never half of one (a failed write leaves the old file and no temporary)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def json_path_for(csv_path: Path | str) -> Path:
     """The JSON file written beside a results CSV."""
     return Path(csv_path).with_suffix(".json")
+
+
+def journal_path_for(csv_path: Path | str) -> Path:
+    """The JSONL journal written beside a results CSV (one fsynced line per finished cell)."""
+    return Path(csv_path).with_suffix(".jsonl")
 
 
 def read_rows(path: Path | str) -> list[ResultRow]:

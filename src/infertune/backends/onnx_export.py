@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from infertune.backends.base import PrepareContext
+from infertune.errors import ModelError
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -38,9 +39,17 @@ def export_onnx(ctx: PrepareContext) -> OnnxExport:
     opset = int(ctx.settings.get("onnx_opset", DEFAULT_OPSET))
     entry = ctx.cache.entry("onnx", torch=torch.__version__, opset=opset, sample_shape=ctx.input_shape[1:])
     path = entry.file("model.onnx")
+    if entry.note:
+        ctx.log(entry.note)
     if entry.hit:
-        ctx.log(f"reusing cached ONNX export {path}")
-        return OnnxExport(path, True, 0.0)
+        problem = check_onnx_file(path)
+        if not problem:
+            ctx.log(f"reusing cached ONNX export {path}")
+            return OnnxExport(path, True, 0.0)
+        ctx.log(f"cached ONNX export {path} is invalid ({problem}); exporting again")
+        entry.discard()
+        entry = ctx.cache.entry("onnx", torch=torch.__version__, opset=opset, sample_shape=ctx.input_shape[1:])
+        path = entry.file("model.onnx")
     start = time.perf_counter()
     example = torch.from_numpy(ctx.example_input[:1].copy())
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -57,8 +66,41 @@ def export_onnx(ctx: PrepareContext) -> OnnxExport:
             optimize=True,
             external_data=False,
         )
+    problem = check_onnx_file(path)
+    if problem:
+        entry.discard()
+        raise ModelError(f"the ONNX export of the model is invalid ({problem}); the ONNX-based variants cannot "
+                         "run it. Try another optimization.onnx_opset")
     entry.commit({"opset": opset})
     return OnnxExport(path, False, time.perf_counter() - start)
+
+
+_checked: set[tuple[str, int, int]] = set()
+
+
+def check_onnx_file(path: Path) -> str:
+    """'' when ``path`` is a complete, valid ONNX model (``onnx.checker``), else the problem in one line.
+
+    A truncated or corrupt file (a full disk, an interrupted copy) otherwise surfaces as an obscure
+    runtime error deep in a session constructor. Checked once per file version per process.
+    """
+    import onnx
+
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError as err:
+        return f"cannot read it: {err.strerror}"
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key in _checked:
+        return ""
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as err:  # noqa: BLE001 - onnx raises ValidationError, DecodeError, OSError... when damaged
+        text = f"{type(err).__name__}: {err}".replace("\n", " ").strip()
+        return text if len(text) <= 200 else text[:197] + "..."
+    _checked.add(key)
+    return ""
 
 
 @contextlib.contextmanager

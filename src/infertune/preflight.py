@@ -1,0 +1,106 @@
+"""Checks that run before any long work, so bad input costs seconds, not a half-finished sweep.
+
+Each check turns a problem that would otherwise surface minutes later as a traceback (or as a
+run that dies writing its first row) into one ``ConfigError`` / ``ModelError`` naming the problem
+and the fix: output folders that cannot be written or are nearly full, a batch whose input alone
+cannot fit in memory, an input shape the model cannot take.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from infertune.errors import ConfigError, InfertuneError, ModelError
+
+#: the result files (CSV, JSON, journal, log) of one run are small; below this the disk is full.
+RESULTS_MIN_FREE_MB = 20
+#: converted artifacts: each converting variant writes about one model's weights, plus this margin.
+MODELS_MIN_FREE_MB = 50
+#: variants that write no artifact.
+NO_ARTIFACT_BACKENDS = frozenset({"pytorch", "null"})
+
+
+def writable_dir(path: Path | str, key: str) -> Path:
+    """Create ``path`` if needed and prove a file can be written there; ConfigError naming ``key`` if not."""
+    path = Path(path)
+    fix = f"set {key} to a folder you can write to"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"{key} {path} is a file, not a folder: {fix}") from None
+    except OSError as err:
+        raise ConfigError(f"cannot create {key} {path} ({err.strerror}): {fix}") from None
+    if not path.is_dir():
+        raise ConfigError(f"{key} {path} is not a folder: {fix}")
+    try:
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".infertune-write-probe-") as probe:
+            probe.write(b"x")
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as err:
+        raise ConfigError(f"cannot write to {key} {path} ({err.strerror}): {fix}") from None
+    return path
+
+
+def free_space(path: Path | str, key: str, need_mb: float) -> None:
+    """ConfigError when the disk holding ``path`` has less than ``need_mb`` MB free."""
+    free_mb = shutil.disk_usage(path).free / 1e6
+    if free_mb < need_mb:
+        raise ConfigError(
+            f"only {free_mb:.0f} MB free on the disk holding {key} {path}; this run needs about {need_mb:.0f} MB: "
+            f"free some space or point {key} to another disk"
+        )
+
+
+def check_output(cfg: Any) -> None:
+    """The results folder is writable with room for the result files; the cache folder is writable."""
+    results = writable_dir(cfg.output.dir, "output.dir")
+    free_space(results, "output.dir", RESULTS_MIN_FREE_MB)
+    writable_dir(cfg.output.models_dir, "output.models_dir")
+
+
+def check_artifact_space(cfg: Any, ladder: list[Any], model: Any) -> None:
+    """Room for the artifacts: about one copy of the weights per converting variant (once the model is known)."""
+    weights_mb = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 1e6
+    converting = sum(1 for v in ladder if v.backend not in NO_ARTIFACT_BACKENDS)
+    free_space(cfg.output.models_dir, "output.models_dir", MODELS_MIN_FREE_MB + converting * weights_mb)
+
+
+def check_input_memory(cfg: Any) -> None:
+    """The largest timed batch's input must fit in half of this machine's memory, with room for the model."""
+    import psutil
+
+    batch = max(cfg.benchmark.batch_sizes)
+    per_sample = math.prod(cfg.model.input_shape[1:])
+    need = batch * per_sample * 4
+    total = psutil.virtual_memory().total
+    if need > total / 2:
+        raise ConfigError(
+            f"batch size {batch} of {cfg.model.input_shape[1:]} float32 inputs needs {need / 1e9:.3g} GB for the "
+            f"input alone; this machine has {total / 1e9:.1f} GB of memory: lower benchmark.batch_sizes "
+            "or model.input_shape"
+        )
+
+
+@contextlib.contextmanager
+def input_shape_check(cfg: Any) -> Iterator[None]:
+    """Wrap the FP32 reference forward pass: a model that cannot take ``model.input_shape`` raises
+    inside it, and that becomes one ModelError naming the shape and the fix instead of a traceback."""
+    try:
+        yield
+    except InfertuneError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any model's shape error, worded by its own layers
+        text = f"{type(err).__name__}: {err}".replace("\n", " ")
+        text = text if len(text) <= 240 else text[:237] + "..."
+        raise ModelError(
+            f"{cfg.model.name} cannot take inputs of shape {list(cfg.model.input_shape)} ({text}): set "
+            "model.input_shape (or --input-shape B C H W) to the shape the model expects"
+        ) from None

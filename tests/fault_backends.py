@@ -1,0 +1,138 @@
+"""Backends that fail on purpose, registered from the tests (never by infertune itself).
+
+Importing this module registers them; a worker process imports it again because the job names the
+module its backend lives in. Each fails in ``prepare`` of the batch sizes it is told to (all of them
+by default), the way real compilers and runtimes fail: a segfault, an abort, an exit, a hang, an
+allocation past the memory limit, an exception. ``slow_once`` sleeps the first time it runs (so a
+test can interrupt a run at a known cell) and succeeds when the run is resumed; ``interrupt_second``
+sends its own process SIGINT the second time it runs (an in-process run's second round).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from infertune.backends.base import Backend, PrepareContext, Runner
+from infertune.backends.null import NullRunner
+from infertune.backends.registry import register_backend
+
+#: folder where slow_once / interrupt_second leave their "already ran once" markers (set by the test).
+MARKER_ENV = "INFERTUNE_TEST_MARKERS"
+CHUNK = 64 << 20
+
+
+class _Fault(Backend):
+    label = "Fault injection (tests)"
+    description = "Fails on purpose; registered by the tests only."
+    devices = frozenset({"cpu"})
+    precisions = frozenset({"fp32"})
+    produces_outputs = False
+
+    def version(self) -> str:
+        return "0"
+
+    def prepare(self, ctx: PrepareContext) -> Runner:
+        self.fail(ctx)
+        return NullRunner()
+
+    def fail(self, ctx: PrepareContext) -> None:
+        raise NotImplementedError
+
+
+@register_backend
+class SegfaultBackend(_Fault):
+    name = "fault_segfault"
+
+    def fail(self, ctx: PrepareContext) -> None:
+        ctypes.string_at(0)  # read address 0: SIGSEGV
+
+
+@register_backend
+class AbortBackend(_Fault):
+    name = "fault_abort"
+
+    def fail(self, ctx: PrepareContext) -> None:
+        os.abort()  # SIGABRT, as a failed C++ assertion does
+
+
+@register_backend
+class ExitBackend(_Fault):
+    name = "fault_exit"
+
+    def fail(self, ctx: PrepareContext) -> None:
+        sys.exit(3)  # a library that calls exit()
+
+
+@register_backend
+class HangBackend(_Fault):
+    name = "fault_hang"
+
+    def fail(self, ctx: PrepareContext) -> None:
+        time.sleep(3600)
+
+
+@register_backend
+class MemoryHogBackend(_Fault):
+    name = "fault_memory"
+
+    def fail(self, ctx: PrepareContext) -> None:
+        import resource
+
+        import numpy as np
+
+        limit, _hard = resource.getrlimit(resource.RLIMIT_DATA)
+        if limit == resource.RLIM_INFINITY:
+            raise RuntimeError("fault_memory refuses to run without benchmark.memory_limit_mb")
+        chunks = []
+        for _ in range(limit // CHUNK + 16):  # at most 1 GB past the limit, should it not be enforced
+            chunks.append(np.zeros(CHUNK, dtype=np.uint8))  # calloc: address space, not touched pages
+        raise RuntimeError(f"allocated {len(chunks) * CHUNK >> 20} MB past a {limit >> 20} MB limit: not enforced")
+
+
+@register_backend
+class RaiseBackend(_Fault):
+    name = "fault_raise"
+
+    def fail(self, ctx: PrepareContext) -> None:
+        raise RuntimeError("deliberate failure in prepare")
+
+
+def _count_run(name: str) -> int:
+    """How many times ``name`` has run in this test, this time included (marker files ``<name>.<n>``
+    record each run with the pid of the process that ran it)."""
+    folder = Path(os.environ[MARKER_ENV])
+    n = 1
+    while (folder / f"{name}.{n}").exists():
+        n += 1
+    (folder / f"{name}.{n}").write_text(str(os.getpid()))
+    return n
+
+
+@register_backend
+class SlowOnceBackend(_Fault):
+    """A good variant (eager PyTorch underneath, verified) whose first cell is slow enough to interrupt."""
+
+    name = "slow_once"
+    produces_outputs = True
+
+    def prepare(self, ctx: PrepareContext) -> Runner:
+        if _count_run(self.name) == 1:
+            time.sleep(600)  # the test interrupts the run meanwhile
+        from infertune.backends.registry import get_backend
+
+        return get_backend("pytorch").prepare(ctx)
+
+
+@register_backend
+class InterruptSecondBackend(_Fault):
+    name = "interrupt_second"
+
+    def fail(self, ctx: PrepareContext) -> None:
+        if _count_run(self.name) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # in-process run: as if Ctrl-C arrived during this cell
+            time.sleep(30)  # the handler raises before this ends
