@@ -177,8 +177,7 @@ def _run(cfg: RunConfig, log: Log, progress: Any, resume: ResumeState | None, me
             input_source=asdict(source),
             cache_root=cfg.output.models_dir, use_cache=cfg.output.use_cache, settings=settings,
             run_id=run_id, log_path=str(log_path), measure=measure, verify_inputs=verify_description,
-            ref_accuracy=ref_accuracy,
-            run_id=run_id, log_path=str(log_path), memory_limit_mb=memory_limit,
+            ref_accuracy=ref_accuracy, memory_limit_mb=memory_limit,
             backend_module=type(get_backend(variant.backend)).__module__,
         ) for variant in ladder]
         try:
