@@ -137,7 +137,7 @@ def test_build_report_writes_pngs_html_and_markdown(tmp_path):
     assert re.search(r'badge yes">AVX2<', html) and re.search(r'badge no">VNNI<', html)
     assert html.count("data:image/png;base64,") == len(charts)  # self-contained
     assert re.search(r'<div class="card" data-batch="1">\s*<div class="batch">batch 1</div>\s*'
-                     r'<div class="variant">onnxruntime:fp32</div>', html)
+                     r'<div class="variant">onnxruntime:<wbr>fp32</div>', html)  # breaks at colons only
     assert html.count('<td data-key="samples" data-sort="40"') == len(make_rows()[1])  # raw samples per cell
     assert "pip install infertune[openvino]" in html and FAILED_REASON in html
     assert "&#34;batch_sizes&#34;: [" in html  # the resolved config, JSON-escaped for HTML

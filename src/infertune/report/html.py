@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from markupsafe import Markup, escape
+
 from infertune.report import environment
 from infertune.report.charts import caption_for
 from infertune.report.data import ReportData
@@ -113,6 +115,8 @@ def _winners(views: list[GroupView]) -> list[dict[str, Any]]:
         section["cards"].append({
             "batch": batch,
             "variant": best.variant if best else None,
+            # long names break at their colons only (escaped first; <wbr> is the one markup added)
+            "variant_wrapped": escape(best.variant).replace(":", Markup(":<wbr>")) if best else "",
             "p50": fmt_ms(best.latency_p50_ms) if best else "—",
             "p99": fmt_ms(best.latency_p99_ms) if best else "—",
             "throughput": fmt_ips(best.throughput_ips) if best else "—",
