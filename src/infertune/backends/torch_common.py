@@ -111,10 +111,14 @@ def parse_eager_options(backend: str, options: dict[str, str], device: str) -> t
         raise ConfigError(
             f"{backend}: unknown option(s) {', '.join(repr(u) for u in unknown)}; allowed: {', '.join(EAGER_OPTIONS)}"
         )
-    cuda_graph = "cuda_graph" in options
-    if cuda_graph and device != "cuda":
+    return "channels_last" in options, wants_cuda_graph(backend, options, device)
+
+
+def wants_cuda_graph(backend: str, options: dict[str, str], device: str) -> bool:
+    """Whether a variant asked for ``cuda_graph``; a ConfigError naming the fix when not on CUDA."""
+    if "cuda_graph" in options and device != "cuda":
         raise ConfigError(f"{backend}: option 'cuda_graph' needs a CUDA device (this run is on {device}); leave it out")
-    return "channels_last" in options, cuda_graph
+    return "cuda_graph" in options
 
 
 def model_copy(model: Any, device: str, precision: str, channels_last: bool = False) -> Any:

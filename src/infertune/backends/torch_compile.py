@@ -68,7 +68,13 @@ from typing import Any
 
 from infertune.backends.base import Backend, PrepareContext, Runner
 from infertune.backends.registry import register_backend
-from infertune.backends.torch_common import TF32_CPU_REASON, TorchRunner, model_copy, torch_dtype
+from infertune.backends.torch_common import (
+    TF32_CPU_REASON,
+    TorchRunner,
+    model_copy,
+    torch_dtype,
+    wants_cuda_graph,
+)
 from infertune.errors import ConfigError
 
 MODES = ("default", "max-autotune", "reduce-overhead")
@@ -131,9 +137,7 @@ def parse_options(backend: str, options: dict[str, str], device: str) -> Compile
         )
     if "freeze" in options and "nofreeze" in options:
         raise ConfigError(f"{backend}: options 'freeze' and 'nofreeze' exclude each other")
-    cuda_graph = "cuda_graph" in options
-    if cuda_graph and device != "cuda":
-        raise ConfigError(f"{backend}: option 'cuda_graph' needs a CUDA device (this run is on {device}); leave it out")
+    cuda_graph = wants_cuda_graph(backend, options, device)
     if cuda_graph and (mode == "reduce-overhead" or "dynamic" in options):
         raise ConfigError(
             f"{backend}: option 'cuda_graph' captures one static graph itself; it cannot be combined with "
