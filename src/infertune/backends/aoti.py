@@ -65,13 +65,15 @@ from infertune.backends.torch_compile import (
     CompileOptions,
     InductorBackend,
     check_options,
+    configure_inductor_caches,
     parse_options,
 )
 from infertune.errors import ConfigError
 
-#: torch_compile's options less CUDA graphs (a package has no such runtime).
+#: torch_compile's options less CUDA graphs (a package has no such runtime) and the cuDNN fusion pass
+#: (AOTInductor's C++ wrapper has no shim for the fused cuDNN calls).
 AOTI_OPTIONS: dict[str, tuple[str, ...]] = {
-    **{k: v for k, v in ALLOWED_OPTIONS.items() if k != "reduce-overhead"},
+    **{k: v for k, v in ALLOWED_OPTIONS.items() if k not in ("reduce-overhead", "cudnn_fused")},
     "mode": ("default", "max-autotune"),
 }
 #: how long the child may compile before it is killed (max-autotune on CUDA can take minutes).
@@ -105,6 +107,8 @@ class AotiBackend(InductorBackend):
         opts = parse_aoti_options(ctx.options, ctx.device)
         self.check(ctx.device, ctx.precision)
         import torch
+
+        configure_inductor_caches(ctx.cache)  # the build child inherits the folder
 
         entry = ctx.cache.entry(
             "aoti",

@@ -62,8 +62,10 @@ compiled for 270 s and ran at 29,007 img/s against the default mode's 30,805 img
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from infertune.backends.base import Backend, PrepareContext, Runner
@@ -78,6 +80,8 @@ from infertune.backends.torch_common import (
 from infertune.errors import ConfigError
 
 MODES = ("default", "max-autotune", "reduce-overhead")
+#: Inductor's cache folder inside the models dir (see ``configure_inductor_caches``).
+INDUCTOR_CACHE_DIR = "inductor"
 #: option -> allowed values ("" = a bare word).
 ALLOWED_OPTIONS: dict[str, tuple[str, ...]] = {
     "mode": MODES,
@@ -87,6 +91,7 @@ ALLOWED_OPTIONS: dict[str, tuple[str, ...]] = {
     "dynamic": ("",),
     "channels_last": ("",),
     "cuda_graph": ("",),
+    "cudnn_fused": ("",),
 }
 
 
@@ -99,6 +104,7 @@ class CompileOptions:
     dynamic: bool = False
     channels_last: bool = False
     cuda_graph: bool = False
+    cudnn_fused: bool = False
 
     def inductor_options(self) -> dict[str, Any]:
         """Inductor config for ``torch.compile(options=...)``: the mode's settings plus freezing."""
@@ -143,8 +149,13 @@ def parse_options(backend: str, options: dict[str, str], device: str) -> Compile
             f"{backend}: option 'cuda_graph' captures one static graph itself; it cannot be combined with "
             "'reduce-overhead' (Inductor's own CUDA graphs) or 'dynamic'"
         )
+    if "cudnn_fused" in options and device != "cuda":
+        raise ConfigError(
+            f"{backend}: option 'cudnn_fused' calls cuDNN's fused convolutions, which exist only on CUDA "
+            f"(this run is on {device}); leave it out")
     freeze = "nofreeze" not in options
-    return CompileOptions(mode, freeze, "dynamic" in options, "channels_last" in options, cuda_graph)
+    return CompileOptions(mode, freeze, "dynamic" in options, "channels_last" in options, cuda_graph,
+                          "cudnn_fused" in options)
 
 
 class InductorBackend(Backend):
@@ -180,7 +191,15 @@ class TorchCompileBackend(InductorBackend):
         self.check(ctx.device, ctx.precision)
         import torch
 
-        model = model_copy(ctx.model, ctx.device, ctx.precision, opts.channels_last)
+        configure_inductor_caches(ctx.cache)
+        source = ctx.model
+        if opts.cudnn_fused:
+            from infertune.backends.cudnn_fused import fuse_model
+            from infertune.backends.cudnn_fusion import register_shape_functions
+
+            register_shape_functions()
+            source = fuse_model(ctx, self.name)
+        model = model_copy(source, ctx.device, ctx.precision, opts.channels_last)
         # dynamic=False: no automatic dynamic shapes; with option 'dynamic' only the batch dimension
         # is made dynamic, by mark_dynamic below (which dynamic=False still honours).
         compiled = torch.compile(model, backend="inductor", options=opts.inductor_options(), dynamic=False)
@@ -206,6 +225,26 @@ class TorchCompileBackend(InductorBackend):
             f"{' (no new code generated: cache hit)' if runner.cache_hit else ''}"
         )
         return runner
+
+
+def configure_inductor_caches(cache: Any) -> Path | None:
+    """Keep Inductor's on-disk caches (FX graph cache, autotuning results, generated kernels, Triton's
+    binaries) in ``<models dir>/inductor`` so that a rerun reuses them; returns that folder.
+
+    Set in the worker before anything compiles (Inductor reads ``TORCHINDUCTOR_CACHE_DIR`` on each
+    use; a build child inherits it). With the artifact cache off (``--no-cache``) Inductor's caches
+    are switched off too, so every compile is cold.
+    """
+    import torch
+
+    if not cache.enabled:
+        os.environ["TORCHINDUCTOR_FORCE_DISABLE_CACHES"] = "1"  # for a build child
+        torch._inductor.config.force_disable_caches = True
+        return None
+    folder = Path(cache.root).resolve() / INDUCTOR_CACHE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    return folder
 
 
 class FreezingCall:
