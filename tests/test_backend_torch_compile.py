@@ -100,6 +100,7 @@ def test_availability_and_defaults():
     assert backend.default_variants("cpu") == ["torch_compile:fp32"]
     assert backend.default_variants("cuda") == [
         "torch_compile:fp16:channels_last", "torch_compile:fp16:channels_last:cuda_graph",
+        "torch_compile:fp16:channels_last:cudnn_fused:cuda_graph",
     ]
     assert not backend.availability("cpu", "tf32").ok
     with pytest.raises(ConfigError, match="cannot be combined"):

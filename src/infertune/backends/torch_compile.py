@@ -180,7 +180,8 @@ class TorchCompileBackend(InductorBackend):
     def default_variants(self, device: str) -> list[str]:
         # max-autotune is not in the default ladder: on CUDA it takes minutes per batch size.
         if device == "cuda":
-            return ["torch_compile:fp16:channels_last", "torch_compile:fp16:channels_last:cuda_graph"]
+            return ["torch_compile:fp16:channels_last", "torch_compile:fp16:channels_last:cuda_graph",
+                    "torch_compile:fp16:channels_last:cudnn_fused:cuda_graph"]
         return ["torch_compile:fp32"]
 
     def validate_options(self, options: dict[str, str], device: str, precision: str) -> None:
