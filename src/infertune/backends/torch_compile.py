@@ -20,6 +20,15 @@ Options (``torch_compile:fp32:max-autotune``, ``torch_compile:fp16:mode=reduce-o
 - ``cuda_graph``: capture the compiled forward pass in one CUDA graph ourselves
   (``torch_common.CudaGraphCall``) and replay it: H200 batch 1, 2.11 ms -> 0.43 ms. It composes with
   freezing and the default mode; ``reduce-overhead`` is Inductor's own CUDA-graph mode.
+- ``cudnn_fused`` (CUDA): run the ``cudnn_fusion`` pass first (BatchNorm folded, conv+bias(+add)+ReLU as
+  cuDNN's fused calls), then compile: Inductor keeps the cuDNN calls as extern kernels and fuses what is
+  left (pooling, the stem's padding, the head). H200, ResNet50 fp16 channels_last in a CUDA graph:
+  44,423 img/s at batch 1024 and 0.367 ms at batch 1, against 32,740 and 0.417 ms without the pass, in
+  one run (docs/results/h200.md); it also compiles 3-4x faster (fewer Triton kernels to generate).
+
+Inductor's on-disk caches (FX graph cache, autotuning results, generated kernels) are kept in the run's
+models dir (``configure_inductor_caches``), so a rerun, and another variant compiling the same graph,
+skip code generation; ``--no-cache`` switches them off.
 
 How freezing is switched on, and why twice: Inductor reads ``torch._inductor.config.freezing`` when
 it compiles, but dynamo reads it too, earlier, when it traces (``is_parameter_freezing``: only then
@@ -40,9 +49,10 @@ torch 2.14.1; p50 of 8 interleaved rounds in one process, another user's job som
     bf16, batch 1  eager 39.4   compiled 23.0 (fp32 eager 60.5 in that run: 2.63x; cosine 0.99999)
 
 Compile (prepare) time: freezing on 21 s at batch 1 in a fresh process with an empty Inductor
-cache, 8-10 s once Inductor's on-disk cache holds the generated kernels (a graph with frozen
-weights is never served whole by the FX graph cache: Inductor bypasses it, so ``cache_hit`` stays
-False); freezing off 14.7 s cold, 1.7 s warm (FX graph cache hit). ``dynamic`` compiles in 6-13 s
+cache, 8-10 s once Inductor's on-disk cache holds the generated kernels (on the CPU a graph with
+frozen weights is never served whole by the FX graph cache: its oneDNN-packed weights are "mkldnn
+tensors unpickleable" to Inductor, which bypasses the cache, so ``cache_hit`` stays False; on CUDA
+there are no such weights); freezing off 14.7 s cold, 1.7 s warm (FX graph cache hit). ``dynamic`` compiles in 6-13 s
 and runs 6% slower at batch 8; at batch 1 it recompiles a static graph anyway. Since each cell is
 prepared on its own, a dynamic graph saves nothing unless one process serves several batch sizes,
 so static shapes stay the default. max-autotune was not timed on this CPU (on the Zen 3 reference
