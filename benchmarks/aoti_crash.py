@@ -64,9 +64,9 @@ def inspect(package: Path) -> None:
     for lib in libs:
         so = target / lib
         print(f"--- ldd {lib}")
-        print(subprocess.run(["ldd", str(so)], capture_output=True, text=True).stdout)
+        print(subprocess.run(["ldd", str(so)], capture_output=True, text=True, check=False).stdout)
         print(subprocess.run(["sh", "-c", f"nm -D --undefined-only {so} | grep -i -E 'cu[A-Z]|cuda' | head -20"],
-                             capture_output=True, text=True).stdout)
+                             capture_output=True, text=True, check=False).stdout)
 
 
 def main(argv: list[str]) -> None:
