@@ -185,7 +185,8 @@ class InductorBackend(Backend):
 class TorchCompileBackend(InductorBackend):
     name = "torch_compile"
     label = "torch.compile"
-    description = "torch.compile (Inductor) on CPU or CUDA; compiled in prepare, freezing on by default; cuda_graph option."
+    description = ("torch.compile (Inductor) on CPU or CUDA; compiled in prepare, freezing on by default; cuda_graph and "
+                   "cudnn_fused (CUDA) options.")
 
     def default_variants(self, device: str) -> list[str]:
         # max-autotune is not in the default ladder: on CUDA it takes minutes per batch size.
