@@ -46,7 +46,6 @@ TARGETS: dict[str, tuple[str, tuple[str, ...]]] = {
 def child(method: str, variant: str, batch: int, threads: int, min_time: float) -> dict[str, Any]:
     """Measure one method in this (fresh) process; return per-iteration samples in ms."""
     import torch
-
     from cpu_ladder import _model, tool_runner
 
     torch.set_num_threads(threads)
@@ -59,8 +58,9 @@ def child(method: str, variant: str, batch: int, threads: int, min_time: float) 
         return {"samples_ms": timing.samples_ms, "artifact": str(runner.artifact_path or "")}
     host = _timed_batch(batch)
     if method == "bare_loop":
+        x = torch.from_numpy(host)
         with torch.inference_mode():
-            return {"samples_ms": _bare_loop(lambda x=torch.from_numpy(host): model(x), min_time)}
+            return {"samples_ms": _bare_loop(lambda: model(x), min_time)}
     if method == "torch_timer":
         from torch.utils import benchmark
 
