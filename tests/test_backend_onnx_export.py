@@ -41,7 +41,7 @@ def test_a_vit_exports_with_a_dynamic_batch_that_serves_every_batch_size(tmp_pat
     """torchvision's vit_b_16 came out with a static batch of 1 when traced on one sample."""
     model = fixture_models.tiny_vit()
     export = export_onnx(_ctx(model, tmp_path, batch=1))
-    (name, shape), = graph_inputs(export.path)
+    ((_, shape),) = graph_inputs(export.path)
     assert export.dynamic_batch and export.note == "" and isinstance(shape[0], str) and shape[1:] == list(SHAPE)
     for batch in (1, 2, 5):
         ctx = _ctx(model, tmp_path, batch)

@@ -215,8 +215,8 @@ def _model_ctx(model, root: Path, precision: str, batch: int = 3) -> PrepareCont
 @pytest.mark.parametrize("factory", ["two_outputs", "two_outputs_dict"])
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_every_output_of_a_two_head_model_is_returned_and_compared(ort, tmp_path, factory, precision):
-    from tests import fixture_models
     from infertune.verify import DEFAULT_TOLERANCES, compare
+    from tests import fixture_models
 
     model = getattr(fixture_models, factory)()
     ctx = _model_ctx(model, tmp_path / "cache", precision)

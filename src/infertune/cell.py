@@ -251,7 +251,6 @@ def verify_step(runner: Any, verification: tuple[np.ndarray, list[Any], Any], ba
                 job: VariantJob, row: dict[str, Any]) -> None:
     """Compare with the reference (and, in accuracy mode, gate on accuracy); fill the row's fidelity fields."""
     from infertune.accuracy import Accuracy, accuracy, gate
-
     from infertune.results import joined_note
 
     inputs, reference, labels = verification

@@ -240,7 +240,7 @@ def degenerate_reason(reference: np.ndarray) -> str:
         return f"it holds {bad}"
     scale = float(np.abs(ref).max())
     if scale <= DEGENERATE_ABS_MAX:
-        return "every value is 0" if scale == 0 else f"every value lies within ±{scale:.1e} (near zero)"
+        return "every value is 0" if scale == 0 else f"every value lies within ±{scale:.1e}, near zero"
     if len(ref) >= 2:
         variation = float(np.abs(ref - ref.mean(axis=0)).max())
         if variation <= DEGENERATE_REL_VARIATION * scale:
