@@ -143,3 +143,19 @@ def test_cuda_fp16_package(make_ctx):
     assert fid.ok, fid.failures
     assert runner.latency_scope == "device"
     assert len(samples) >= 3
+
+
+@pytest.mark.slow
+def test_every_output_of_a_dict_model_is_compared(tmp_path):
+    from infertune.verify import DEFAULT_TOLERANCES, compare
+    from tests import fixture_models
+    from tests.test_backend_onnxruntime import _model_ctx
+
+    model = fixture_models.two_outputs_dict()
+    runner = get_backend("aoti").prepare(_model_ctx(model, tmp_path / "cache", "fp32", batch=2))
+    x = np.random.default_rng(9).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    out = runner.to_numpy(runner(runner.to_native(x)))
+    assert list(out) == ["logits", "features"]
+    with torch.inference_mode():
+        fid = compare(out, model(torch.from_numpy(x)), DEFAULT_TOLERANCES["fp32"])
+    assert fid.ok and [o.name for o in fid.outputs] == ["logits", "features"]

@@ -17,8 +17,9 @@ from infertune.results import ResultRow
 #: the variant every speedup is measured against (the seed's "PyTorch | 1.0x" line).
 BASELINE_VARIANT = "pytorch:fp32"
 
-#: statuses whose rows carry timings (a fidelity failure is still measured, just not trusted).
-MEASURED_STATUSES = frozenset({"ok", "fidelity_failed"})
+#: statuses whose rows carry timings (a fidelity failure is still measured, just not trusted; an
+#: unverifiable row is measured, but its reference was too degenerate to judge it).
+MEASURED_STATUSES = frozenset({"ok", "fidelity_failed", "unverifiable"})
 
 #: backends that measure the harness, not a way to run the model: never "the fastest variant".
 OVERHEAD_BACKENDS = frozenset({"null"})
@@ -159,6 +160,8 @@ def fidelity_text(row: ResultRow) -> str:
         return f"FAILED: {reason}" if reason else "FAILED"
     if row.status not in MEASURED_STATUSES:
         return "—"
+    if row.status == "unverifiable":
+        return "unverifiable: degenerate reference"
     if is_overhead(row):
         return "n/a (no outputs)"
     if _finite(row.cosine_min):
