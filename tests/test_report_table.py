@@ -4,6 +4,7 @@ inside a word, every reason whole in a numbered note, the essential columns alwa
 from __future__ import annotations
 
 import io
+import itertools
 import re
 
 import pytest
@@ -11,7 +12,12 @@ from rich.console import Console
 
 from infertune.report.table import E2E_HEADER, HEADERS, seed_table
 from infertune.report.view import build_views, fmt_ms, fmt_speedup, reason_text, speedup
-from tests.report_fixtures import CRASH_REASON, DEFAULT_CPU_LADDER, TENSORRT_REASON, make_rows
+from tests.report_fixtures import (
+    CRASH_REASON,
+    DEFAULT_CPU_LADDER,
+    TENSORRT_REASON,
+    make_rows,
+)
 
 WIDTHS = (80, 120, 160, 200)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -93,7 +99,7 @@ def _shown_headers(width: int) -> list[str]:
 
 def test_wider_terminal_never_shows_fewer_columns():
     shown = [_shown_headers(w) for w in (80, 100, 120, 160, 200, 260)]
-    for narrow, wide in zip(shown, shown[1:]):
+    for narrow, wide in itertools.pairwise(shown):
         assert set(narrow) <= set(wide)
     assert len(shown[0]) < len(shown[-1]) == len(HEADERS)
 
