@@ -3,6 +3,7 @@ the same ``ResultFiles`` a run uses, so the tests read what a user's run would h
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -60,17 +61,29 @@ DEFAULT_CPU_LADDER = [
 ]
 
 
+#: how far a variant's median moves between identical runs (uniform within ± this), after issue 12's four
+#: identical ResNet18 runs on a quiet machine: medians spread 0.9% (ORT), 2.2% (eager), 10.8% (OpenVINO INT8).
+RUN_DRIFT = {"pytorch:fp32": 0.011, "torchscript:fp32": 0.011, "onnxruntime:fp32": 0.0045,
+             "onnxruntime:int8": 0.055}
+
+
 def make_rows(batches: tuple[int, ...] = (1, 8), model: str = "resnet50", seed: int = 0, device: str = "cpu",
               scale: dict[str, float] | None = None, n: int = 40,
-              ladder: list[tuple] | None = None) -> tuple[list[ResultRow], dict[str, list[float]]]:
+              ladder: list[tuple] | None = None, rounds: int = 1,
+              drift: dict[str, float] | None = None) -> tuple[list[ResultRow], dict[str, list[float]]]:
     """Rows for a ladder (one unavailable, one failed, one fidelity_failed, one noisy) and their raw samples.
 
     Args:
         scale: multiply a variant's latencies, e.g. ``{"onnxruntime:fp32": 1.15}`` for a 15% slowdown.
-        n: raw samples per measured cell.
+        n: raw samples per measured cell and round.
+        rounds: rounds per cell, recorded in ``round_p50s_ms`` as a run with ``benchmark.rounds`` does.
+        drift: per variant, how far the machine moves its median between runs (e.g. ``RUN_DRIFT``): each
+            round of each run is scaled by a factor drawn uniformly within ± that fraction. A round is a fresh
+            worker minutes after the last, so it sees the drift a separate run would.
     """
     rng = np.random.default_rng(seed)
     scale = scale or {}
+    drift = drift or {}
     rows: list[ResultRow] = []
     samples: dict[str, list[float]] = {}
     for batch in batches:
@@ -82,7 +95,13 @@ def make_rows(batches: tuple[int, ...] = (1, 8), model: str = "resnet50", seed: 
                 spread = 0.2 if noisy else 0.03
                 # per-image cost drops a little with batch size, as on a real CPU
                 centre = p50_b1 * scale.get(variant, 1.0) * batch * 0.9 ** np.log2(batch)
-                s = np.abs(centre * (1 + spread * rng.standard_normal(n)))
+                per_round = []
+                for _ in range(rounds):
+                    moved = centre * (1 + rng.uniform(-1, 1) * drift[variant]) if variant in drift else centre
+                    per_round.append(np.abs(moved * (1 + spread * rng.standard_normal(n))))
+                s = np.concatenate(per_round)
+                row.rounds = rounds
+                row.round_p50s_ms = json.dumps([float(np.median(r)) for r in per_round])
                 p25, p50, p75, p95, p99 = np.percentile(s, [25, 50, 75, 95, 99])
                 row.latency_p50_ms = float(p50)
                 row.latency_p95_ms = float(p95)

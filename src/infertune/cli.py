@@ -93,17 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default="cpu", choices=["cpu", "cuda"])
     sub.add_parser("env", help="print the environment that results record")
     cmp_p = sub.add_parser(
-        "compare", help="p50/p99/throughput changes between two runs, tested on the raw samples",
-        description="Compare every cell of two runs: point changes of p50, p99 and throughput, a Mann-Whitney U "
-                    "test on the raw samples (adjusted across cells) and a bootstrap CI of the p50 change.",
+        "compare", help="p50/p99/throughput changes between runs, judged against run-to-run noise",
+        usage="infertune compare BASELINE CANDIDATE [options]\n"
+              "       infertune compare BASELINE_RUN... -- CANDIDATE_RUN... [options]",
+        description="Compare every cell of two runs: point changes of p50, p99 and throughput, and whether the "
+                    "p50 moved beyond the run-to-run noise. That noise is estimated from the rounds in the files "
+                    "(--rounds 3) and from several runs per side (A1 A2 -- B1 B2); with one run of one round per "
+                    "side, only changes larger than identical runs' drift can count (docs/measurement.md).",
         epilog="exit status: 0 no regression (or no --fail-on-regression), 1 regression beyond PCT, "
                "2 bad input (missing or malformed file, nothing in common)")
-    cmp_p.add_argument("baseline", help="the reference run's results CSV or JSON (the JSON holds the raw samples)")
-    cmp_p.add_argument("candidate", help="the run under test")
+    cmp_p.add_argument("runs", nargs="+", metavar="RUN",
+                       help="results CSV or JSON files (the JSON holds the raw samples): the baseline, then the "
+                            "candidate; several runs per side separated by --")
     cmp_p.add_argument("--fail-on-regression", type=_pct_arg, metavar="PCT",
                        help="exit 1 when a cell's p50 got slower by more than PCT%% and the change is significant "
                             "(or when a cell that passed now fails)")
-    cmp_p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    cmp_p.add_argument("--alpha", type=float, default=0.01,
+                       help="significance level, adjusted across cells (default 0.01: a CI gate should rarely cry wolf)")
     cmp_p.add_argument("--markdown", metavar="PATH", help="also write the comparison as markdown, e.g. for a PR")
     return parser
 
@@ -270,7 +276,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print_comparison,
     )
 
-    comparison = compare_runs(args.baseline, args.candidate, alpha=args.alpha)
+    baseline, candidate = _compare_sides(args.runs)
+    comparison = compare_runs(baseline, candidate, alpha=args.alpha)
     print_comparison(comparison, args.fail_on_regression, _console())
     if args.markdown:
         Path(args.markdown).write_text(comparison_markdown(comparison, args.fail_on_regression), encoding="utf-8")
@@ -279,6 +286,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return 1
     return 0
 
+
+def _compare_sides(runs: list[str]) -> tuple[list[str], list[str]]:
+    """``A B`` or ``A1 A2 -- B1 B2`` (main() turns the ``--`` that argparse would drop into ``_SIDES``)."""
+    if _SIDES in runs:
+        cut = runs.index(_SIDES)
+        baseline, candidate = runs[:cut], runs[cut + 1:]
+        if baseline and candidate and _SIDES not in candidate:
+            return baseline, candidate
+        raise InfertuneError("compare takes baseline runs, then --, then candidate runs, e.g. "
+                             "infertune compare A1.json A2.json -- B1.json B2.json")
+    if len(runs) != 2:
+        raise InfertuneError(f"compare got {len(runs)} files: pass two (BASELINE CANDIDATE), or separate several "
+                             "runs per side with --, e.g. infertune compare A1.json A2.json -- B1.json B2.json")
+    return [runs[0]], [runs[1]]
+
+
+#: the separator of ``compare``'s two sides, as argparse receives it.
+_SIDES = "‖"
 
 #: exit codes (see the module docstring): a finished run, bad input, Ctrl-C, SIGTERM.
 EXIT_OK, EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_SIGTERM = 0, 2, 130, 143
@@ -290,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["run", *argv]  # `infertune --batch-size 1` means run
+    if argv[:1] == ["compare"]:
+        argv = [_SIDES if a == "--" else a for a in argv]  # compare A1 A2 -- B1 B2: keep the separator
     args = build_parser().parse_args(argv)
     if args.command is None:
         build_parser().print_help()
