@@ -12,9 +12,21 @@ from rich.console import Console
 
 from infertune.cli import main
 from infertune.errors import InfertuneError
-from infertune.report.compare import FLOOR, compare_runs, comparison_markdown, print_comparison
+from infertune.report.compare import (
+    FLOOR,
+    compare_runs,
+    comparison_markdown,
+    print_comparison,
+)
 from infertune.results import read_rows
-from tests.report_fixtures import ENVIRONMENT, RUN_DRIFT, make_rows, p50_of, write_rows, write_run
+from tests.report_fixtures import (
+    ENVIRONMENT,
+    RUN_DRIFT,
+    make_rows,
+    p50_of,
+    write_rows,
+    write_run,
+)
 
 SLOWER = "onnxruntime:fp32"
 
