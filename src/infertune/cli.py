@@ -1,4 +1,4 @@
-"""Command-line interface: argument parsing only; the work lives in pipeline, report and env.
+"""The ``infertune`` command: argument parsing and printing; the work lives in pipeline, report and env.
 
     infertune run [--config config.yaml] [--batch-size 1 4 8] [--variants ...] [--device cpu] ...
     infertune verify [same options] [--dataset labelled_folder/]   (fidelity/accuracy only, no timing)
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +79,28 @@ def _int_arg(what: str, minimum: int = 1) -> Any:
     return parse
 
 
+#: what ``infertune --help`` opens with: what the tool does for its user.
+DESCRIPTION = ("Find the fastest way to run a PyTorch model on this machine without changing its predictions: "
+               "infertune converts the model to each runtime and precision it can (TorchScript, torch.compile, "
+               "AOTInductor, ONNX Runtime, OpenVINO, TensorRT; FP32, FP16, BF16, INT8), checks every variant's "
+               "outputs against FP32 eager, times each at every batch size, and reports the fastest that kept "
+               "the predictions.")
+EXAMPLES = """examples:
+  infertune run                                   benchmark the default ladder (./config.yaml if present)
+  infertune run --model resnet18 --batch-size 1 8 a model and batch sizes of your choice
+  infertune report results/benchmark_results_TIMESTAMP.csv   charts, HTML and markdown from a run
+  infertune compare A.json B.json --fail-on-regression 5     did B get slower than A?
+  infertune backends                              which runtimes can run here, and why not
+  infertune env                                   this machine as results record it"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="infertune", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command")
+    from infertune import __version__
+
+    parser = argparse.ArgumentParser(prog="infertune", description=textwrap.fill(DESCRIPTION, 79), epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"infertune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     run_p = sub.add_parser("run", help="benchmark the ladder (the default command)")
     _add_run_args(run_p)
     ver_p = sub.add_parser("verify", help="fidelity (and, with --dataset, accuracy) of every variant; no timing")
@@ -91,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", help="output folder (default: a folder named after the first file, beside it)")
     sub.add_parser("backends", help="list backends and whether they can run here").add_argument(
         "--device", default="cpu", choices=["cpu", "cuda"])
-    sub.add_parser("env", help="print the environment that results record")
+    env_p = sub.add_parser("env", help="this machine as results record it: CPU and its ISA flags, cores, GPU, "
+                                       "library versions")
+    env_p.add_argument("--json", action="store_true", help="print it as JSON (what a results file holds)")
     cmp_p = sub.add_parser(
         "compare", help="p50/p99/throughput changes between runs, judged against run-to-run noise",
         usage="infertune compare BASELINE CANDIDATE [options]\n"
@@ -260,11 +282,16 @@ def cmd_backends(args: argparse.Namespace) -> int:
 
 
 def cmd_env(args: argparse.Namespace) -> int:
-    import json
-
     from infertune.env import capture
+    from infertune.report.environment import text_lines
 
-    print(json.dumps(capture(), indent=2))
+    env = capture()
+    if args.json:
+        import json
+
+        print(json.dumps(env, indent=2))
+    else:
+        print("\n".join(text_lines(env)))
     return 0
 
 
@@ -313,7 +340,10 @@ COMMANDS = {"run": cmd_run, "verify": cmd_verify, "report": cmd_report, "backend
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+    if not argv:  # `infertune` alone: say what it does (benchmark_all.py runs the default job)
+        build_parser().print_help()
+        return EXIT_OK
+    if argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv = ["run", *argv]  # `infertune --batch-size 1` means run
     if argv[:1] == ["compare"]:
         argv = [_SIDES if a == "--" else a for a in argv]  # compare A1 A2 -- B1 B2: keep the separator
