@@ -34,7 +34,7 @@ from infertune.report.view import (
     fmt_speedup,
     is_measured,
     noise_reason,
-    status_text,
+    status_word,
 )
 from infertune.results import ResultRow
 
@@ -194,7 +194,8 @@ def _table_row(view: GroupView, line: LineView, columns: list[_Column]) -> dict[
 
 
 def _status_cell(row: ResultRow) -> str:
-    return status_text(row, 60)
+    """A short word, as in the terminal: the full reason is the cell's tooltip and is under Failures."""
+    return status_word(row)
 
 
 def _num(value: float | None, keep: bool) -> Any:

@@ -174,13 +174,6 @@ def fidelity_text(row: ResultRow) -> str:
     return "not verified"
 
 
-def status_text(row: ResultRow, limit: int = 140) -> str:
-    """The status with its reason in one string (the HTML's status cell)."""
-    word = status_word(row)
-    reason = short_error(row.error, limit)
-    return f"{word}: {reason}" if reason and row.status not in ("ok", "fidelity_failed") else word
-
-
 def status_word(row: ResultRow) -> str:
     """One or two words for a table cell: ``ok``, ``harness``, ``✗ fidelity``, ``unavailable``...
 
@@ -265,7 +258,6 @@ class LineView:
     speedup: str
     p95: str
     fidelity: str
-    status: str
     kind: str  # "ok", "best", "fidelity_failed", "error", "overhead"
     noisy: bool
     samples: int | None = None
@@ -349,7 +341,6 @@ def _line(row: ResultRow, group: list[ResultRow], is_best: bool, samples: list[f
         speedup=fmt_speedup(speedup(row, group)),
         p95=fmt_ms(row.latency_p95_ms) if measured else "—",
         fidelity=fidelity_text(row),
-        status=status_text(row),
         kind=kind,
         noisy=bool(row.noisy) and measured,
         samples=len(samples) if samples is not None else None,
