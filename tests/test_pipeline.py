@@ -106,6 +106,8 @@ def test_rounds_pool_samples_per_cell(tmp_path):
     samples = read_samples(three.csv_path)[eager.cell_id]
     assert eager.iterations == len(samples) >= 3 * one.rows[0].iterations
     assert eager.latency_p50_ms == pytest.approx(float(np.median(samples)))
+    assert len(json.loads(eager.round_p50s_ms)) == 3  # each round's own median: compare's run-to-run spread
+    assert three.rows[1].role == "harness" and three.rows[1].speedup_vs_pytorch is None
 
 
 def test_python_api_runs_and_lists_backends(tmp_path):

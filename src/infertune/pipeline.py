@@ -406,12 +406,15 @@ def _record(files: ResultFiles, row: ResultRow, samples: list[float] | None, rou
     The first measured round's one-off costs (conversion, first call, size) stay: later rounds load
     from the cache. A later round that fails keeps the earlier numbers and says so in ``note``.
     """
+    import json
+
     from infertune.measure.stats import summarize
 
     earlier = files.find(row.cell_id) if round_index else None
     pooled = files.samples_ms.get(row.cell_id) if earlier is not None else None
     if earlier is None or (not pooled and samples is not None):
         row.rounds = 1 if samples is not None else None
+        row.round_p50s_ms = json.dumps([row.latency_p50_ms]) if samples is not None else ""
         if earlier is None:
             files.add(row, samples)
         else:  # earlier rounds failed; this one measured, so it becomes the row
@@ -425,6 +428,7 @@ def _record(files: ResultFiles, row: ResultRow, samples: list[float] | None, rou
     for key, value in summarize(merged, row.batch_size).as_row_fields().items():
         setattr(earlier, key, value)
     earlier.rounds = (earlier.rounds or 1) + 1
+    earlier.round_p50s_ms = json.dumps([*json.loads(earlier.round_p50s_ms or "[]"), row.latency_p50_ms])
     earlier.measured_s = (earlier.measured_s or 0.0) + (row.measured_s or 0.0)
     files.update(earlier, merged)
 

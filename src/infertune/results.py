@@ -31,6 +31,9 @@ def joined_note(note: str, addition: str) -> str:
         return parts[0]
     return "; ".join(parts)
 
+#: backends whose row measures the harness itself (MLPerf's null backend), not a way to run the model.
+HARNESS_BACKENDS = frozenset({"null"})
+
 
 @dataclass
 class ResultRow:
@@ -71,9 +74,12 @@ class ResultRow:
     speedup_vs_pytorch: float | None = None
     cv: float | None = None
     iqr_over_median: float | None = None
+    drift_over_median: float | None = None
     noisy: bool | None = None
     iterations: int | None = None
     rounds: int | None = None
+    #: each round's own p50 (JSON list, ms) when rounds > 1: the run-to-run spread ``compare`` judges changes by.
+    round_p50s_ms: str = ""
     warmup_iterations: int | None = None
     measured_s: float | None = None
     threads: int | None = None
@@ -105,6 +111,8 @@ class ResultRow:
     verify_inputs: str = ""
     calibration_inputs: str = ""
     note: str = ""
+    #: "variant", or "harness" for the null backend's row: the tool's own cost, never a speedup or a winner.
+    role: str = "variant"
 
     @property
     def cell_id(self) -> str:
@@ -120,14 +128,20 @@ _FIELD_TYPES = {f.name: f.type for f in fields(ResultRow)}
 
 
 def fill_speedups(rows: list[ResultRow]) -> None:
-    """Set ``speedup_vs_pytorch`` = p50 of the ``pytorch:fp32`` row of the same model/batch/device over this row's p50."""
+    """Set ``speedup_vs_pytorch`` = p50 of the ``pytorch:fp32`` row of the same model/batch/device over this row's p50.
+
+    The harness's own row (the null backend) gets ``role`` "harness" and no speedup: its "speedup" of a
+    million would otherwise top any ``df.speedup_vs_pytorch.idxmax()``.
+    """
     base: dict[tuple[str, int, str], float] = {}
     for r in rows:
         if r.variant == "pytorch:fp32" and r.latency_p50_ms:
             base[(r.model, r.batch_size, r.device)] = r.latency_p50_ms
     for r in rows:
+        r.role = "harness" if r.backend in HARNESS_BACKENDS else "variant"
         ref = base.get((r.model, r.batch_size, r.device))
-        r.speedup_vs_pytorch = (ref / r.latency_p50_ms) if (ref and r.latency_p50_ms) else None
+        measured = ref and r.latency_p50_ms and r.role == "variant"
+        r.speedup_vs_pytorch = (ref / r.latency_p50_ms) if measured else None
 
 
 @dataclass
