@@ -423,7 +423,8 @@ def test_an_unverifiable_row_keeps_its_timing_in_reports_but_never_wins():
         best_variants,
         fidelity_text,
         is_measured,
-        status_text,
+        reason_text,
+        status_word,
     )
     from infertune.results import ResultRow
 
@@ -432,4 +433,5 @@ def test_an_unverifiable_row_keeps_its_timing_in_reports_but_never_wins():
                     cosine_min=0.0)
     assert is_measured(row) and best_variants([row]) == {}
     assert fidelity_text(row) == "unverifiable: degenerate reference"
-    assert status_text(row).startswith("unverifiable: the FP32 reference is degenerate")
+    assert status_word(row) == "unverifiable"
+    assert reason_text(row).startswith("unverifiable: the FP32 reference is degenerate")
