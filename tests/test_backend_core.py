@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 
 from infertune.backends.base import Backend, PrepareContext, Runner
-from infertune.backends.registry import BACKEND_MODULES, _REGISTRY, get_backend, list_backends, register_backend
+from infertune.backends.registry import (
+    _REGISTRY,
+    BACKEND_MODULES,
+    get_backend,
+    list_backends,
+    register_backend,
+)
 from infertune.measure.timer import TimingPolicy, measure
 from tests.conftest import smoke_cell
 

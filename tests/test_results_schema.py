@@ -7,7 +7,14 @@ import json
 
 import pytest
 
-from infertune.results import FIELD_NAMES, STATUSES, ResultFiles, ResultRow, Status, read_rows
+from infertune.results import (
+    FIELD_NAMES,
+    STATUSES,
+    ResultFiles,
+    ResultRow,
+    Status,
+    read_rows,
+)
 
 
 def _row(**extra) -> ResultRow:
