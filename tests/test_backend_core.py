@@ -41,31 +41,33 @@ def test_a_second_backend_under_a_taken_name_is_refused():
     assert register_backend(original) is original  # the same class again (a module imported twice) is harmless
 
 
-def _first_runnable_precision(backend: Backend, device: str) -> tuple[str | None, str]:
+def _first_runnable(backend: Backend) -> tuple[str | None, str | None, str]:
+    """(device, precision) this machine can run the backend on, fp32 and the CPU first; else why not."""
     reasons = []
-    for precision in ("fp32", *sorted(backend.precisions - {"fp32"})):
-        if precision not in backend.precisions:
-            continue
-        avail = backend.availability(device, precision)
-        if avail.ok:
-            return precision, ""
-        reasons.append(f"{precision}: {avail.reason}")
-    return None, "; ".join(reasons)
+    for device in ("cpu", "cuda"):
+        for precision in ("fp32", *sorted(backend.precisions - {"fp32"})):
+            if precision not in backend.precisions:
+                continue
+            avail = backend.availability(device, precision)
+            if avail.ok:
+                return device, precision, ""
+            reasons.append(f"{device} {precision}: {avail.reason}")
+    return None, None, "; ".join(reasons)
 
 
 @pytest.mark.parametrize("name", list_backends())
 def test_every_backend_prepares_verifies_and_measures(name, make_ctx):
     backend = get_backend(name)
-    precision, why = _first_runnable_precision(backend, "cpu")
+    device, precision, why = _first_runnable(backend)
     if precision is None:
-        pytest.skip(f"{name} cannot run on this machine's CPU: {why}")
-    ctx = make_ctx(precision, batch=2)
+        pytest.skip(f"{name} cannot run on this machine: {why}")
+    ctx = make_ctx(precision, batch=2, device=device)
     if not backend.produces_outputs:  # nothing to compare (the null backend): prepare and measure only
         runner = backend.prepare(ctx)
         samples = measure(runner, runner.to_native(ctx.example_input), TimingPolicy(1, 3, 0.0)).samples_ms
     else:
         runner, fid, samples = smoke_cell(name, ctx)
-        assert fid.ok, (name, precision, fid.failures)
+        assert fid.ok, (name, device, precision, fid.failures)
         if precision == "fp32":
             assert fid.max_abs_err < 1e-3, (name, fid.max_abs_err)
     try:

@@ -102,7 +102,6 @@ class ShuffledExecutor(Executor):
     reverse job order, as a parallel executor might. The run's files must not care."""
 
     name = "test_shuffled"
-    isolates = False
 
     def run(self, jobs: Sequence[Job]) -> Iterator[Event]:
         per_job: list[list[Event]] = []

@@ -185,8 +185,6 @@ class Executor(ABC):
 
     #: the ``benchmark.isolation`` value that selects this executor.
     name: ClassVar[str]
-    #: whether jobs run in other processes (a crash, hang or OOM then becomes rows, not the end of the run).
-    isolates: ClassVar[bool] = True
 
     def __init__(self, settings: ExecutorSettings) -> None:
         self.settings = settings
