@@ -100,7 +100,7 @@ def test_an_exported_graph_that_came_out_static_is_caught(tmp_path, monkeypatch)
 
 def test_a_model_that_cannot_be_exported_fails_with_the_root_cause_and_no_colour_codes(tmp_path):
     with pytest.raises(ModelError) as caught:
-        export_onnx(_ctx(fixture_models.branches_on_data(), tmp_path, batch=2))
+        export_onnx(_ctx(fixture_models.branches_on_input(), tmp_path, batch=2))
     text = str(caught.value)
     assert "\x1b" not in text and "This is step 1/3" not in text
     assert text.startswith("the model cannot be exported to ONNX")

@@ -14,14 +14,33 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
 
+
+class Status(str, Enum):
+    """What became of a cell. A ``str`` whose value is what the files hold, so rows compare with plain strings."""
+
+    OK = "ok"
+    FIDELITY_FAILED = "fidelity_failed"
+    UNVERIFIABLE = "unverifiable"
+    UNAVAILABLE = "unavailable"
+    FAILED = "failed"
+    CRASHED = "crashed"
+    TIMEOUT = "timeout"
+    INTERRUPTED = "interrupted"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 #: the values ``ResultRow.status`` can take.
-STATUSES = ("ok", "fidelity_failed", "unverifiable", "unavailable", "failed", "crashed", "timeout", "interrupted")
+STATUSES = tuple(s.value for s in Status)
 
 
 def joined_note(note: str, addition: str) -> str:
@@ -30,6 +49,7 @@ def joined_note(note: str, addition: str) -> str:
     if len(parts) == 2 and parts[1] in parts[0].split("; "):
         return parts[0]
     return "; ".join(parts)
+
 
 #: backends whose row measures the harness itself (MLPerf's null backend), not a way to run the model.
 HARNESS_BACKENDS = frozenset({"null"})
@@ -47,7 +67,7 @@ class ResultRow:
     options: str
     batch_size: int
     device: str
-    status: str = "ok"
+    status: Status = Status.OK
     error: str = ""
     label: str = ""
     requested_device: str = ""
@@ -114,28 +134,48 @@ class ResultRow:
     #: "variant", or "harness" for the null backend's row: the tool's own cost, never a speedup or a winner.
     role: str = "variant"
 
-    @property
-    def cell_id(self) -> str:
-        return f"{self.model}|{self.variant}|{self.batch_size}|{self.device}"
+    def __post_init__(self) -> None:
+        self.status = Status(self.status)  # a status no reader knows is an error here, not a mystery later
+
+    def update(self, **values: Any) -> None:
+        """Set fields by name; a name that is not a field raises (a typo must not vanish from the files)."""
+        unknown = sorted(set(values) - _FIELD_SET)
+        if unknown:
+            raise TypeError(f"ResultRow has no field(s) {', '.join(unknown)}")
+        for key, value in values.items():
+            setattr(self, key, value)
+        self.status = Status(self.status)
 
     def add_note(self, text: str) -> None:
         """Append ``text`` to ``note`` (see ``joined_note``)."""
         self.note = joined_note(self.note, text)
 
+    @property
+    def cell_id(self) -> str:
+        return cell_id(self.model, self.variant, self.batch_size, self.device)
+
+
+def cell_id(model: str, variant: str, batch_size: int, device: str) -> str:
+    """A cell's key in the files (``samples_ms``, the journal): ``resnet50|onnxruntime:int8|8|cpu``."""
+    return f"{model}|{variant}|{batch_size}|{device}"
 
 FIELD_NAMES = [f.name for f in fields(ResultRow)]
+_FIELD_SET = frozenset(FIELD_NAMES)
 _FIELD_TYPES = {f.name: f.type for f in fields(ResultRow)}
 
 
 def fill_speedups(rows: list[ResultRow]) -> None:
-    """Set ``speedup_vs_pytorch`` = p50 of the ``pytorch:fp32`` row of the same model/batch/device over this row's p50.
+    """Set ``speedup_vs_pytorch`` = p50 of the baseline (``pytorch:fp32``) row of the same model/batch/device
+    over this row's p50.
 
     The harness's own row (the null backend) gets ``role`` "harness" and no speedup: its "speedup" of a
     million would otherwise top any ``df.speedup_vs_pytorch.idxmax()``.
     """
+    from infertune.ladder import BASELINE
+
     base: dict[tuple[str, int, str], float] = {}
     for r in rows:
-        if r.variant == "pytorch:fp32" and r.latency_p50_ms:
+        if r.variant == BASELINE and r.latency_p50_ms:
             base[(r.model, r.batch_size, r.device)] = r.latency_p50_ms
     for r in rows:
         r.role = "harness" if r.backend in HARNESS_BACKENDS else "variant"
@@ -154,8 +194,10 @@ class ResultFiles:
     environment: dict[str, Any] = field(default_factory=dict)
     rows: list[ResultRow] = field(default_factory=list)
     samples_ms: dict[str, list[float]] = field(default_factory=dict)
-    #: the run's state: status (running | complete | interrupted), cells planned, model digest, resumes.
+    #: the run's state: status (running | complete | interrupted | failed), cells planned, model digest, resumes.
     run: dict[str, Any] = field(default_factory=dict)
+    #: the rows' order in the files (the plan's: ladder, then batch size), whatever order they arrive in.
+    order: Callable[[ResultRow], Any] | None = None
 
     def add(self, row: ResultRow, samples_ms: list[float] | None = None) -> None:
         self.rows.append(row)
@@ -175,6 +217,8 @@ class ResultFiles:
         self.write()
 
     def write(self) -> None:
+        if self.order is not None:
+            self.rows.sort(key=self.order)
         fill_speedups(self.rows)
         _atomic_write(self.csv_path, _csv_text(self.rows))
         doc = {
@@ -224,6 +268,10 @@ def _atomic_write(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+#: the files of one run, beside its stem (``results/benchmark_results_<TS>``); the journal is its identity.
+RUN_FILE_SUFFIXES = (".jsonl", ".csv", ".json", ".config.yaml", ".log")
 
 
 def json_path_for(csv_path: Path | str) -> Path:

@@ -12,10 +12,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+# the variant every speedup is measured against (the seed's "PyTorch | 1.0x" line)
+from infertune.ladder import BASELINE as BASELINE_VARIANT
 from infertune.results import HARNESS_BACKENDS, ResultRow
-
-#: the variant every speedup is measured against (the seed's "PyTorch | 1.0x" line).
-BASELINE_VARIANT = "pytorch:fp32"
 
 #: statuses whose rows carry no timings. Any other status with a p50 is shown as measured (a fidelity
 #: failure is measured, just not trusted; an unverifiable row is measured, but its reference was too
