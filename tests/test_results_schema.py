@@ -36,7 +36,7 @@ def test_unknown_fields_and_statuses_raise_instead_of_vanishing():
 
 
 def test_statuses_are_plain_strings_in_the_files_and_rows_round_trip(tmp_path):
-    assert STATUSES == ("ok", "fidelity_failed", "unavailable", "failed", "crashed", "timeout", "interrupted")
+    assert STATUSES[0] == "ok" and all(str(Status(s)) == s == f"{Status(s)}" for s in STATUSES)
     rows = [_row(status=Status.TIMEOUT, error="cell ran longer than 4 s", note="a, b"),
             _row(batch_size=1, latency_p50_ms=2.5, throughput_ips=400.0, fidelity_ok=True, rounds=2)]
     files = ResultFiles(tmp_path / "r.csv", tmp_path / "r.json")
