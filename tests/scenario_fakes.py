@@ -1,0 +1,71 @@
+"""Deterministic fakes for the serving tests: a sleep-based runner with a known service time, a sample
+library whose samples identify themselves, and a ``sleep`` backend that serves it through the real SUT."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from infertune.backends.base import Backend, PrepareContext, Runner
+from infertune.backends.registry import register_backend
+
+#: each fake output row holds this many values, all derived from its own sample.
+OUT_WIDTH = 4
+
+
+def identity_samples(n: int, shape: tuple[int, ...] = (3, 4, 4)) -> np.ndarray:
+    """Sample i is filled with the value i, so an output row says which sample it came from."""
+    return np.broadcast_to(np.arange(n, dtype=np.float32).reshape(n, *([1] * len(shape))), (n, *shape)).copy()
+
+
+def expected_output(samples: np.ndarray, index: int) -> np.ndarray:
+    return samples[index].reshape(-1)[:OUT_WIDTH] * 2 + 1
+
+
+class SleepRunner(Runner):
+    """Sleeps ``fixed_ms + per_sample_ms * batch`` (releasing the GIL like a runtime), then returns
+    ``2 * x + 1`` of each sample's first values. ``batch`` is the only size it accepts (a static shape)."""
+
+    def __init__(self, batch: int, fixed_ms: float, per_sample_ms: float) -> None:
+        self.batch, self.fixed_ms, self.per_sample_ms = batch, fixed_ms, per_sample_ms
+        self.calls: list[int] = []
+
+    def __call__(self, inputs: np.ndarray) -> np.ndarray:
+        if len(inputs) != self.batch:
+            raise RuntimeError(f"static shape: built for batch {self.batch}, got {len(inputs)}")
+        self.calls.append(len(inputs))
+        time.sleep((self.fixed_ms + self.per_sample_ms * len(inputs)) / 1e3)
+        return inputs.reshape(len(inputs), -1)[:, :OUT_WIDTH] * 2 + 1
+
+
+def service_ms(batch: int, fixed_ms: float, per_sample_ms: float) -> float:
+    return fixed_ms + per_sample_ms * batch
+
+
+@register_backend
+class SleepBackend(Backend):
+    """``sleep:fp32``: a SleepRunner of 2 ms + 0.5 ms per sample (options ``fixed_ms=..``, ``per_sample_ms=..``);
+    its outputs are not the model's, so it skips verification like the null backend."""
+
+    name = "sleep"
+    label = "Sleep (fake)"
+    description = "test backend: sleeps a known service time"
+    devices = frozenset({"cpu"})
+    precisions = frozenset({"fp32"})
+    produces_outputs = False
+
+    def validate_options(self, options: dict[str, str], device: str, precision: str) -> None:
+        for key in options:
+            if key not in ("fixed_ms", "per_sample_ms"):
+                from infertune.errors import ConfigError
+
+                raise ConfigError(f"sleep: unknown option {key}")
+
+    def version(self) -> str:
+        return "0"
+
+    def prepare(self, ctx: PrepareContext) -> Any:
+        return SleepRunner(ctx.batch_size, float(ctx.options.get("fixed_ms", 2.0)),
+                           float(ctx.options.get("per_sample_ms", 0.5)))
