@@ -232,8 +232,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     from infertune.report.build import build_report
     from infertune.report.data import load_report_data
 
+    from infertune.report.serving import is_scenario_file
+
     paths = build_report(args.results, args.out)
-    _print_table(load_report_data(args.results).rows, _console())  # small files: reading twice costs nothing
+    run_files = [p for p in args.results if not is_scenario_file(p)]
+    if run_files:
+        _print_table(load_report_data(run_files).rows, _console())  # small files: reading twice costs nothing
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0
