@@ -15,13 +15,30 @@ import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
 
+
+class Status(str, Enum):
+    """What became of a cell. A ``str`` whose value is what the files hold, so rows compare with plain strings."""
+
+    OK = "ok"
+    FIDELITY_FAILED = "fidelity_failed"
+    UNAVAILABLE = "unavailable"
+    FAILED = "failed"
+    CRASHED = "crashed"
+    TIMEOUT = "timeout"
+    INTERRUPTED = "interrupted"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 #: the values ``ResultRow.status`` can take.
-STATUSES = ("ok", "fidelity_failed", "unavailable", "failed", "crashed", "timeout", "interrupted")
+STATUSES = tuple(s.value for s in Status)
 
 
 @dataclass
@@ -36,7 +53,7 @@ class ResultRow:
     options: str
     batch_size: int
     device: str
-    status: str = "ok"
+    status: Status = Status.OK
     error: str = ""
     label: str = ""
     requested_device: str = ""
@@ -97,6 +114,9 @@ class ResultRow:
     verify_inputs: str = ""
     calibration_inputs: str = ""
     note: str = ""
+
+    def __post_init__(self) -> None:
+        self.status = Status(self.status)  # a status no reader knows is an error here, not a mystery later
 
     @property
     def cell_id(self) -> str:
