@@ -52,16 +52,18 @@ class ServingSession:
 
     def instances(self, policy: BatchPolicy) -> list[BucketedInstance]:
         threads = self.threads_per_instance(policy)
-        out = []
-        for slot in range(policy.instances):
-            runners = {}
-            for size in policy.buckets():
-                key = (size, threads, slot)
-                if key not in self._runners:
-                    self._runners[key] = self.make_runner(size, threads)
-                runners[size] = self._runners[key]
-            out.append(BucketedInstance(runners, self.samples, self.device))
-        return out
+        return [BucketedInstance({size: self._runner(size, threads, slot) for size in policy.buckets()},
+                                 self.samples, self.device) for slot in range(policy.instances)]
+
+    def prepare_bucket(self, size: int) -> None:
+        """Prepare (and so verify) the single-instance runner of one batch size ahead of any traffic."""
+        self._runner(size, self.threads_per_instance(BatchPolicy(size)), 0)
+
+    def _runner(self, size: int, threads: int, slot: int) -> Runner:
+        key = (size, threads, slot)
+        if key not in self._runners:
+            self._runners[key] = self.make_runner(size, threads)
+        return self._runners[key]
 
     def estimate_qps(self, policy: BatchPolicy, calls: int = 3) -> float:
         """Samples/s of full batches on one instance, times the instances (LoadGen's expected rate)."""
