@@ -4,6 +4,7 @@
     infertune verify [same options] [--dataset labelled_folder/]   (fidelity/accuracy only, no timing)
     infertune report results/benchmark_results_<TS>.csv
     infertune backends | env | compare BASELINE CANDIDATE [--fail-on-regression PCT]
+    infertune scenario {single-stream,multi-stream,server,offline,all} [--latency-bound-ms 100] ...
 
 A user-fixable problem (bad config, unknown model, missing file) prints one clear message and exits
 with status 2; it never shows a traceback.
@@ -105,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "(or when a cell that passed now fails)")
     cmp_p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     cmp_p.add_argument("--markdown", metavar="PATH", help="also write the comparison as markdown, e.g. for a PR")
+    from infertune.scenario.command import add_parser as add_scenario_parser
+
+    add_scenario_parser(sub, _int_arg)
     return parser
 
 
@@ -287,7 +291,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 #: exit codes (see the module docstring): a finished run, bad input, Ctrl-C, SIGTERM.
 EXIT_OK, EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_SIGTERM = 0, 2, 130, 143
 
-COMMANDS = {"run": cmd_run, "verify": cmd_verify, "report": cmd_report, "backends": cmd_backends, "env": cmd_env, "compare": cmd_compare}
+def cmd_scenario(args: argparse.Namespace) -> int:
+    from infertune.scenario.command import cmd_scenario as run_scenario_command
+
+    return run_scenario_command(args, DEFAULT_CONFIG)
+
+
+COMMANDS = {"scenario": cmd_scenario, "run": cmd_run, "verify": cmd_verify, "report": cmd_report, "backends": cmd_backends, "env": cmd_env, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:
