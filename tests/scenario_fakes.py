@@ -28,13 +28,18 @@ class SleepRunner(Runner):
     """Sleeps ``fixed_ms + per_sample_ms * batch`` (releasing the GIL like a runtime), then returns
     ``2 * x + 1`` of each sample's first values. ``batch`` is the only size it accepts (a static shape)."""
 
-    def __init__(self, batch: int, fixed_ms: float, per_sample_ms: float) -> None:
+    def __init__(self, batch: int, fixed_ms: float, per_sample_ms: float, crash_after: int | None = None) -> None:
         self.batch, self.fixed_ms, self.per_sample_ms = batch, fixed_ms, per_sample_ms
+        self.crash_after = crash_after
         self.calls: list[int] = []
 
     def __call__(self, inputs: np.ndarray) -> np.ndarray:
         if len(inputs) != self.batch:
             raise RuntimeError(f"static shape: built for batch {self.batch}, got {len(inputs)}")
+        if self.crash_after is not None and len(self.calls) >= self.crash_after:
+            import ctypes
+
+            ctypes.string_at(0)  # a runtime that segfaults under traffic
         self.calls.append(len(inputs))
         time.sleep((self.fixed_ms + self.per_sample_ms * len(inputs)) / 1e3)
         return inputs.reshape(len(inputs), -1)[:, :OUT_WIDTH] * 2 + 1
@@ -46,7 +51,8 @@ def service_ms(batch: int, fixed_ms: float, per_sample_ms: float) -> float:
 
 @register_backend
 class SleepBackend(Backend):
-    """``sleep:fp32``: a SleepRunner of 2 ms + 0.5 ms per sample (options ``fixed_ms=..``, ``per_sample_ms=..``);
+    """``sleep:fp32``: a SleepRunner of 2 ms + 0.5 ms per sample (options ``fixed_ms=..``, ``per_sample_ms=..``,
+    ``crash_after=N``: segfault on the call after N);
     its outputs are not the model's, so it skips verification like the null backend."""
 
     name = "sleep"
@@ -58,7 +64,7 @@ class SleepBackend(Backend):
 
     def validate_options(self, options: dict[str, str], device: str, precision: str) -> None:
         for key in options:
-            if key not in ("fixed_ms", "per_sample_ms"):
+            if key not in ("fixed_ms", "per_sample_ms", "crash_after"):
                 from infertune.errors import ConfigError
 
                 raise ConfigError(f"sleep: unknown option {key}")
@@ -67,5 +73,6 @@ class SleepBackend(Backend):
         return "0"
 
     def prepare(self, ctx: PrepareContext) -> Any:
+        crash = ctx.options.get("crash_after")
         return SleepRunner(ctx.batch_size, float(ctx.options.get("fixed_ms", 2.0)),
-                           float(ctx.options.get("per_sample_ms", 0.5)))
+                           float(ctx.options.get("per_sample_ms", 0.5)), int(crash) if crash else None)

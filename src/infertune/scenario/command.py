@@ -35,6 +35,7 @@ def add_parser(sub: Any, int_arg: Any) -> None:
     p.add_argument("--threads", type=int_arg("thread count"), help="cores the SUT may use (split between instances)")
     p.add_argument("--output-dir", "-o", help="where result files go (default results/)")
     p.add_argument("--no-cache", action="store_true", help="rebuild converted artifacts even if cached")
+    p.add_argument("--isolation", help="where variants run: process (a worker each, the default) or none (debugging)")
     p.add_argument("--latency-bound-ms", type=float, metavar="MS", help="server: p99 bound (default 100)")
     p.add_argument("--server-qps", "--target-qps", dest="server_qps", type=float, metavar="QPS",
                    help="server: run at this rate only instead of searching the best")
@@ -54,7 +55,7 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "model": {"name": args.model, "weights": args.weights, "pretrained": args.pretrained,
                   "input_shape": args.input_shape},
-        "benchmark": {"device": args.device, "threads": args.threads},
+        "benchmark": {"device": args.device, "threads": args.threads, "isolation": args.isolation},
         "optimization": {"variants": args.variants},
         "output": {"dir": args.output_dir, "use_cache": False if args.no_cache else None},
         "scenario": {"latency_bound_ms": args.latency_bound_ms, "server_qps": args.server_qps,

@@ -58,6 +58,10 @@ def serve_variant(plan: ServingPlan, session: ServingSession, identity: RowIdent
                   emit_row: EmitRow, emit_outcome: EmitOutcome, stage: Callable[[str], None] = lambda s: None) -> None:
     """Run ``plan.scenarios`` for one variant; every (scenario, policy) becomes one row through ``emit_row``."""
     offline: dict[tuple[int, int], float] = {}
+    serving = [""]  # the scenario in progress: every stage names it (the job's ``lost`` reads it back)
+
+    def say(text: str) -> None:
+        stage(f"{serving[0]}: {text}")
 
     def row(outcomes: list[TrialOutcome], policy: BatchPolicy) -> ScenarioRow:
         r, details = scenario_row(identity, outcomes, session.threads_per_instance(policy), plan.price_per_hour,
@@ -69,7 +73,7 @@ def serve_variant(plan: ServingPlan, session: ServingSession, identity: RowIdent
         key = (policy.max_batch, policy.instances)
         if key not in offline:
             full = BatchPolicy(policy.max_batch, 0.0, policy.instances)
-            stage(f"offline {full.label}")
+            say(f"offline run {full.label}")
             outcomes = [_run(session, replace(plan.trial, scenario="offline", target_qps=session.estimate_qps(full)), full)]
             if not outcomes[0].result.valid and outcomes[0].result.qps:  # the estimate was off: plan with what LoadGen saw
                 outcomes.append(_run(session, replace(plan.trial, scenario="offline", target_qps=outcomes[0].result.qps), full))
@@ -77,8 +81,9 @@ def serve_variant(plan: ServingPlan, session: ServingSession, identity: RowIdent
         return offline[key]
 
     for scenario in (s for s in SCENARIOS if s in plan.scenarios):
+        serving[0] = scenario
         try:
-            _scenario(scenario, plan, session, offline_qps, row, emit_outcome, stage)
+            _scenario(scenario, plan, session, offline_qps, row, emit_outcome, say)
         except TrialFailed as err:
             emit_row(identity.row(scenario, status="failed", error=str(err)[:500]), RowDetails())
 
@@ -91,13 +96,13 @@ def _scenario(scenario: str, plan: ServingPlan, session: ServingSession, offline
             offline_qps(policy)
     elif scenario == "single-stream":
         single = BatchPolicy(1, 0.0, 1)
-        stage("single-stream")
+        stage("one query at a time")
         expected_ms = 1000.0 / session.estimate_qps(single)
         row([_run(session, replace(plan.trial, scenario=scenario, latency_bound_ms=expected_ms), single)], single)
     elif scenario == "multi-stream":
         for instances in sorted({p.instances for p in plan.policies}):
             multi = BatchPolicy(plan.trial.samples_per_query, 0.0, instances)
-            stage(f"multi-stream {multi.label}")
+            stage(f"{multi.max_batch} samples per query, x{instances}")
             expected_ms = 1000.0 * multi.max_batch / session.estimate_qps(multi)
             row([_run(session, replace(plan.trial, scenario=scenario, latency_bound_ms=expected_ms), multi)], multi)
     else:
@@ -110,7 +115,7 @@ def _server(plan: ServingPlan, session: ServingSession, offline_qps: Callable[[B
     by_policy: dict[BatchPolicy, list[TrialOutcome]] = {}
 
     def trial(policy: BatchPolicy, qps: float) -> ServerPoint:
-        stage(f"server {policy.label} at {qps:.1f} QPS")
+        stage(f"{policy.label} at {qps:.1f} QPS")
         outcome = _run(session, replace(plan.trial, scenario="server", target_qps=qps), policy)
         by_policy.setdefault(policy, []).append(outcome)
         return ServerPoint(policy, qps, outcome.result.valid, outcome.result.latency_p99_ms)
