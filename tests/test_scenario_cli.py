@@ -9,9 +9,9 @@ import pytest
 
 pytest.importorskip("mlperf_loadgen", reason="MLPerf LoadGen is not installed: pip install 'infertune[serving]'")
 
-import tests.scenario_fakes  # noqa: E402,F401  (registers the sleep backend)
-from infertune.cli import main  # noqa: E402
-from infertune.scenario.rows import read_scenario_file  # noqa: E402
+import tests.scenario_fakes  # noqa: F401  (registers the sleep backend)
+from infertune.cli import main
+from infertune.scenario.rows import read_scenario_file
 
 TINY = ["--model", "infertune.testing:tiny_convnet", "--input-shape", "1", "3", "32", "32", "--no-pretrained",
         "--device", "cpu", "--threads", "1"]
@@ -71,3 +71,14 @@ def test_runtime_crash_under_traffic_is_a_row(tmp_path, monkeypatch):
                for s in ("single-stream", "multi-stream", "server"))
     doc = json.loads((tmp_path / "out").glob("scenario_results_*.json").__next__().read_text())
     assert doc["run"]["status"] == "complete"
+
+
+def test_a_bound_nothing_meets_exits_1_with_the_best_found(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, rows = _scenario(tmp_path, "server", "--variants", "sleep:fp32:fixed_ms=3", "--max-batch", "2",
+                           "--instances", "1", "--latency-bound-ms", "1", "--search-budget-s", "8")
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "no configuration met p99 <= 1 ms" in out and "the best found: b2 d2ms x1" in out
+    server = next(r for r in rows if r.scenario == "server")
+    assert server.verdict == "INVALID" and not server.best and "latency bound" in server.reasons

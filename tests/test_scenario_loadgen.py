@@ -10,13 +10,13 @@ import pytest
 
 pytest.importorskip("mlperf_loadgen", reason="MLPerf LoadGen is not installed: pip install 'infertune[serving]'")
 
-from infertune.scenario.loadgen_log import DETAIL_LOG, SUMMARY_LOG  # noqa: E402
-from infertune.scenario.records import RowIdentity  # noqa: E402
-from infertune.scenario.serve import ServingPlan, serve_variant  # noqa: E402
-from infertune.scenario.session import ServingSession  # noqa: E402
-from infertune.scenario.settings import BatchPolicy, TrialSettings  # noqa: E402
-from infertune.scenario.sut import run_trial  # noqa: E402
-from tests.scenario_fakes import SleepRunner, identity_samples  # noqa: E402
+from infertune.scenario.loadgen_log import DETAIL_LOG, SUMMARY_LOG
+from infertune.scenario.records import RowIdentity
+from infertune.scenario.serve import ServingPlan, serve_variant
+from infertune.scenario.session import ServingSession
+from infertune.scenario.settings import BatchPolicy, TrialSettings
+from infertune.scenario.sut import run_trial
+from tests.scenario_fakes import SleepRunner, identity_samples
 
 IDENTITY = RowIdentity(model="fake", variant="sleep:fp32", backend="sleep", precision="fp32", device="cpu")
 #: short LoadGen runs: 0.2 s at least, and enough queries for LoadGen's early stopping at p99 (662).
@@ -58,7 +58,7 @@ def test_every_scenario_gives_a_row(tmp_path):
                   lambda *o: outcomes.append(o))
     by = {r.scenario: (r, d) for r, d in rows}
     assert list(by) == ["offline", "single-stream", "multi-stream", "server"]
-    for scenario, (row, details) in by.items():
+    for row, details in by.values():
         assert row.status == "ok", row.error
         assert row.verdict in ("VALID", "INVALID")
         assert row.qps and row.qps > 0

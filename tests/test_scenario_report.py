@@ -7,7 +7,14 @@ from pathlib import Path
 
 from infertune.report.build import build_report
 from infertune.report.serving import best_rows
-from infertune.scenario.rows import RowDetails, ScenarioFiles, ScenarioRow, TrialPoint, is_scenario_file, read_scenario_file
+from infertune.scenario.rows import (
+    RowDetails,
+    ScenarioFiles,
+    ScenarioRow,
+    TrialPoint,
+    is_scenario_file,
+    read_scenario_file,
+)
 
 
 def _row(scenario: str, variant: str, max_batch: int, **kw) -> ScenarioRow:

@@ -235,7 +235,6 @@ def _print_table(rows: list[Any], console: Any) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from infertune.report.build import build_report
     from infertune.report.data import load_report_data
-
     from infertune.report.serving import is_scenario_file
 
     paths = build_report(args.results, args.out)

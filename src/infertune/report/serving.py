@@ -16,10 +16,15 @@ from pathlib import Path
 
 from infertune.errors import InfertuneError
 from infertune.report.view import md_escape
-from infertune.scenario.rows import RowDetails, ScenarioRow, is_scenario_file, read_scenario_file
+from infertune.scenario.rows import (
+    RowDetails,
+    ScenarioRow,
+    is_scenario_file,
+    read_scenario_file,
+)
 from infertune.scenario.settings import SCENARIOS
 
-__all__ = ["build_serving_report", "is_scenario_file", "best_rows", "serving_markdown"]
+__all__ = ["best_rows", "build_serving_report", "is_scenario_file", "serving_markdown"]
 
 CHART_NAME = "latency_vs_qps.png"
 
@@ -188,8 +193,8 @@ def serving_markdown(data: ServingData, chart: Path | None) -> str:
     lines += ["| " + " | ".join(md_escape(c) for c in _table_cells(r)) + " |" for r in data.rows]
     logs = sorted({r.loadgen_logs for r in data.rows if r.loadgen_logs})
     if logs:
-        lines += ["", f"LoadGen's summary and detail logs: {len(logs)} folders beside the results, e.g. "
-                  f"`{md_escape(logs[0])}`."]
+        lines += ["", (f"LoadGen's summary and detail logs: {len(logs)} folders beside the results, e.g. "
+                       f"`{md_escape(logs[0])}`.")]
     return "\n".join(lines) + "\n"
 
 
@@ -199,11 +204,11 @@ _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 def serving_html(data: ServingData, chart: Path | None) -> str:
     esc = html.escape
     best = best_rows(data.rows)
-    parts = [f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
-             f'<meta http-equiv="Content-Security-Policy" content="{_CSP}"><title>Serving report</title>'
-             "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}th{background:#f3f3f3}"
-             ".best{background:#eef8ee}</style></head><body>",
+    parts = [(f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+              f'<meta http-equiv="Content-Security-Policy" content="{_CSP}"><title>Serving report</title>'
+              "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
+              "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}th{background:#f3f3f3}"
+              ".best{background:#eef8ee}</style></head><body>"),
              f"<h1>Serving report</h1><p>From {esc(', '.join(s.name for s in data.sources))}.</p>",
              "<h2>Best configuration per scenario</h2>"]
     if best:

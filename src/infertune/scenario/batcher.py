@@ -116,7 +116,7 @@ class DynamicBatcher:
                 return
             try:
                 outputs = infer([s.index for s in batch])
-            except BaseException as err:  # answer anyway: LoadGen must not wait forever
+            except BaseException as err:  # noqa: BLE001 - answer anyway: LoadGen must not wait forever
                 with self._cond:
                     self.error = self.error or err
                 self._respond(batch, None)

@@ -31,10 +31,20 @@ from infertune.executors.base import (
     make_executor,
 )
 from infertune.results import Status
-from infertune.scenario.job import ScenarioRowEvent, SearchOutcomeEvent, ServingJob
+from infertune.scenario.job import (
+    SERVED,
+    ScenarioRowEvent,
+    SearchOutcomeEvent,
+    ServingJob,
+)
 from infertune.scenario.rows import RowDetails, ScenarioFiles
 from infertune.scenario.serve import ServingPlan
-from infertune.scenario.settings import SCENARIOS, BatchPolicy, TrialSettings, import_loadgen
+from infertune.scenario.settings import (
+    SCENARIOS,
+    BatchPolicy,
+    TrialSettings,
+    import_loadgen,
+)
 
 Log = Callable[[str], None]
 
@@ -117,6 +127,8 @@ def _run(cfg: RunConfig, scenarios: tuple[str, ...], force: bool, log: Log) -> S
         reference = _reference(plan, executor, files, tmp, scenarios, log)
         vjobs = {j.variant.name: j for j in plan.variant_jobs(reference, run_id_of(stem), 0, lambda v, b: True)}
         best = _Best()
+        if "server" in scenarios and sc.server_qps is None:
+            log(_search_estimate(cfg, len(policies), len(vjobs)))
         start = time.monotonic()
         for n, variant in enumerate(plan.ladder, 1):
             identity = f"[{n}/{len(plan.ladder)}] {variant.name}"
@@ -148,6 +160,19 @@ def _run(cfg: RunConfig, scenarios: tuple[str, ...], force: bool, log: Log) -> S
 
         shutil.rmtree(tmp, ignore_errors=True)
     return result
+
+
+def _search_estimate(cfg: RunConfig, policies: int, variants: int) -> str:
+    """How long the server search can take, before it starts (the user bounds it with search_budget_s)."""
+    from infertune.scenario.search import plan_trials
+
+    sc = cfg.scenario
+    trials = plan_trials(policies, sc.search_tolerance) * variants
+    worst_min = trials * (sc.min_duration_s + 2.0) / 60
+    bound = f"scenario.search_budget_s = {sc.search_budget_s:.0f} s bounds it" if sc.search_budget_s else "no budget set"
+    return (f"server search: {policies} batch policies x {variants} variant(s), at most {trials} LoadGen trials of "
+            f">= {sc.min_duration_s:g} s (~{worst_min:.0f} min; pruning by offline throughput usually skips many); "
+            f"{bound} (--search-budget-s)")
 
 
 @dataclass
@@ -203,7 +228,7 @@ def _serve(executor: Executor, job: ServingJob, files: ScenarioFiles, best: _Bes
         elif isinstance(event, SearchOutcomeEvent):
             best.offer(event)
             log(f"{identity}  {event.message}")
-        elif isinstance(event, StageEvent) and event.stage != last:
+        elif isinstance(event, StageEvent) and event.stage not in (last, SERVED):
             last = event.stage
             log(f"{identity}  {event.stage}")
         elif isinstance(event, NoticeEvent):

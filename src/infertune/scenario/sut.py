@@ -14,9 +14,22 @@ from typing import Any
 
 import numpy as np
 
-from infertune.scenario.batcher import BatchLog, DynamicBatcher, InferBatch, QueuedSample
-from infertune.scenario.loadgen_log import DETAIL_LOG, SUMMARY_LOG, LoadgenResult, parse_result
-from infertune.scenario.settings import BatchPolicy, TrialSettings, import_loadgen, loadgen_test_settings
+from infertune.scenario.batcher import (
+    BatchLog,
+    DynamicBatcher,
+    InferBatch,
+    QueuedSample,
+)
+from infertune.scenario.loadgen_log import (
+    LoadgenResult,
+    parse_result,
+)
+from infertune.scenario.settings import (
+    BatchPolicy,
+    TrialSettings,
+    import_loadgen,
+    loadgen_test_settings,
+)
 
 
 @dataclass
