@@ -93,6 +93,8 @@ class JobFailedEvent:
     stage: str
     reason: str
     bad_input: bool = False
+    #: with ``bad_input``: the ``infertune.errors`` class that said so (``ModelError``, ``ConfigError``).
+    error_type: str = ""
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,8 @@ class Job(ABC):
     modules: tuple[str, ...]
     #: what one timed unit of the job is called in a timeout's reason.
     unit: ClassVar[str] = "cell"
+    #: whether ``variant_timeout_s`` bounds the whole job (variant jobs; the reference has only ``cell_timeout_s``).
+    whole_job_timeout: ClassVar[bool] = True
 
     @abstractmethod
     def run(self, emit: Emit) -> None:
@@ -258,7 +262,7 @@ class JobWatch:
     @property
     def variant_deadline(self) -> float:
         limit = self.settings.variant_timeout_s
-        return self.started + limit if limit else float("inf")
+        return self.started + limit if limit and self.job.whole_job_timeout else float("inf")
 
     @property
     def deadline(self) -> float:
