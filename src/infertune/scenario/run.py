@@ -24,7 +24,6 @@ from infertune.executors.base import (
     Executor,
     ExecutorSettings,
     JobFailedEvent,
-    LogEvent,
     NoticeEvent,
     ReferenceEvent,
     StageEvent,
@@ -194,11 +193,15 @@ def _reference(plan: Any, executor: Executor, files: ScenarioFiles, workdir: Pat
                log: Log) -> Any:
     """The FP32 reference at every serving batch size, computed in a worker as a run does."""
     outcome: Any = None
-    for event in executor.run([plan.reference_job(str(workdir))]):
-        if isinstance(event, NoticeEvent):
-            log(event.text)
-        elif isinstance(event, (ReferenceEvent, JobFailedEvent)):
-            outcome = event
+    events = executor.run([plan.reference_job(str(workdir))])
+    try:
+        for event in events:
+            if isinstance(event, NoticeEvent):
+                log(event.text)
+            elif isinstance(event, (ReferenceEvent, JobFailedEvent)):
+                outcome = event
+    finally:
+        events.close()  # an interrupt leaves early: closing kills the worker
     if isinstance(outcome, ReferenceEvent):
         return outcome.reference
     if outcome is None:
@@ -218,24 +221,34 @@ def _reference(plan: Any, executor: Executor, files: ScenarioFiles, workdir: Pat
 def _serve(executor: Executor, job: ServingJob, files: ScenarioFiles, best: _Best, identity: str, log: Log,
            result: ScenarioRunResult) -> None:
     last = ""
-    for event in executor.run([job]):
-        if isinstance(event, ScenarioRowEvent):
-            files.add(event.row, event.details)
-            r = event.row
-            verdict = f"{r.verdict} " if r.verdict else ""
-            log(f"{identity}  {r.scenario:<13} {r.policy_label:<16} {r.status} {verdict}"
-                f"{'' if r.qps is None else f'{r.qps:.1f} samples/s'} {r.error[:160]}".rstrip())
-        elif isinstance(event, SearchOutcomeEvent):
-            best.offer(event)
-            log(f"{identity}  {event.message}")
-        elif isinstance(event, StageEvent) and event.stage not in (last, SERVED):
-            last = event.stage
-            log(f"{identity}  {event.stage}")
-        elif isinstance(event, NoticeEvent):
-            result.notices.append(event.text)
-            log(event.text)
-        elif isinstance(event, LogEvent):
-            continue  # the executor's log file has the worker's output
+    events = executor.run([job])
+    try:
+        for event in events:
+            _take(event, files, best, identity, log, result, last)
+            if isinstance(event, StageEvent):
+                last = event.stage
+    finally:
+        events.close()  # an interrupt leaves early: closing kills the worker
+
+
+def _take(event: Any, files: ScenarioFiles, best: _Best, identity: str, log: Log, result: ScenarioRunResult,
+          last: str) -> None:
+    """One event of a serving job: rows to the files, the search's answer to ``best``, stages to the terminal
+    (the worker's own log lines are in the run's ``.log``, written by the executor)."""
+    if isinstance(event, ScenarioRowEvent):
+        files.add(event.row, event.details)
+        r = event.row
+        verdict = f"{r.verdict} " if r.verdict else ""
+        rate = "" if r.qps is None else f"{r.qps:.1f} samples/s"
+        log(f"{identity}  {r.scenario:<13} {r.policy_label:<16} {r.status} {verdict}{rate} {r.error[:160]}".rstrip())
+    elif isinstance(event, SearchOutcomeEvent):
+        best.offer(event)
+        log(f"{identity}  {event.message}")
+    elif isinstance(event, StageEvent) and event.stage not in (last, SERVED):
+        log(f"{identity}  {event.stage}")
+    elif isinstance(event, NoticeEvent):
+        result.notices.append(event.text)
+        log(event.text)
 
 
 def _unavailable(files: ScenarioFiles, plan: Any, variant: Any, scenarios: tuple[str, ...], weights: str,
