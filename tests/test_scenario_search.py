@@ -84,3 +84,20 @@ def test_bisection_tightens_with_rel_tol(rel_tol):
     system = System({B4: 310.0})
     out = search_server([B4], system.offline, system.server, rel_tol=rel_tol)
     assert out.best is not None and 310.0 * (1 - 2 * rel_tol) <= out.best.target_qps <= 310.0
+
+
+def test_budget_counts_the_longer_trials_at_low_rates():
+    # a trial lasts until LoadGen's minimum query count is met: 700 queries at 6.25 QPS take 112 s
+    system = System({B1: 10.0})
+    now = [0.0]
+
+    def server(policy, qps):
+        now[0] += 700 / qps
+        return system.server(policy, qps)
+
+    out = search_server([B1], system.offline, server, budget_s=150.0, trial_s=lambda qps: 700 / qps,
+                        clock=lambda: now[0])
+    assert out.stopped_by_budget
+    assert now[0] <= 150.0  # never started a trial it could not finish within the budget
+    # offline 12.5/s: the first probe at 6.25 QPS (112 s) fits; the next at 9.4 QPS (75 s more) would not
+    assert [round(p.target_qps, 2) for p in out.points] == [6.25]

@@ -76,7 +76,7 @@ def plan_trials(policies: int, rel_tol: float) -> int:
 
 def search_server(policies: Sequence[BatchPolicy], offline_qps: Callable[[BatchPolicy], float],
                   server_trial: Callable[[BatchPolicy, float], ServerPoint], budget_s: float | None = None,
-                  trial_s: float = 10.0, rel_tol: float = 0.05, floor_qps: float = 0.0,
+                  trial_s: float | Callable[[float], float] = 10.0, rel_tol: float = 0.05, floor_qps: float = 0.0,
                   clock: Callable[[], float] = time.monotonic) -> SearchOutcome:
     """Search the best policy and its highest VALID QPS (see the module docstring).
 
@@ -85,25 +85,23 @@ def search_server(policies: Sequence[BatchPolicy], offline_qps: Callable[[BatchP
         offline_qps: a policy's offline throughput (samples/s), the upper end of its bisection.
         server_trial: runs LoadGen's server scenario for a policy at a target QPS.
         budget_s: stop before a trial that would end later than this (None: no limit).
-        trial_s: the expected length of one trial, until one has been timed.
+        trial_s: the expected length of a trial, or a function of its target QPS (a trial lasts until both
+            LoadGen's minimum duration and minimum query count are met: long at a low rate).
         rel_tol: stop a bisection when its bracket is narrower than this fraction of its upper end.
         floor_qps: a VALID QPS already found elsewhere (another variant): only better answers count.
     """
     start = clock()
     out = SearchOutcome(best=None)
-    durations: list[float] = []
+    expected_s = trial_s if callable(trial_s) else (lambda qps: float(trial_s))
 
-    def time_left() -> bool:
-        expected = sum(durations) / len(durations) if durations else trial_s
-        if budget_s is not None and clock() - start + expected > budget_s:
+    def time_left(qps: float = float("inf")) -> bool:
+        if budget_s is not None and clock() - start + expected_s(qps) > budget_s:
             out.stopped_by_budget = True
             return False
         return True
 
     def run(policy: BatchPolicy, qps: float) -> ServerPoint:
-        t0 = clock()
         point = server_trial(policy, qps)
-        durations.append(clock() - t0)
         out.points.append(point)
         if point.valid and (out.best is None or point.target_qps > out.best.target_qps):
             out.best = point
@@ -126,7 +124,7 @@ def search_server(policies: Sequence[BatchPolicy], offline_qps: Callable[[BatchP
         lo, hi = best_q, upper
         qps = lo * (1 + rel_tol) if lo > 0 else hi / 2
         for _ in range(trials_per_policy(rel_tol)):
-            if not time_left():
+            if not time_left(qps):
                 break
             point = run(policy, qps)
             if point.valid:

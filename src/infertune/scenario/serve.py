@@ -126,7 +126,7 @@ def _server(plan: ServingPlan, session: ServingSession, offline_qps: Callable[[B
         search = SearchOutcome(best=None)
     else:
         search = search_server(plan.policies, offline_qps, trial, budget_s=plan.search_budget_s,
-                               trial_s=plan.trial.min_duration_ms / 1e3 + 1.0, rel_tol=plan.rel_tol,
+                               trial_s=lambda qps: _trial_seconds(plan.trial, qps), rel_tol=plan.rel_tol,
                                floor_qps=plan.floor_qps)
     best_id = None
     for policy, outcomes in by_policy.items():
@@ -136,6 +136,11 @@ def _server(plan: ServingPlan, session: ServingSession, offline_qps: Callable[[B
     if plan.server_qps is None:
         emit_outcome(best_id, search.best.target_qps if search.best else 0.0,
                      search.message(plan.trial.latency_bound_ms) + _pruned_text(search))
+
+
+def _trial_seconds(trial: TrialSettings, qps: float) -> float:
+    """How long a LoadGen run at ``qps`` lasts: until its minimum duration and query count are both met (+1 s)."""
+    return max(trial.min_duration_ms / 1e3, trial.min_query_count / qps if qps > 0 else 0.0) + 1.0
 
 
 def _pruned_text(search: SearchOutcome) -> str:
