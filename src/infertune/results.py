@@ -14,9 +14,9 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -144,10 +144,13 @@ _FIELD_TYPES = {f.name: f.type for f in fields(ResultRow)}
 
 
 def fill_speedups(rows: list[ResultRow]) -> None:
-    """Set ``speedup_vs_pytorch`` = p50 of the ``pytorch:fp32`` row of the same model/batch/device over this row's p50."""
+    """Set ``speedup_vs_pytorch`` = p50 of the baseline (``pytorch:fp32``) row of the same model/batch/device
+    over this row's p50."""
+    from infertune.ladder import BASELINE
+
     base: dict[tuple[str, int, str], float] = {}
     for r in rows:
-        if r.variant == "pytorch:fp32" and r.latency_p50_ms:
+        if r.variant == BASELINE and r.latency_p50_ms:
             base[(r.model, r.batch_size, r.device)] = r.latency_p50_ms
     for r in rows:
         ref = base.get((r.model, r.batch_size, r.device))

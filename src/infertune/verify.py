@@ -237,12 +237,3 @@ def _fmt(metric: str, value: float) -> str:
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in d.items()}
 
-
-def tolerance_for(tolerances: Mapping[str, Any], precision: str) -> Tolerance:
-    """The tolerance of ``precision`` from a {precision: dict or Tolerance} map (defaults if absent)."""
-    tol = tolerances.get(precision)
-    if isinstance(tol, Tolerance):
-        return tol
-    if tol is None:
-        return DEFAULT_TOLERANCES.get(precision, Tolerance())
-    return Tolerance(**tol)

@@ -12,10 +12,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+# the variant every speedup is measured against (the seed's "PyTorch | 1.0x" line)
+from infertune.ladder import BASELINE as BASELINE_VARIANT
 from infertune.results import ResultRow
-
-#: the variant every speedup is measured against (the seed's "PyTorch | 1.0x" line).
-BASELINE_VARIANT = "pytorch:fp32"
 
 #: statuses whose rows carry timings (a fidelity failure is still measured, just not trusted).
 MEASURED_STATUSES = frozenset({"ok", "fidelity_failed"})
