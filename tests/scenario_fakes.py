@@ -1,15 +1,13 @@
-"""Deterministic fakes for the serving tests: a sleep-based runner with a known service time, a sample
-library whose samples identify themselves, and a ``sleep`` backend that serves it through the real SUT."""
+"""Deterministic fakes for the serving tests: a sleep-based runner with a known service time and a sample
+library whose samples identify themselves (the ``sleep`` backend over it is in ``scenario_sleep_backend``)."""
 
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import numpy as np
 
-from infertune.backends.base import Backend, PrepareContext, Runner
-from infertune.backends.registry import register_backend
+from infertune.backends.base import Runner
 
 #: each fake output row holds this many values, all derived from its own sample.
 OUT_WIDTH = 4
@@ -47,32 +45,3 @@ class SleepRunner(Runner):
 
 def service_ms(batch: int, fixed_ms: float, per_sample_ms: float) -> float:
     return fixed_ms + per_sample_ms * batch
-
-
-@register_backend
-class SleepBackend(Backend):
-    """``sleep:fp32``: a SleepRunner of 2 ms + 0.5 ms per sample (options ``fixed_ms=..``, ``per_sample_ms=..``,
-    ``crash_after=N``: segfault on the call after N);
-    its outputs are not the model's, so it skips verification like the null backend."""
-
-    name = "sleep"
-    label = "Sleep (fake)"
-    description = "test backend: sleeps a known service time"
-    devices = frozenset({"cpu"})
-    precisions = frozenset({"fp32"})
-    produces_outputs = False
-
-    def validate_options(self, options: dict[str, str], device: str, precision: str) -> None:
-        for key in options:
-            if key not in ("fixed_ms", "per_sample_ms", "crash_after"):
-                from infertune.errors import ConfigError
-
-                raise ConfigError(f"sleep: unknown option {key}")
-
-    def version(self) -> str:
-        return "0"
-
-    def prepare(self, ctx: PrepareContext) -> Any:
-        crash = ctx.options.get("crash_after")
-        return SleepRunner(ctx.batch_size, float(ctx.options.get("fixed_ms", 2.0)),
-                           float(ctx.options.get("per_sample_ms", 0.5)), int(crash) if crash else None)

@@ -18,6 +18,14 @@ TINY = ["--model", "infertune.testing:tiny_convnet", "--input-shape", "1", "3", 
 SHORT = ["--min-duration-s", "0.2", "--min-query-count", "700"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def sleep_backend():
+    from tests.scenario_sleep_backend import registered
+
+    with registered():
+        yield
+
+
 def _scenario(tmp_path, *args: str) -> tuple[int, list]:
     code = main(["scenario", *args, *TINY, *SHORT, "--output-dir", str(tmp_path / "out")])
     csv = sorted((tmp_path / "out").glob("scenario_results_*.csv"))

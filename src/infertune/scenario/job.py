@@ -41,8 +41,8 @@ class ScenarioRowEvent:
 
 @dataclass(frozen=True)
 class SearchOutcomeEvent:
-    """The server search's answer for this variant: the best row (None: nothing VALID), its QPS, the message,
-    and the lowest p99 any of its trials saw (to name the closest configuration when nothing met the bound)."""
+    """The server search's answer for this variant: the best row (None: nothing VALID), its QPS, and the
+    message for the user (when nothing met the bound it names the closest configuration found)."""
 
     job_id: str
     best_row_id: str | None
