@@ -4,6 +4,7 @@
     infertune verify [same options] [--dataset labelled_folder/]   (fidelity/accuracy only, no timing)
     infertune report results/benchmark_results_<TS>.csv
     infertune backends | env | compare BASELINE CANDIDATE [--fail-on-regression PCT]
+    infertune scenario {single-stream,multi-stream,server,offline,all} [--latency-bound-ms 100] ...
 
 A user-fixable problem (bad config, unknown model, missing file) prints one clear message and exits
 with status 2; it never shows a traceback.
@@ -136,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_p.add_argument("--alpha", type=float, default=0.01,
                        help="significance level, adjusted across cells (default 0.01: a CI gate should rarely cry wolf)")
     cmp_p.add_argument("--markdown", metavar="PATH", help="also write the comparison as markdown, e.g. for a PR")
+    from infertune.scenario.command import add_parser as add_scenario_parser
+
+    add_scenario_parser(sub, _int_arg)
     return parser
 
 
@@ -262,9 +266,12 @@ def _print_table(rows: list[Any], console: Any) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from infertune.report.build import build_report
     from infertune.report.data import load_report_data
+    from infertune.report.serving import is_scenario_file
 
     paths = build_report(args.results, args.out)
-    _print_table(load_report_data(args.results).rows, _console())  # small files: reading twice costs nothing
+    run_files = [p for p in args.results if not is_scenario_file(p)]
+    if run_files:
+        _print_table(load_report_data(run_files).rows, _console())  # small files: reading twice costs nothing
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0
@@ -338,7 +345,13 @@ _SIDES = "‖"
 #: exit codes (see the module docstring): a finished run, bad input, the reference failed, Ctrl-C, SIGTERM.
 EXIT_OK, EXIT_BAD_INPUT, EXIT_RUN_FAILED, EXIT_SIGINT, EXIT_SIGTERM = 0, 2, 3, 130, 143
 
-COMMANDS = {"run": cmd_run, "verify": cmd_verify, "report": cmd_report, "backends": cmd_backends, "env": cmd_env, "compare": cmd_compare}
+def cmd_scenario(args: argparse.Namespace) -> int:
+    from infertune.scenario.command import cmd_scenario as run_scenario_command
+
+    return run_scenario_command(args, DEFAULT_CONFIG)
+
+
+COMMANDS = {"scenario": cmd_scenario, "run": cmd_run, "verify": cmd_verify, "report": cmd_report, "backends": cmd_backends, "env": cmd_env, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:
