@@ -191,6 +191,7 @@ def _calibration_text(calibration: _RecordedCalibration, variant: Any, row: dict
 def _run_cell(backend: Any, ctx: Any, row: dict[str, Any], verification: tuple[np.ndarray, list[Any], Any],
               tolerance: Any, job: VariantJob, emit: Emit) -> list[float] | None:
     from infertune.cache import dir_size_mb
+    from infertune.export.artifact import artifact_ref
     from infertune.measure.memory import MemoryProbe
     from infertune.measure.stats import summarize
     from infertune.measure.timer import TimingPolicy, measure, time_first_call
@@ -205,6 +206,7 @@ def _run_cell(backend: Any, ctx: Any, row: dict[str, Any], verification: tuple[n
     row["convert_s"] = time.perf_counter() - t0
     row["cache_hit"] = runner.cache_hit
     row["artifact_mb"] = dir_size_mb(runner.artifact_path)
+    row["artifact"] = artifact_ref(runner.artifact_path, ctx.cache.root)
     row["latency_scope"] = runner.latency_scope
     try:
         timed_input = runner.to_native(ctx.example_input)
