@@ -69,4 +69,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-__all__ = ["RunConfig", "list_backends", "load", "load_results", "run", "verify_ladder", "__version__"]
+__all__ = ["RunConfig", "__version__", "list_backends", "load", "load_results", "run", "verify_ladder"]

@@ -19,7 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infertune.export.artifact import ArtifactError, CachedFile, cache_manifest, cached_files, entry_dir
+from infertune.export.artifact import (
+    ArtifactError,
+    CachedFile,
+    cache_manifest,
+    cached_files,
+    entry_dir,
+)
 from infertune.results import ResultRow
 
 #: why a backend has nothing to hand over (the selection passes over it, and says so when it was faster).

@@ -24,7 +24,12 @@ from typing import Any
 import numpy as np
 
 from infertune.errors import InfertuneError
-from infertune.export.manifest import ExportManifest, RuntimeSpec, read_manifest, sha256_file
+from infertune.export.manifest import (
+    ExportManifest,
+    RuntimeSpec,
+    read_manifest,
+    sha256_file,
+)
 
 Outputs = list[tuple[str, np.ndarray]]
 
@@ -85,9 +90,8 @@ class ExportedModel:
     def check(self) -> Any:
         """Run the shipped verification inputs and compare with the shipped FP32 reference outputs, at the
         precision's tolerance; returns ``infertune.verify.Fidelity`` (``.ok``, ``.failures``, metrics)."""
-        from infertune.verify import Tolerance, compare
-
         from infertune.export.verification import read_verification
+        from infertune.verify import Tolerance, compare
 
         v = self.manifest.verification
         inputs, reference = read_verification(self.folder / v.file)
@@ -285,20 +289,35 @@ def _open_aoti(torch: Any, root: Path, m: ExportManifest, threads: int | None) -
 
 
 def _torch_session(torch: Any, fn: Any, m: ExportManifest, threads: int | None) -> _Session:
+    """Run a torch callable as the benchmark did: its dtype and memory format, TF32 only for ``tf32``, and on
+    CUDA one captured graph per batch shape when it was measured with ``cuda_graph``. (TF32 and the thread
+    count are process-wide torch settings.)"""
     from infertune.verify import output_list
 
     if threads:
         torch.set_num_threads(int(threads))
-    device = m.runtime.device
-    dtype = getattr(torch, m.runtime.options.get("torch_dtype", "float32"))
-    channels_last = bool(m.runtime.options.get("channels_last"))
+    opts, device = m.runtime.options, m.runtime.device
+    dtype = getattr(torch, opts.get("torch_dtype", "float32"))
+    channels_last = bool(opts.get("channels_last"))
+    if device == "cuda":  # torch's default lets cuDNN use TF32 even for fp32: not what was verified
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = m.precision == "tf32"
+    graphs: dict[tuple[int, ...], Any] = {}
+
+    def call(t: Any) -> Any:
+        if not (opts.get("cuda_graph") and device == "cuda"):
+            return fn(t)
+        from infertune.backends.torch_common import CudaGraphCall
+
+        if tuple(t.shape) not in graphs:
+            graphs[tuple(t.shape)] = CudaGraphCall(fn, t)
+        return graphs[tuple(t.shape)](t)
 
     def run(batch: np.ndarray) -> Outputs:
         t = torch.from_numpy(batch).to(device, dtype)
         if channels_last:
             t = t.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            return output_list(fn(t))
+            return output_list(call(t))  # copies to host: a graph's static output is not kept
 
     # a torch module's outputs are named as the FP32 reference's are (``verify.output_list``)
     return _Session(m.input.name, list(m.verification.output_names), run)

@@ -30,8 +30,8 @@ def readme_text(m: ExportManifest, handover: HandOver, name: str) -> str:
     if m.forced:
         lines += [f"**Exported with --force although {m.forced}.** Do not deploy it without checking why.", ""]
     lines += [
-        f"Loaded in a fresh process after export and re-verified against the FP32 model on {m.verification.inputs}: "
-        f"{_fidelity_sentence(trip)}. Weights: {m.weights}.",
+        (f"Loaded in a fresh process after export and re-verified against the FP32 model on "
+         f"{m.verification.inputs}: {_fidelity_sentence(trip)}. Weights: {m.weights}."),
         "",
         "## Load and call it",
         "",
@@ -53,9 +53,9 @@ def readme_text(m: ExportManifest, handover: HandOver, name: str) -> str:
         "",
         "## Input",
         "",
-        f"- `{m.input.name}`: {m.input.dtype}, {m.input.layout}, shape "
-        f"({', '.join('N' if d is None else str(d) for d in m.input.shape)}); batch sizes: "
-        f"{'any' if m.input.batch_sizes is None else ', '.join(map(str, m.input.batch_sizes)) + ' only'}",
+        (f"- `{m.input.name}`: {m.input.dtype}, {m.input.layout}, shape "
+         f"({', '.join('N' if d is None else str(d) for d in m.input.shape)}); batch sizes: "
+         f"{'any' if m.input.batch_sizes is None else ', '.join(map(str, m.input.batch_sizes)) + ' only'}"),
         *[f"- output `{o['name']}`: shape ({', '.join(map(str, o['shape']))})" for o in m.outputs],
         f"- preprocessing: {_preprocessing_text(m.preprocessing)}",
         "",

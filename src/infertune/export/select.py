@@ -13,7 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from infertune.errors import InfertuneError
-from infertune.report.view import fastest_passing, fmt_ms, is_measured, keeps_predictions
+from infertune.report.view import (
+    fastest_passing,
+    fmt_ms,
+    is_measured,
+    keeps_predictions,
+)
 from infertune.results import ResultRow
 
 
