@@ -64,22 +64,21 @@ def cache_manifest(entry: Path) -> dict:
 
 def cached_files(entry: Path, names: list[str] | None = None) -> list[CachedFile]:
     """The files of ``entry`` (all that its manifest lists, or ``names``) with what the manifest recorded."""
-    doc = cache_manifest(entry)
-    sizes = doc.get("files") if isinstance(doc.get("files"), dict) else {}
-    hashes = _recorded_hashes(doc)
-    chosen = names if names is not None else sorted(sizes)
+    listed = cache_manifest(entry).get("files")
+    records = listed if isinstance(listed, dict) else {}
     out = []
-    for name in chosen:
-        size = sizes.get(name)
-        out.append(CachedFile(entry / name, Path(name).name, int(size) if isinstance(size, int) else None,
-                              hashes.get(name)))
+    for name in names if names is not None else sorted(records):
+        size, digest = _recorded(records.get(name))
+        out.append(CachedFile(entry / name, Path(name).name, size, digest))
     return out
 
 
-def _recorded_hashes(doc: dict) -> dict[str, str]:
-    """sha256 per file where the cache manifest records one (``{"sha256": {name: hex}}``)."""
-    hashes = doc.get("sha256")
-    return {str(k): str(v) for k, v in hashes.items()} if isinstance(hashes, dict) else {}
+def _recorded(record: object) -> tuple[int | None, str | None]:
+    """(size, sha256) from a manifest's ``files`` entry: a size, or ``{"size": .., "sha256": ..}``."""
+    if isinstance(record, dict):
+        size, digest = record.get("size"), record.get("sha256")
+        return (size if isinstance(size, int) else None), (digest if isinstance(digest, str) else None)
+    return (record if isinstance(record, int) else None), None
 
 
 def check_copy(cached: CachedFile, copy: Path) -> str:
