@@ -49,11 +49,12 @@ class Bench:
         return next(r for r in self.rows if r.variant == variant and r.batch_size == batch)
 
 
-def _config(root: Path, variants: list[str], batches: list[int], models: Path | None = None, **verify: object) -> object:
+def _config(root: Path, variants: list[str], batches: list[int], models: Path | None = None, device: str = "cpu",
+            **verify: object) -> object:
     return validate_config({
         "model": TINY,
         "benchmark": {"batch_sizes": batches, "warmup_iterations": 1, "benchmark_iterations": 3, "min_time_s": 0.0,
-                      "isolation": "none", "device": "cpu", "threads": 1},
+                      "isolation": "none", "device": device, "threads": 1},
         "optimization": {"variants": variants},
         "output": {"dir": str(root / "results"), "models_dir": str(models or root / "models")},
         **({"verify": verify} if verify else {}),
@@ -313,3 +314,19 @@ def test_aoti_package_export(tmp_path):
     assert m.runtime.format == "aoti-pt2" and m.entry_point == "model.pt2" and m.input.batch_sizes == [1]
     assert m.fidelity["round_trip"]["ok"] is True
     assert load(tmp_path / "aoti").check().ok
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["torchscript:fp16:cuda_graph", "tensorrt:fp16"])
+def test_cuda_exports(tmp_path, variant):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    result = run(_config(tmp_path, [variant], [2], device="cuda"), log=_quiet)
+    if result.rows[0].status != "ok":
+        pytest.skip(f"{variant} did not run here: {result.rows[0].error[:200]}")
+    m = export_run(result.json_path, tmp_path / "gpu", log=_quiet).manifest
+    assert m.runtime.device == "cuda" and m.input.batch_sizes == [2]
+    assert m.fidelity["round_trip"]["cosine_min"] == pytest.approx(result.rows[0].cosine_min, abs=1e-4)  # cuDNN may pick other kernels in another process
+    model = load(tmp_path / "gpu")
+    assert model.check().ok and model(np.zeros((2, 3, 32, 32), np.float32)).shape == (2, 10)

@@ -208,7 +208,14 @@ def _worker(module: str, args: list[str], what: str) -> None:
     if proc.returncode != 0:
         lines = [line for line in (proc.stderr or proc.stdout or "").strip().splitlines() if line.strip()]
         errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
-        detail = errors[-1] if errors else "\n".join(lines[-15:]) or f"exit status {proc.returncode}"
+        if errors:
+            detail = errors[-1]
+        else:  # a crash in native code (a runtime that cannot load the artifact) or a bug: show its end
+            import signal
+
+            how = (f"killed by {signal.Signals(-proc.returncode).name}" if proc.returncode < 0
+                   else f"exit status {proc.returncode}")
+            detail = how + ("\n" + "\n".join(lines[-15:]) if lines else "")
         raise InfertuneError(f"{what} failed: {detail}")
 
 
