@@ -11,6 +11,7 @@ Public API:
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from infertune.results import load_results
@@ -43,7 +44,7 @@ def verify_ladder(config: str | None = None, log: Any = print, **overrides: Any)
     return _run(load_config(config, overrides), log=log, measure=False)
 
 
-def load(folder: str, threads: int | None = None, check_hashes: bool = True) -> Any:
+def load(folder: str | os.PathLike[str], threads: int | None = None, check_hashes: bool = True) -> Any:
     """Open an export folder (``infertune export RESULTS --to DIR``): a callable, numpy in, numpy out.
 
     Needs only the artifact's runtime (an ONNX or OpenVINO export never imports torch); checks the files'

@@ -50,7 +50,7 @@ class _Session:
 class ExportedModel:
     """A loaded export. ``model(batch)`` -> the output array (a {name: array} dict for several outputs).
 
-    ``batch`` is a float32 array (or a torch tensor, which gives torch tensors back) shaped like
+    ``batch`` is a float32 array (or a torch tensor, which gives torch tensors back on its device) shaped like
     ``manifest.input.shape``; ``check()`` re-verifies the export on the verification set it ships with.
     """
 
@@ -79,7 +79,7 @@ class ExportedModel:
         if as_torch:
             import torch
 
-            outputs = [(name, torch.from_numpy(arr)) for name, arr in outputs]
+            outputs = [(name, torch.from_numpy(arr).to(batch.device)) for name, arr in outputs]
         return outputs[0][1] if len(outputs) == 1 else dict(outputs)
 
     def run(self, batch: np.ndarray) -> Outputs:
