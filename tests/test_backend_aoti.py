@@ -67,6 +67,32 @@ def test_child_failure_reports_its_stderr(make_ctx, monkeypatch):
     assert not list(ctx.cache.root.rglob("manifest.json"))  # nothing committed: no false cache hit
 
 
+def test_a_package_that_crashes_its_loader_is_not_rebuilt_for_the_next_batch_size(make_ctx, monkeypatch):
+    """The child compiled, then died loading the package: the row says so; the next batch size of the same
+    variant fails at once with that reason instead of compiling again."""
+    import subprocess
+
+    from infertune.backends.aoti_build import COMPILED_MARKER
+
+    children = []
+
+    def crashing_child(cmd, **kwargs):
+        children.append(cmd)
+        return subprocess.CompletedProcess(cmd, -11, "", f"{COMPILED_MARKER}\nFatal Python error: Segmentation fault")
+
+    monkeypatch.setattr(aoti.subprocess, "run", crashing_child)
+    monkeypatch.setattr(aoti, "_LOAD_CRASHES", {})
+    with pytest.raises(RuntimeError, match=r"compiled, then crashed when loaded.*\(killed by SIGSEGV\)"):
+        get_backend("aoti").prepare(make_ctx("fp32", batch=2))
+    with pytest.raises(RuntimeError, match="not built again for batch 4: aoti: the package compiled, then crashed"):
+        get_backend("aoti").prepare(make_ctx("fp32", batch=4))
+    assert len(children) == 1
+    # other options are another package: built (and here crashing) on their own
+    with pytest.raises(RuntimeError, match="compiled, then crashed"):
+        get_backend("aoti").prepare(make_ctx("fp32", {"nofreeze": ""}, batch=4))
+    assert len(children) == 2
+
+
 def test_failure_message_names_the_signal():
     msg = aoti._failure_message(-11, "Fatal Python error: Segmentation fault\nsome warning")
     assert "(killed by SIGSEGV)" in msg and "Segmentation fault" in msg
