@@ -386,16 +386,16 @@ def test_a_near_zero_model_is_unverifiable_through_the_pipeline(tmp_path):
 
 
 def test_notes_are_appended_never_overwritten(tmp_path):
-    from infertune.pipeline import _annotate_int8
+    from infertune.sink import annotate_int8
     from infertune.results import ResultFiles, ResultRow
 
     rows = [ResultRow("m", "onnxruntime:fp32", "onnxruntime", "fp32", "", 1, "cpu", latency_p50_ms=10.0),
             ResultRow("m", "onnxruntime:int8", "onnxruntime", "int8", "", 1, "cpu", latency_p50_ms=12.0,
                       note="ONNX export: the batch dimension cannot stay dynamic (...)")]
     files = ResultFiles(tmp_path / "r.csv", tmp_path / "r.json", rows=rows)
-    _annotate_int8(files)
+    annotate_int8(files)
     assert rows[1].note.startswith("ONNX export: the batch dimension cannot stay dynamic (...); INT8 not faster than")
-    _annotate_int8(files)  # again (a resumed run): the same note is not repeated
+    annotate_int8(files)  # again (a resumed run): the same note is not repeated
     assert rows[1].note.count("INT8 not faster") == 1
 
 

@@ -223,6 +223,7 @@ def _calibration_text(calibration: _RecordedCalibration, row: ResultRow, job: Va
 def _run_cell(backend: Any, ctx: Any, row: ResultRow, verification: tuple[np.ndarray, Any, Any] | None,
               job: VariantJob, emit: Emit) -> list[float] | None:
     from infertune.cache import dir_size_mb
+    from infertune.export.artifact import artifact_ref
     from infertune.measure.memory import MemoryProbe
     from infertune.measure.stats import summarize
     from infertune.measure.timer import measure, time_first_call
@@ -235,7 +236,8 @@ def _run_cell(backend: Any, ctx: Any, row: ResultRow, verification: tuple[np.nda
     t0 = time.perf_counter()
     runner = backend.prepare(ctx)
     row.update(convert_s=time.perf_counter() - t0, cache_hit=runner.cache_hit,
-               artifact_mb=dir_size_mb(runner.artifact_path), latency_scope=runner.latency_scope)
+               artifact_mb=dir_size_mb(runner.artifact_path), artifact=artifact_ref(runner.artifact_path, ctx.cache.root),
+               latency_scope=runner.latency_scope)
     policy = job.timing
     try:
         timed_input = runner.to_native(ctx.example_input)

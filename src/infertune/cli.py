@@ -5,6 +5,7 @@
     infertune report results/benchmark_results_<TS>.csv
     infertune backends | env | compare BASELINE CANDIDATE [--fail-on-regression PCT]
     infertune scenario {single-stream,multi-stream,server,offline,all} [--latency-bound-ms 100] ...
+    infertune export results/benchmark_results_<TS>.json --to best/   (also: infertune run ... --export best/)
 
 A user-fixable problem (bad config, unknown model, missing file) prints one clear message and exits
 with status 2; it never shows a traceback.
@@ -107,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     run_p = sub.add_parser("run", help="benchmark the ladder (the default command)")
     _add_run_args(run_p)
+    run_p.add_argument("--export", metavar="DIR", help="after the run, export the fastest verified variant to DIR "
+                                                       "(as `infertune export`; the largest batch size measured)")
     ver_p = sub.add_parser("verify", help="fidelity (and, with --dataset, accuracy) of every variant; no timing")
     _add_run_args(ver_p)
     rep = sub.add_parser("report", help="charts, HTML and markdown from results CSV/JSON files")
@@ -140,7 +143,26 @@ def build_parser() -> argparse.ArgumentParser:
     from infertune.scenario.command import add_parser as add_scenario_parser
 
     add_scenario_parser(sub, _int_arg)
+    _add_export_parser(sub)
     return parser
+
+
+def _add_export_parser(sub: Any) -> None:
+    exp = sub.add_parser(
+        "export", help="hand over the fastest verified variant: its artifact, infertune.json and a README",
+        description="Copy the fastest variant that kept the predictions (at the largest batch size measured, or "
+                    "--batch-size) out of the artifact cache into DIR, hash-checked, with a manifest and a README; "
+                    "then load it in a fresh process and re-verify it. Load it with infertune.load(DIR).",
+        epilog="exit status: 0 exported, 1 the round trip did not reproduce the verified outputs, 2 bad input "
+               "(nothing exportable, a missing or changed artifact)")
+    exp.add_argument("results", help="the run's results JSON (or the CSV beside it)")
+    exp.add_argument("--to", required=True, metavar="DIR", help="the export folder (an earlier export there is replaced)")
+    exp.add_argument("--batch-size", type=_int_arg("batch size"), metavar="N",
+                     help="pick the fastest at this batch size (default: the largest measured)")
+    exp.add_argument("--variant", metavar="V", help="export this variant instead of the fastest")
+    exp.add_argument("--force", action="store_true",
+                     help="export --variant even if it failed fidelity, failed or was not measured (the manifest says so)")
+    exp.add_argument("--models-dir", metavar="DIR", help="the artifact cache (default: the run's output.models_dir)")
 
 
 def _pct_arg(text: str) -> float:
@@ -220,7 +242,26 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         paths = build_report(result.csv_path)
         console.print(f"report: {paths.get('html')}")
+    if args.export:
+        return _export(result.json_path, args.export, console)
     return 0
+
+
+def _export(results: Any, to: str, console: Any, **choice: Any) -> int:
+    """Export and print what happened; a round trip that does not reproduce the outputs exits 1."""
+    from infertune.export.build import RoundTripError, export_run
+
+    try:
+        export_run(results, to, log=lambda m: console.print(m, markup=False, highlight=False), **choice)
+    except RoundTripError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    return _export(args.results, args.to, _console(), batch_size=args.batch_size, variant=args.variant,
+                   force=args.force, models_dir=args.models_dir)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -351,7 +392,8 @@ def cmd_scenario(args: argparse.Namespace) -> int:
     return run_scenario_command(args, DEFAULT_CONFIG)
 
 
-COMMANDS = {"scenario": cmd_scenario, "run": cmd_run, "verify": cmd_verify, "report": cmd_report, "backends": cmd_backends, "env": cmd_env, "compare": cmd_compare}
+COMMANDS = {"scenario": cmd_scenario, "run": cmd_run, "verify": cmd_verify, "report": cmd_report, "backends": cmd_backends,
+            "env": cmd_env, "compare": cmd_compare, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

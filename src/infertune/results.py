@@ -107,6 +107,8 @@ class ResultRow:
     convert_s: float | None = None
     first_inference_ms: float | None = None
     artifact_mb: float | None = None
+    #: the converted artifact, relative to ``output.models_dir`` ("" when there is none, e.g. eager); read by export.
+    artifact: str = ""
     peak_host_mb: float | None = None
     peak_device_mb: float | None = None
     cache_hit: bool | None = None
