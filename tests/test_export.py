@@ -142,7 +142,7 @@ def test_manifest_says_what_the_export_is(bench, tmp_path):
     assert m.runtime.version == onnxruntime.__version__
     assert m.runtime.options["intra_op_num_threads"] == 1 and m.runtime.options["graph_optimization_level"] == "ORT_ENABLE_ALL"
     assert m.input.shape == [None, 3, 32, 32] and m.input.batch_sizes is None and m.input.name == "input"
-    assert m.outputs == [{"name": "logits", "shape": ["N", 10]}]
+    assert m.outputs == [{"name": "output", "shape": ["N", 10]}]
     assert m.preprocessing["center_crop"] == [32, 32] and m.preprocessing["mean"] == [0.485, 0.456, 0.406]
     assert m.performance["latency_p50_ms"] == row.latency_p50_ms and m.performance["batch_size"] == 2
     assert [b["batch_size"] for b in m.performance["by_batch_size"]] == [1, 2]
