@@ -224,6 +224,8 @@ def _run_cell(backend: Any, ctx: Any, row: ResultRow, verification: tuple[np.nda
               job: VariantJob, emit: Emit) -> list[float] | None:
     from infertune.cache import dir_size_mb
     from infertune.export.artifact import artifact_ref
+    from infertune.measure.load import LoadMeter
+    from infertune.measure.load import row_fields as load_fields
     from infertune.measure.memory import MemoryProbe
     from infertune.measure.stats import summarize
     from infertune.measure.timer import measure, time_first_call
@@ -249,9 +251,12 @@ def _run_cell(backend: Any, ctx: Any, row: ResultRow, verification: tuple[np.nda
         if policy is None:
             return None
         emit(StageEvent(job.job_id, batch, "measure"))
+        meter = LoadMeter()
+        meter.start()
         timing = measure(runner, timed_input, policy)
         row.update(**summarize(timing.samples_ms, batch).as_row_fields(), warmup_iterations=policy.warmup_iterations,
-                   measured_s=timing.wall_ns / 1e9, rounds=1)
+                   measured_s=timing.wall_ns / 1e9, rounds=1,
+                   **load_fields(meter.stop(ctx.threads), meter.load_avg_before))
         if runner.latency_scope == "device":
             row.update(**_end_to_end_fields(runner, ctx.example_input, policy, timing))
     finally:

@@ -91,6 +91,9 @@ class BenchmarkConfig(_Section):
     #: cap on each worker's data memory (RLIMIT_DATA, MB; CPU runs only); None: no cap.
     memory_limit_mb: int | None = Field(None, ge=256)
     rounds: int = Field(1, ge=1)
+    #: time the baseline (pytorch:fp32) again at the end of the run; a drift beyond its noise flags the
+    #: speedups of that batch size (measure/load.py).
+    baseline_check: bool = True
 
     @field_validator("batch_sizes")
     @classmethod

@@ -92,6 +92,9 @@ class ResultRow:
     e2e_latency_p99_ms: float | None = None
     e2e_throughput_ips: float | None = None
     speedup_vs_pytorch: float | None = None
+    #: why this row's speedup is not to be trusted ("" when nothing is known against it): the machine was
+    #: busy while this row or the baseline was timed, or the baseline drifted during the run (measure/load.py).
+    speedup_flag: str = ""
     cv: float | None = None
     iqr_over_median: float | None = None
     drift_over_median: float | None = None
@@ -103,6 +106,15 @@ class ResultRow:
     warmup_iterations: int | None = None
     measured_s: float | None = None
     threads: int | None = None
+    # the machine while the timed loop ran (measure/load.py): other processes' CPU use in cores, the share of
+    # the time the hypervisor stole, the 1-minute load average before and after, and the busy verdict
+    other_cpu_cores: float | None = None
+    cpu_steal_pct: float | None = None
+    load_avg_1m_before: float | None = None
+    load_avg_1m_after: float | None = None
+    machine_busy: bool | None = None
+    #: the baseline's p50 re-measured at the end of the run (baseline rows only): drift shows in speedup_flag.
+    recheck_p50_ms: float | None = None
     # one-off costs
     convert_s: float | None = None
     first_inference_ms: float | None = None
@@ -161,6 +173,7 @@ def cell_id(model: str, variant: str, batch_size: int, device: str) -> str:
     """A cell's key in the files (``samples_ms``, the journal): ``resnet50|onnxruntime:int8|8|cpu``."""
     return f"{model}|{variant}|{batch_size}|{device}"
 
+
 FIELD_NAMES = [f.name for f in fields(ResultRow)]
 _FIELD_SET = frozenset(FIELD_NAMES)
 _FIELD_TYPES = {f.name: f.type for f in fields(ResultRow)}
@@ -174,16 +187,18 @@ def fill_speedups(rows: list[ResultRow]) -> None:
     million would otherwise top any ``df.speedup_vs_pytorch.idxmax()``.
     """
     from infertune.ladder import BASELINE
+    from infertune.measure.load import speedup_caveats
 
-    base: dict[tuple[str, int, str], float] = {}
+    base: dict[tuple[str, int, str], ResultRow] = {}
     for r in rows:
         if r.variant == BASELINE and r.latency_p50_ms:
-            base[(r.model, r.batch_size, r.device)] = r.latency_p50_ms
+            base[(r.model, r.batch_size, r.device)] = r
     for r in rows:
         r.role = "harness" if r.backend in HARNESS_BACKENDS else "variant"
         ref = base.get((r.model, r.batch_size, r.device))
-        measured = ref and r.latency_p50_ms and r.role == "variant"
-        r.speedup_vs_pytorch = (ref / r.latency_p50_ms) if measured else None
+        measured = ref is not None and r.latency_p50_ms and r.role == "variant"
+        r.speedup_vs_pytorch = (ref.latency_p50_ms / r.latency_p50_ms) if measured else None  # type: ignore[union-attr, operator]
+        r.speedup_flag = "; ".join(speedup_caveats(r, ref)) if measured else ""
 
 
 @dataclass

@@ -201,6 +201,15 @@ class Sink:
         stop.summary = (f"{progress}{in_progress}; results in {files.csv_path} (+ .json, .jsonl); finish the run "
                         f"with: infertune run --resume {files.csv_path}")
 
+    def recheck(self, rows: list[ResultRow]) -> None:
+        """The baseline timed again at the end of the run: each p50 goes beside the first on the baseline's row
+        (not journaled: a resumed run times its own end-of-run check)."""
+        for row in rows:
+            first = self.files.find(row.cell_id)
+            if first is not None and row.status == Status.OK and row.latency_p50_ms:
+                first.recheck_p50_ms = row.latency_p50_ms
+        self.files.write()
+
     def finish(self) -> None:
         annotate_int8(self.files)
         self.files.run["status"] = "complete"

@@ -5,10 +5,14 @@ noise flag stays off) and the run then names a wrong winner. So the timed loop o
 by two readings of ``/proc/stat`` (the busy and stolen CPU time of the whole machine) and of this
 process's own CPU time: what the machine spent beyond this process is other processes' work.
 
-The rule (docs/measuring.md): a cell was measured on a **busy** machine when other processes used more
+The rules (docs/measurement.md): a cell was measured on a **busy** machine when other processes used more
 CPU than the cores this cell left free, by more than ``BUSY_MARGIN_CORES`` (on a 2-core machine timing
 with 2 threads: any other work above a quarter of a core), or when the hypervisor stole more than
 ``STEAL_BUSY`` of the machine's time. On machines without ``/proc/stat`` nothing is recorded.
+The baseline is timed again at the end of the run; when that p50 lies further from the first than
+``DRIFT_MIN`` or twice the baseline's own spread (IQR/median), whichever is larger, the machine changed
+during the run and every speedup of that batch size says so. A speedup is flagged when its own row or
+its baseline's was timed on a busy machine, or its baseline drifted.
 """
 
 from __future__ import annotations
@@ -17,11 +21,18 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from infertune.results import ResultRow
 
 #: other processes' CPU use (in cores) beyond the cores a cell leaves free, above which it was busy.
 BUSY_MARGIN_CORES = 0.25
 #: share of the machine's time stolen by the hypervisor above which a cell was busy.
 STEAL_BUSY = 0.05
+
+#: the baseline's end-of-run p50 may differ from its first by this much (or twice its spread) unflagged.
+DRIFT_MIN = 0.05
 
 _STAT = Path("/proc/stat")
 _LOADAVG = Path("/proc/loadavg")
@@ -112,3 +123,40 @@ class LoadMeter:
 
     def stop(self, threads: int) -> MachineLoad | None:
         return between(self._before, snapshot(), threads)
+
+    @property
+    def load_avg_before(self) -> float | None:
+        return self._before.load_avg_1m if self._before is not None else None
+
+
+def row_fields(load: MachineLoad | None, load_avg_before: float | None) -> dict[str, float | bool | None]:
+    """A cell's ``ResultRow`` fields for the load over its timed loop (empty where nothing could be read)."""
+    if load is None:
+        return {}
+    return {"other_cpu_cores": round(load.other_cpu_cores, 3), "cpu_steal_pct": round(100 * load.steal_fraction, 2),
+            "load_avg_1m_before": load_avg_before, "load_avg_1m_after": load.load_avg_1m, "machine_busy": load.busy}
+
+
+def baseline_drift(base: ResultRow) -> float | None:
+    """How far the baseline's end-of-run p50 lies from its first (+0.12: 12% slower at the end); None if not re-timed."""
+    if not base.recheck_p50_ms or not base.latency_p50_ms:
+        return None
+    return base.recheck_p50_ms / base.latency_p50_ms - 1.0
+
+
+def drift_limit(base: ResultRow) -> float:
+    """The drift the baseline may show without flagging: its own spread twice, at least ``DRIFT_MIN``."""
+    return max(DRIFT_MIN, 2.0 * (base.iqr_over_median or 0.0))
+
+
+def speedup_caveats(row: ResultRow, base: ResultRow) -> list[str]:
+    """Why ``row``'s speedup over ``base`` (its baseline row) is not to be trusted; empty when nothing is known."""
+    caveats = []
+    if row.machine_busy:
+        caveats.append("the machine was busy while this variant was timed")
+    if base.machine_busy and base is not row:
+        caveats.append("the machine was busy while the baseline was timed")
+    drift = baseline_drift(base)
+    if drift is not None and abs(drift) > drift_limit(base):
+        caveats.append(f"the baseline drifted {drift:+.0%} between the start and the end of the run")
+    return caveats

@@ -177,7 +177,8 @@ def _table_row(view: GroupView, line: LineView, columns: list[_Column]) -> dict[
         "throughput": (line.throughput, _num(row.throughput_ips, measured), ""),
         "e2e": (fmt_ms(row.e2e_latency_p50_ms), _num(row.e2e_latency_p50_ms, measured), ""),
         "device_mem": (fmt_ms(row.peak_device_mb), _num(row.peak_device_mb, True), ""),
-        "speedup": (line.speedup, _num(row.speedup_vs_pytorch, measured) if line.speedup != "—" else "", ""),
+        "speedup": (line.speedup, _num(row.speedup_vs_pytorch, measured) if line.speedup != "—" else "",
+                    row.speedup_flag),
         "fidelity": (line.fidelity, _num(row.cosine_min, True), row.error if "FAILED" in line.fidelity else ""),
         "top1": (fmt_pct(row.top1_agreement), _num(row.top1_agreement, True), ""),
         "convert": (line.convert, _num(row.convert_s, True), ""),
@@ -204,8 +205,10 @@ def _num(value: float | None, keep: bool) -> Any:
 
 
 def _footnotes(views: list[GroupView]) -> list[tuple[str, str]]:
-    """(where, text) under the table: noise per group, and each run note once with every group it is in."""
+    """(where, text) under the table: noise and untrusted speedups per group, and each run note once with
+    every group it is in."""
     out = [(v.title, v.noise_footnote()) for v in views if v.noisy_lines]
+    out += [(v.title, v.flag_footnote()) for v in views if v.flagged_lines]
     notes: dict[str, list[str]] = {}
     for view in views:
         for note in view.notes:

@@ -278,6 +278,8 @@ def _under_lines(view: GroupView, notes: list[_Note]) -> list[str]:
         lines.append(RANDOM_WEIGHTS_NOTE)
     if view.noisy_lines:
         lines.append(view.noise_footnote())
+    if view.flagged_lines:
+        lines.append(view.flag_footnote())
     lines.extend(note.line() for note in notes)
     return lines
 

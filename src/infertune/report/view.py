@@ -286,14 +286,30 @@ class GroupView:
     def noisy_lines(self) -> list[LineView]:
         return [ln for ln in self.lines if ln.noisy]
 
+    @property
+    def flagged_lines(self) -> list[LineView]:
+        """Lines whose speedup carries a caveat (busy machine, drifted baseline: ``ResultRow.speedup_flag``)."""
+        return [ln for ln in self.lines if ln.row.speedup_flag and ln.speedup != "—"]
+
+    def flag_footnote(self) -> str:
+        """In words: which speedups are not to be trusted, and why."""
+        reasons: dict[str, list[str]] = {}
+        for ln in self.flagged_lines:
+            for reason in ln.row.speedup_flag.split("; "):
+                reasons.setdefault(reason, []).append(ln.variant)
+        parts = [f"{reason} ({', '.join(variants)})" for reason, variants in reasons.items()]
+        return ("⚠ speedups not to be trusted: " + "; ".join(parts) + ". The numbers measure a machine that was "
+                "shared or changing, not only the variants: rerun on a quiet machine (or with --rounds 3)")
+
     def fastest_sentence(self, sign: str = "×") -> str:
         """"fastest that keeps predictions: X (Y× vs PyTorch)", or why there is none."""
         if self.best is None:
             return "fastest that keeps predictions: none (no variant both ran and passed fidelity)"
         if self.best_speedup is None:
             return f"fastest that keeps predictions: {self.best.variant} (no {BASELINE_VARIANT} row to compare with)"
+        caveat = " ⚠ see below" if self.best.speedup_flag else ""
         return (f"fastest that keeps predictions: {self.best.variant} "
-                f"({fmt_speedup(self.best_speedup, sign)} vs PyTorch)")
+                f"({fmt_speedup(self.best_speedup, sign)} vs PyTorch{caveat})")
 
     def noise_footnote(self) -> str:
         parts = [f"{ln.variant} {noise_reason(ln.row)}" for ln in self.noisy_lines]
@@ -340,7 +356,7 @@ def _line(row: ResultRow, group: list[ResultRow], is_best: bool, samples: list[f
         variant=row.variant,
         latency=fmt_ms(row.latency_p50_ms) if measured else "—",
         throughput=fmt_ips(row.throughput_ips) if measured and not is_overhead(row) else "—",
-        speedup=fmt_speedup(speedup(row, group)),
+        speedup=_flagged(fmt_speedup(speedup(row, group)), row),
         p95=fmt_ms(row.latency_p95_ms) if measured else "—",
         fidelity=fidelity_text(row),
         kind=kind,
@@ -351,6 +367,10 @@ def _line(row: ResultRow, group: list[ResultRow], is_best: bool, samples: list[f
         memory=fmt_mb(row.peak_host_mb),
         p99=fmt_ms(row.latency_p99_ms) if measured else "—",
     )
+
+
+def _flagged(text: str, row: ResultRow) -> str:
+    return f"{text} ⚠" if row.speedup_flag and text != "—" else text
 
 
 def _finite(value: float | None) -> bool:
