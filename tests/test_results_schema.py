@@ -51,3 +51,20 @@ def test_statuses_are_plain_strings_in_the_files_and_rows_round_trip(tmp_path):
     assert set(doc["rows"][0]) == set(FIELD_NAMES)
     for path in (tmp_path / "r.csv", tmp_path / "r.json"):
         assert read_rows(path) == rows
+
+
+def test_result_files_get_the_usual_mode(tmp_path):
+    """CSV and JSON are written through a temporary file (mkstemp: 0600), yet end up like every other output."""
+    import os
+    import stat
+
+    from infertune.results import ResultFiles, ResultRow
+
+    old = os.umask(0o022)
+    try:
+        files = ResultFiles(tmp_path / "r.csv", tmp_path / "r.json")
+        files.add(ResultRow("m", "pytorch:fp32", "pytorch", "fp32", "", 1, "cpu", latency_p50_ms=1.0))
+    finally:
+        os.umask(old)
+    for path in (files.csv_path, files.json_path):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path

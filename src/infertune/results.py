@@ -276,6 +276,7 @@ def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _file_mode())  # mkstemp's 0600 would make results unreadable to colleagues
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -285,6 +286,13 @@ def _atomic_write(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _file_mode() -> int:
+    """0644 under the usual umask: what ``open()`` would have created (the other outputs' mode)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 #: the files of one run, beside its stem (``results/benchmark_results_<TS>``); the journal is its identity.
