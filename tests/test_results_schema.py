@@ -55,16 +55,14 @@ def test_statuses_are_plain_strings_in_the_files_and_rows_round_trip(tmp_path):
 
 def test_result_files_get_the_usual_mode(tmp_path):
     """CSV and JSON are written through a temporary file (mkstemp: 0600), yet end up like every other output."""
-    import os
     import stat
 
     from infertune.results import ResultFiles, ResultRow
 
-    old = os.umask(0o022)
-    try:
-        files = ResultFiles(tmp_path / "r.csv", tmp_path / "r.json")
-        files.add(ResultRow("m", "pytorch:fp32", "pytorch", "fp32", "", 1, "cpu", latency_p50_ms=1.0))
-    finally:
-        os.umask(old)
+    files = ResultFiles(tmp_path / "r.csv", tmp_path / "r.json")
+    files.add(ResultRow("m", "pytorch:fp32", "pytorch", "fp32", "", 1, "cpu", latency_p50_ms=1.0))
+    plain = tmp_path / "plain.txt"
+    plain.write_text("what open() creates")
     for path in (files.csv_path, files.json_path):
-        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+        assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode), path
+    assert stat.S_IMODE(files.csv_path.stat().st_mode) & 0o044  # readable by others under the usual umask
