@@ -65,4 +65,3 @@ def test_result_files_get_the_usual_mode(tmp_path):
     plain.write_text("what open() creates")
     for path in (files.csv_path, files.json_path):
         assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode), path
-    assert stat.S_IMODE(files.csv_path.stat().st_mode) & 0o044  # readable by others under the usual umask
