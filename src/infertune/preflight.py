@@ -23,8 +23,6 @@ from infertune.errors import ConfigError, InfertuneError, ModelError
 RESULTS_MIN_FREE_MB = 20
 #: converted artifacts: each converting variant writes about one model's weights, plus this margin.
 MODELS_MIN_FREE_MB = 50
-#: variants that write no artifact.
-NO_ARTIFACT_BACKENDS = frozenset({"pytorch", "null"})
 
 
 def writable_dir(path: Path | str, key: str) -> Path:
@@ -66,10 +64,11 @@ def check_output(cfg: Any) -> None:
     writable_dir(cfg.output.models_dir, "output.models_dir")
 
 
-def check_artifact_space(cfg: Any, ladder: list[Any], model: Any) -> None:
+def check_artifact_space(cfg: Any, ladder: list[Any], weights_mb: float) -> None:
     """Room for the artifacts: about one copy of the weights per converting variant (once the model is known)."""
-    weights_mb = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 1e6
-    converting = sum(1 for v in ladder if v.backend not in NO_ARTIFACT_BACKENDS)
+    from infertune.backends.registry import get_backend
+
+    converting = sum(1 for v in ladder if get_backend(v.backend).writes_artifacts)
     free_space(cfg.output.models_dir, "output.models_dir", MODELS_MIN_FREE_MB + converting * weights_mb)
 
 
@@ -90,17 +89,22 @@ def check_input_memory(cfg: Any) -> None:
 
 
 @contextlib.contextmanager
-def input_shape_check(cfg: Any) -> Iterator[None]:
-    """Wrap the FP32 reference forward pass: a model that cannot take ``model.input_shape`` raises
-    inside it, and that becomes one ModelError naming the shape and the fix instead of a traceback."""
+def input_shape_check(model: Any) -> Iterator[None]:
+    """Wrap the model's first FP32 forward pass (in the reference worker): a model that cannot take
+    ``model.input_shape`` raises inside it, and that becomes one ModelError naming the shape and the
+    fix instead of a traceback. A failed allocation is not a shape problem and passes through."""
+    from infertune.cell import is_out_of_memory
+
     try:
         yield
     except InfertuneError:
         raise
-    except Exception as err:  # noqa: BLE001 - any model's shape error, worded by its own layers
+    except Exception as err:
+        if is_out_of_memory(err):
+            raise
         text = f"{type(err).__name__}: {err}".replace("\n", " ")
         text = text if len(text) <= 240 else text[:237] + "..."
         raise ModelError(
-            f"{cfg.model.name} cannot take inputs of shape {list(cfg.model.input_shape)} ({text}): set "
+            f"{model.name} cannot take inputs of shape {list(model.input_shape)} ({text}): set "
             "model.input_shape (or --input-shape B C H W) to the shape the model expects"
         ) from None

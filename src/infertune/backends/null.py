@@ -26,6 +26,7 @@ class NullBackend(Backend):
     label = "Null (harness overhead)"
     description = "Does nothing: measures the harness's own per-iteration overhead."
     devices = frozenset({"cpu", "cuda"})
+    writes_artifacts = False
     precisions = frozenset({"fp32"})
     produces_outputs = False
 
