@@ -205,6 +205,18 @@ class OutputConfig(_Section):
     use_cache: bool = True
 
 
+class RayConfig(_Section):
+    """``benchmark.isolation: ray``: where the Ray cluster is and how the ladder is spread (docs/ray.md)."""
+
+    #: a running cluster (``ray://host:10001``, ``host:6379`` or ``auto``); None: a local Ray instance
+    #: starts with the run's variant jobs and stops after them.
+    address: str | None = None
+    #: run the whole ladder on every node (rows name the node; the report shows each node side by side).
+    per_node: bool = False
+    #: CPUs of the local instance (None: this machine's usable cores); ignored with an address.
+    num_cpus: int | None = Field(None, ge=1)
+
+
 class RunConfig(_Section):
     """The whole run; ``load_config`` builds it from YAML and CLI overrides."""
 
@@ -213,6 +225,7 @@ class RunConfig(_Section):
     optimization: OptimizationConfig = Field(default_factory=OptimizationConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
 
     @model_validator(mode="after")
     def _variant_lists(self) -> RunConfig:
