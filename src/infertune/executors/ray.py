@@ -30,6 +30,7 @@ import dataclasses
 import fcntl
 import importlib.util
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -52,6 +53,7 @@ from infertune.executors.base import (
     Loss,
     RowEvent,
     StageEvent,
+    import_job_modules,
     register_executor,
 )
 from infertune.results import ResultRow, Status
@@ -214,6 +216,7 @@ def _node_task(job: Job, shipped: dict[str, Any], settings: ExecutorSettings) ->
 
     from infertune.executors.process import run_in_worker
 
+    import_job_modules(job)  # rows written here for a dead worker name its backend, a plugin's too
     gpu_ids = [str(g) for g in ray.get_gpu_ids()] if job.device == "cuda" else []
     node = NodeInfo.here(gpu_ids)
     yield _Placed(job.job_id, node)
@@ -441,9 +444,11 @@ def ray_reason(err: BaseException, node: NodeInfo | None = None) -> str:
         (rx.RayTaskError, "the job's Ray task failed"),
     ]
     what = next((text for cls, text in causes if isinstance(err, cls)), "Ray lost the job")
-    first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+    cause = getattr(err, "cause", None) if isinstance(err, rx.RayTaskError) else None
+    said = f"{type(cause).__name__}: {cause}" if cause is not None else f"{type(err).__name__}: {err}"
+    first = next((line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", said).splitlines() if line.strip()), "")
     where = f" on {node.host}" if node else ""
-    return f"{what}{where} ({type(err).__name__}: {first[:240]})"
+    return f"{what}{where} ({first[:300]})"
 
 
 def _reference_paths(job: Job) -> tuple[str, ...]:
