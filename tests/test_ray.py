@@ -97,17 +97,25 @@ def _cli(args: list[str], tmp_path: Path, markers: Path) -> subprocess.Popen:
 
 def test_ctrl_c_cancels_the_tasks_keeps_finished_rows_and_resume_finishes(tmp_path, fault_backends):
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump(_config(tmp_path, ["pytorch:fp32", "slow_once:fp32"])))
+    # one job at a time: slow_once's long prepare holds the slot shared, so a job beside it could not measure
+    settings = _config(tmp_path, ["pytorch:fp32", "slow_once:fp32"])
+    settings["ray"]["num_cpus"] = 1
+    config.write_text(yaml.safe_dump(settings))
     proc = _cli(["run", "-q", "--config", str(config)], tmp_path, fault_backends)
     marker = fault_backends / "slow_once.1"
     results = tmp_path / "ray"
-    deadline = time.monotonic() + 300
-    while not marker.exists() or len(read_rows(next(results.glob("*.csv")))) < 2:  # slow_once asleep, baseline done
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "the run never got there"
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists() or len(read_rows(next(results.glob("*.csv")))) < 2:  # slow_once asleep, baseline done
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the run never got there"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:  # a failed test must not leave slow_once holding this machine's measurement slot
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=120)
 
     assert proc.returncode == 130, err
     assert "Traceback" not in out + err

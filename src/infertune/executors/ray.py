@@ -31,6 +31,7 @@ import fcntl
 import importlib.util
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -41,6 +42,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from infertune import interrupts
 from infertune.errors import InfertuneError
 from infertune.executors.base import (
     Emit,
@@ -65,6 +67,8 @@ MEASURE_STAGE = "measure"
 WAIT_STAGE = "wait for the measurement slot"
 #: the node's slot file; every infertune job on the node, of any run or user, shares it.
 SLOT_FILE = "infertune-measurement-slot.lock"
+#: how often the driver's wait on the cluster wakes to act on a held Ctrl-C (see RayExecutor._on_cluster).
+_SIGNAL_CHECK_S = 1.0
 
 
 # ---------------------------------------------------------------------------------------------- on a node
@@ -339,6 +343,7 @@ class RayExecutor(Executor):
         if ray.is_initialized():
             return
         address = self.options.address
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             if address:
                 ray.init(address=address, log_to_driver=False, logging_level="warning")
@@ -355,6 +360,10 @@ class RayExecutor(Executor):
             where = f"the Ray cluster at {address}" if address else "a local Ray instance"
             raise InfertuneError(f"cannot start or reach {where}: {err}; start the cluster with `ray start --head` "
                                  "(then --ray-address auto), or drop --ray-address for a local instance") from None
+        finally:  # ray.init replaces them; the run's own (interrupts.catch_signals) decide what a Ctrl-C does
+            for sig, handler in handlers.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
 
     def _on_cluster(self, jobs: list[Job]) -> Iterator[Event]:
         import ray
@@ -377,9 +386,12 @@ class RayExecutor(Executor):
         try:
             pending = list(running)
             while pending:
-                ready, pending = ray.wait(pending, num_returns=1, timeout=None)
-                for gen in ready:
-                    more, events = self._next(gen, running[gen])
+                # A stop signal's handler must not raise inside Ray's C++ calls (Ray turns that into a
+                # SystemError): signals are held while in them, and the wait wakes each second to raise one.
+                with interrupts.deferred():
+                    ready, pending = ray.wait(pending, num_returns=1, timeout=_SIGNAL_CHECK_S)
+                    news = [(gen, *self._next(gen, running[gen])) for gen in ready]
+                for gen, more, events in news:
                     yield from events
                     if more:
                         pending.append(gen)
