@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -17,12 +18,12 @@ import yaml
 
 pytest.importorskip("ray", reason="the Ray executor needs ray: pip install 'infertune[ray]'")
 
-from infertune.config import validate_config  # noqa: E402
-from infertune.executors.base import RowEvent, StageEvent  # noqa: E402
-from infertune.executors.ray import MeasurementSlot, SlottedJob, _core_share  # noqa: E402
-from infertune.journal import read_journal  # noqa: E402
-from infertune.pipeline import run  # noqa: E402
-from infertune.results import FIELD_NAMES, ResultRow, read_rows  # noqa: E402
+from infertune.config import validate_config
+from infertune.executors.base import RowEvent, StageEvent
+from infertune.executors.ray import MeasurementSlot, SlottedJob, _core_share
+from infertune.journal import read_journal
+from infertune.pipeline import run
+from infertune.results import FIELD_NAMES, ResultRow, read_rows
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"name": "infertune.testing:tiny_convnet", "input_shape": [1, 3, 32, 32], "pretrained": False}
@@ -46,7 +47,7 @@ def _config(tmp_path: Path, variants: list[str], isolation: str = "ray", batches
 def _no_overlap(rows: list[ResultRow]) -> None:
     windows = sorted((r.measure_start_unix_s, r.measure_end_unix_s, r.variant, r.batch_size) for r in rows)
     assert all(start is not None and end is not None and start <= end for start, end, *_ in windows), windows
-    for (_, end, *first), (start, _, *second) in zip(windows, windows[1:]):
+    for (_, end, *first), (start, _, *second) in pairwise(windows):
         assert end <= start, f"{first} and {second} measured at the same time on one node"
 
 
@@ -172,7 +173,7 @@ def _windows(slot_path: str) -> list[tuple]:
 
 
 def test_the_slot_is_what_keeps_measurements_apart(tmp_path):
-    overlaps = lambda ws: sum(1 for a, b in zip(ws, ws[1:]) if a[1] > b[0])  # noqa: E731
+    overlaps = lambda ws: sum(1 for a, b in pairwise(ws) if a[1] > b[0])
     assert overlaps(_windows("")) > 0  # three processes measuring at once do overlap...
     assert overlaps(_windows(str(tmp_path / "slot.lock"))) == 0  # ...and with the slot they take turns
 

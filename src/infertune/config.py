@@ -211,10 +211,10 @@ class RayConfig(_Section):
     #: a running cluster (``ray://host:10001``, ``host:6379`` or ``auto``); None: a local Ray instance
     #: starts with the run's variant jobs and stops after them.
     address: str | None = None
-    #: run the whole ladder on every node (rows name the node; the report shows each node side by side).
-    per_node: bool = False
     #: CPUs of the local instance (None: this machine's usable cores); ignored with an address.
     num_cpus: int | None = Field(None, ge=1)
+    #: GPUs of the local instance (None: every visible GPU); ignored with an address.
+    num_gpus: int | None = Field(None, ge=0)
 
 
 class RunConfig(_Section):

@@ -352,7 +352,8 @@ class RayExecutor(Executor):
 
                 # workers import what this process imports (tests, plugins registered from the driver's path)
                 path = os.pathsep.join(os.path.abspath(p or ".") for p in sys.path)
-                ray.init(num_cpus=self.options.num_cpus or usable_cores(), include_dashboard=False,
+                ray.init(num_cpus=self.options.num_cpus or usable_cores(), num_gpus=self.options.num_gpus,
+                         include_dashboard=False,
                          log_to_driver=False, logging_level="warning",
                          runtime_env={"env_vars": {"PYTHONPATH": path}})
                 self._started = True
