@@ -369,12 +369,15 @@ class RayExecutor(Executor):
     def _on_cluster(self, jobs: list[Job]) -> Iterator[Event]:
         import ray
 
-        no_gpu = [job for job in jobs if job.device == "cuda" and not ray.cluster_resources().get("GPU")]
-        for job in no_gpu:  # Ray would wait for a GPU forever
-            yield from JobWatch(job, self.settings).lost_events(
-                Status.FAILED, "the Ray cluster has no GPU (ray.cluster_resources() lists none) but the run's "
-                "device is cuda: add a GPU node, or run with --device cpu")
-        jobs = [job for job in jobs if job not in no_gpu]
+        has_gpu = bool(ray.cluster_resources().get("GPU"))
+        for job in jobs:
+            if job.device == "cuda" and not has_gpu:  # Ray would wait for a GPU forever
+                yield from JobWatch(job, self.settings).lost_events(
+                    Status.FAILED, "the Ray cluster has no GPU (ray.cluster_resources() lists none) but the run's "
+                    "device is cuda: add a GPU node, or run with --device cpu")
+        # a relative models folder would land wherever a Ray worker starts: resolve it here, once
+        jobs = [dataclasses.replace(job, cache_root=os.path.abspath(job.cache_root))  # type: ignore[type-var]
+                for job in jobs if job.device != "cuda" or has_gpu]
         task = _remote_task()
         node_settings = dataclasses.replace(self.settings, log_path=None, config=None)
         shipped = _ship(jobs)
