@@ -293,9 +293,12 @@ def verify_step(runner: Any, verification: tuple[np.ndarray, Any, Any], batch: i
         failure = gate(acc, ref_accuracy, tolerance.accuracy_ratio_min)
         if failure:
             failures.append(failure)
-    if fid.notes:
-        row.note = "; ".join(fid.notes)
-    if failures:
+    for note in (*getattr(runner, "notes", ()), *fid.notes):
+        row.add_note(note)
+    if fid.unverifiable:
+        shown = f"; against it: {'; '.join(failures)}" if failures else ""
+        row.update(status=Status.UNVERIFIABLE, error=f"{fid.unverifiable}{shown}")
+    elif failures:
         row.update(status=Status.FIDELITY_FAILED, fidelity_ok=False, error="; ".join(failures))
 
 

@@ -108,6 +108,7 @@ def _run(cfg: RunConfig, log: Log, progress: Any, resume: ResumeState | None, me
             raise
         sink.finish()
     except RunFailed as failed:
+        result.rows = sink.files.rows
         failed.result = result
         raise
     finally:

@@ -14,9 +14,9 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ class Status(str, Enum):
 
     OK = "ok"
     FIDELITY_FAILED = "fidelity_failed"
+    UNVERIFIABLE = "unverifiable"
     UNAVAILABLE = "unavailable"
     FAILED = "failed"
     CRASHED = "crashed"
@@ -40,6 +41,18 @@ class Status(str, Enum):
 
 #: the values ``ResultRow.status`` can take.
 STATUSES = tuple(s.value for s in Status)
+
+
+def joined_note(note: str, addition: str) -> str:
+    """``note`` with ``addition`` appended ("a; b"): a row's note is added to, never overwritten, never repeated."""
+    parts = [p for p in (note.strip(), addition.strip()) if p]
+    if len(parts) == 2 and parts[1] in parts[0].split("; "):
+        return parts[0]
+    return "; ".join(parts)
+
+
+#: backends whose row measures the harness itself (MLPerf's null backend), not a way to run the model.
+HARNESS_BACKENDS = frozenset({"null"})
 
 
 @dataclass
@@ -81,9 +94,12 @@ class ResultRow:
     speedup_vs_pytorch: float | None = None
     cv: float | None = None
     iqr_over_median: float | None = None
+    drift_over_median: float | None = None
     noisy: bool | None = None
     iterations: int | None = None
     rounds: int | None = None
+    #: each round's own p50 (JSON list, ms) when rounds > 1: the run-to-run spread ``compare`` judges changes by.
+    round_p50s_ms: str = ""
     warmup_iterations: int | None = None
     measured_s: float | None = None
     threads: int | None = None
@@ -115,6 +131,8 @@ class ResultRow:
     verify_inputs: str = ""
     calibration_inputs: str = ""
     note: str = ""
+    #: "variant", or "harness" for the null backend's row: the tool's own cost, never a speedup or a winner.
+    role: str = "variant"
     # where the cell ran on a Ray cluster (docs/ray.md); empty in local runs, whose JSON holds the environment
     node: str = ""
     node_cpu: str = ""
@@ -136,6 +154,10 @@ class ResultRow:
             setattr(self, key, value)
         self.status = Status(self.status)
 
+    def add_note(self, text: str) -> None:
+        """Append ``text`` to ``note`` (see ``joined_note``)."""
+        self.note = joined_note(self.note, text)
+
     @property
     def cell_id(self) -> str:
         return cell_id(self.model, self.variant, self.batch_size, self.device)
@@ -145,21 +167,29 @@ def cell_id(model: str, variant: str, batch_size: int, device: str) -> str:
     """A cell's key in the files (``samples_ms``, the journal): ``resnet50|onnxruntime:int8|8|cpu``."""
     return f"{model}|{variant}|{batch_size}|{device}"
 
-
 FIELD_NAMES = [f.name for f in fields(ResultRow)]
 _FIELD_SET = frozenset(FIELD_NAMES)
 _FIELD_TYPES = {f.name: f.type for f in fields(ResultRow)}
 
 
 def fill_speedups(rows: list[ResultRow]) -> None:
-    """Set ``speedup_vs_pytorch`` = p50 of the ``pytorch:fp32`` row of the same model/batch/device over this row's p50."""
+    """Set ``speedup_vs_pytorch`` = p50 of the baseline (``pytorch:fp32``) row of the same model/batch/device
+    over this row's p50.
+
+    The harness's own row (the null backend) gets ``role`` "harness" and no speedup: its "speedup" of a
+    million would otherwise top any ``df.speedup_vs_pytorch.idxmax()``.
+    """
+    from infertune.ladder import BASELINE
+
     base: dict[tuple[str, int, str], float] = {}
     for r in rows:
-        if r.variant == "pytorch:fp32" and r.latency_p50_ms:
+        if r.variant == BASELINE and r.latency_p50_ms:
             base[(r.model, r.batch_size, r.device)] = r.latency_p50_ms
     for r in rows:
+        r.role = "harness" if r.backend in HARNESS_BACKENDS else "variant"
         ref = base.get((r.model, r.batch_size, r.device))
-        r.speedup_vs_pytorch = (ref / r.latency_p50_ms) if (ref and r.latency_p50_ms) else None
+        measured = ref and r.latency_p50_ms and r.role == "variant"
+        r.speedup_vs_pytorch = (ref / r.latency_p50_ms) if measured else None
 
 
 @dataclass

@@ -20,6 +20,7 @@ still owed), so an executor only decides where and when jobs run.
 from __future__ import annotations
 
 import importlib
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -187,8 +188,6 @@ class Executor(ABC):
 
     #: the ``benchmark.isolation`` value that selects this executor.
     name: ClassVar[str]
-    #: whether jobs run in other processes (a crash, hang or OOM then becomes rows, not the end of the run).
-    isolates: ClassVar[bool] = True
 
     def __init__(self, settings: ExecutorSettings) -> None:
         self.settings = settings
@@ -222,7 +221,7 @@ def register_executor(cls: E) -> E:
 
 def executor_class(name: str) -> type[Executor]:
     """The executor called ``name``, importing its module on first use; ConfigError naming the known ones."""
-    if name not in _EXECUTORS:
+    if name not in _EXECUTORS and re.fullmatch(r"[a-z][a-z0-9_]*", name):  # a config value names a module here
         module = _MODULES.get(name, f"infertune.executors.{name}")
         try:
             importlib.import_module(module)

@@ -23,6 +23,7 @@ from infertune.report import environment
 from infertune.report.charts import caption_for
 from infertune.report.data import ReportData
 from infertune.report.view import (
+    DRIFT_THRESHOLD,
     NOISE_THRESHOLD,
     GroupView,
     LineView,
@@ -32,7 +33,8 @@ from infertune.report.view import (
     fmt_pct,
     fmt_speedup,
     is_measured,
-    short_error,
+    noise_reason,
+    status_word,
 )
 from infertune.results import ResultRow
 
@@ -99,6 +101,7 @@ def _context(data: ReportData, charts: list[Path]) -> dict[str, Any]:
         "config_json": json.dumps(data.config, indent=2, default=str) if data.config else "",
         "settings": _settings(data.config),
         "noise_threshold": fmt_pct(NOISE_THRESHOLD),
+        "drift_threshold": fmt_pct(DRIFT_THRESHOLD),
     }
 
 
@@ -169,7 +172,7 @@ def _table_row(view: GroupView, line: LineView, columns: list[_Column]) -> dict[
         "variant": (line.variant + (" ★" if line.kind == "best" else ""), line.variant, row.label),
         "status": (_status_cell(row), _STATUS_RANK.get(row.status, len(_STATUS_RANK)), row.error),
         "p50": (line.latency + (" †" if line.noisy else ""), _num(row.latency_p50_ms, measured),
-                f"IQR/median {fmt_pct(row.iqr_over_median)}" if line.noisy else ""),
+                noise_reason(row) if line.noisy else ""),
         "p99": (line.p99, _num(row.latency_p99_ms, measured), ""),
         "throughput": (line.throughput, _num(row.throughput_ips, measured), ""),
         "e2e": (fmt_ms(row.e2e_latency_p50_ms), _num(row.e2e_latency_p50_ms, measured), ""),
@@ -191,12 +194,8 @@ def _table_row(view: GroupView, line: LineView, columns: list[_Column]) -> dict[
 
 
 def _status_cell(row: ResultRow) -> str:
-    if row.status == "ok":
-        return "ok"
-    if row.status == "fidelity_failed":
-        return "✗ fidelity"
-    reason = short_error(row.error, 60)
-    return f"{row.status}: {reason}" if reason else row.status
+    """A short word, as in the terminal: the full reason is the cell's tooltip and is under Failures."""
+    return status_word(row)
 
 
 def _num(value: float | None, keep: bool) -> Any:
