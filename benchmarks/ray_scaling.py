@@ -8,7 +8,7 @@ Runs the same ladder twice through ``benchmark.isolation: ray`` on a local Ray i
 ``--gpus[0]`` GPUs, then to ``--gpus[1]``, each with an empty artifact cache of its own (so both compile
 everything: a warm cache would flatter the second run). Prints the wall time of each, their ratio (the
 issue's target: two GPUs at least 1.7x faster than one), and per cell the p50 of both runs with the
-change and whether ``infertune compare`` (Mann-Whitney U on the raw samples) calls it significant.
+change and ``infertune compare``'s verdict on it (a real change, or within run-to-run drift).
 Result files stay under ``--out`` for ``infertune report`` / ``compare``.
 """
 
