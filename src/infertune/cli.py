@@ -52,7 +52,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=_int_arg("round count"),
                    help="measure the whole ladder this many times, interleaved, pooling samples per cell")
     p.add_argument("--output-dir", "-o", help="where result files go (default results/)")
-    p.add_argument("--isolation", choices=["process", "none"], help="run each variant in its own process (default)")
+    p.add_argument("--isolation", "--executor", dest="isolation", choices=["process", "none", "ray"],
+                   help="where jobs run: a worker process each (process, the default), here (none), a Ray cluster (ray)")
+    p.add_argument("--ray-address", metavar="ADDR", help="with --executor ray: a running cluster (default: a local instance)")
     p.add_argument("--no-cache", action="store_true", help="rebuild converted artifacts even if cached")
     p.add_argument("--report", action="store_true", help="also write charts, HTML and markdown after the run")
     p.add_argument("--resume", metavar="RUN",
@@ -186,6 +188,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
                       "rounds": args.rounds},
         "optimization": {"variants": args.variants},
         "output": {"dir": args.output_dir, "use_cache": False if args.no_cache else None},
+        "ray": {"address": args.ray_address},
         "verify": {"inputs": getattr(args, "inputs", None), "images": getattr(args, "images", None),
                    "dataset": getattr(args, "dataset", None), "samples": getattr(args, "samples", None),
                    "calibration_images": getattr(args, "calibration_images", None)},

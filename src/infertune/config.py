@@ -245,6 +245,18 @@ class ScenarioConfig(_Section):
         return list(dict.fromkeys(v))
 
 
+class RayConfig(_Section):
+    """``benchmark.isolation: ray``: where the Ray cluster is and how the ladder is spread (docs/ray.md)."""
+
+    #: a running cluster (``ray://host:10001``, ``host:6379`` or ``auto``); None: a local Ray instance
+    #: starts with the run's variant jobs and stops after them.
+    address: str | None = None
+    #: CPUs of the local instance (None: this machine's usable cores); ignored with an address.
+    num_cpus: int | None = Field(None, ge=1)
+    #: GPUs of the local instance (None: every visible GPU); ignored with an address.
+    num_gpus: int | None = Field(None, ge=0)
+
+
 class RunConfig(_Section):
     """The whole run; ``load_config`` builds it from YAML and CLI overrides."""
 
@@ -254,6 +266,7 @@ class RunConfig(_Section):
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     scenario: ScenarioConfig = Field(default_factory=ScenarioConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
 
     @model_validator(mode="after")
     def _variant_lists(self) -> RunConfig:

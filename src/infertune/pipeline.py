@@ -97,7 +97,7 @@ def _run(cfg: RunConfig, log: Log, progress: Any, resume: ResumeState | None, me
     sink = _open_sink(plan, stem, environment, resume, log, progress)
     executor = make_executor(cfg.benchmark.isolation, ExecutorSettings(
         cell_timeout_s=cfg.benchmark.cell_timeout_s, variant_timeout_s=cfg.benchmark.variant_timeout_s,
-        log_path=f"{stem}.log"))
+        log_path=f"{stem}.log", config=cfg))
     result = RunResult(sink.files.rows, sink.files.csv_path, sink.files.json_path, Path(f"{stem}.config.yaml"),
                        Path(f"{stem}.log"), environment, sink.notices, journal_path=sink.journal.path)
     tmp = Path(tempfile.mkdtemp(prefix="infertune-"))
@@ -116,6 +116,7 @@ def _run(cfg: RunConfig, log: Log, progress: Any, resume: ResumeState | None, me
         failed.result = result
         raise
     finally:
+        executor.close()
         if progress:
             progress.stop()
         _rm_tree(tmp)

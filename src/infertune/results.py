@@ -147,6 +147,14 @@ class ResultRow:
     note: str = ""
     #: "variant", or "harness" for the null backend's row: the tool's own cost, never a speedup or a winner.
     role: str = "variant"
+    # where the cell ran on a Ray cluster (docs/ray.md); empty in local runs, whose JSON holds the environment
+    node: str = ""
+    node_cpu: str = ""
+    node_isa: str = ""
+    node_gpu: str = ""
+    #: when the cell held its node's measurement slot (Unix seconds; Ray runs): no two overlap on one node
+    measure_start_unix_s: float | None = None
+    measure_end_unix_s: float | None = None
 
     def __post_init__(self) -> None:
         self.status = Status(self.status)  # a status no reader knows is an error here, not a mystery later

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, ClassVar, TypeVar
 from infertune.errors import ConfigError
 
 if TYPE_CHECKING:
+    from infertune.config import RunConfig
     from infertune.reference import Reference
     from infertune.results import ResultRow, Status
 
@@ -178,6 +179,8 @@ class ExecutorSettings:
     variant_timeout_s: float | None = None
     #: the run's ``.log``: workers' stdout/stderr and ``LogEvent`` lines go there (None: nowhere).
     log_path: str | None = None
+    #: the run's whole configuration, for an executor with a section of its own (``ray``); None in tests.
+    config: RunConfig | None = None
 
 
 class Executor(ABC):
@@ -188,6 +191,9 @@ class Executor(ABC):
 
     def __init__(self, settings: ExecutorSettings) -> None:
         self.settings = settings
+
+    def close(self) -> None:
+        """The run is over: release what the executor started for it (a local Ray instance). Nothing by default."""
 
     @abstractmethod
     def run(self, jobs: Sequence[Job]) -> Iterator[Event]:
