@@ -118,7 +118,9 @@ def test_a_model_that_branches_on_its_input_is_judged_on_the_batches_it_really_s
     means = samples.reshape(8, -1).mean(axis=1)
     assert (means > 0).any() and (means <= 0).any()  # per sample, both branches are taken: batches matter
     model = {**TINY, "name": "tests.fixture_models:branches_on_input"}
-    cfg = _cfg(tmp_path, model=model, variants=["pytorch:fp32", "torch_compile:fp32", "torchscript:fp32"])
+    # in workers: Inductor's state is process-wide, and other tests compile in this process
+    cfg = _cfg(tmp_path, model=model, variants=["pytorch:fp32", "torch_compile:fp32", "torchscript:fp32"],
+               isolation="process")
     cfg.verify.inputs, cfg.verify.samples = "synthetic", 8
     rows = {(r.variant, r.batch_size): r for r in run(cfg, log=lambda m: None, measure=False).rows}
     for variant in ("pytorch:fp32", "torch_compile:fp32"):
