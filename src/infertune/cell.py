@@ -41,7 +41,8 @@ class VariantJob:
     timing: dict[str, Any]
     tolerances: dict[str, dict[str, Any]]
     reference_path: str
-    input_source: dict[str, Any]
+    #: the inputs (an ``infertune.inputs.InputSource``: specs, verification/calibration/timed data).
+    input_source: Any
     cache_root: str
     use_cache: bool
     settings: dict[str, Any] = field(default_factory=dict)
@@ -57,6 +58,8 @@ class VariantJob:
     memory_limit_mb: int | None = None
     #: the module that registers this variant's backend, imported by the worker (plugins, test backends).
     backend_module: str = ""
+    #: what the outputs are compared with (``LoadedModel.reference``), said on every row.
+    reference: str = ""
 
 
 def base_row(job: VariantJob, batch: int) -> dict[str, Any]:
@@ -78,6 +81,7 @@ def base_row(job: VariantJob, batch: int) -> dict[str, Any]:
         "run_id": job.run_id,
         "label": get_backend(v.backend).label,
         "threads": job.threads,
+        "reference": job.reference,
     }
 
 
@@ -103,6 +107,8 @@ def rebuild_model(job: VariantJob) -> Any:
 
     spec = dict(job.model_spec)
     loaded = load_model(spec["name"], pretrained=False, weights=None, seed=spec.get("seed", 0), warn=lambda m: None)
+    if loaded.kind != "torch":  # an ONNX file: the file is the weights
+        return loaded.module
     state = torch.load(job.state_dict_path, map_location="cpu", weights_only=True)
     loaded.module.load_state_dict(state)
     return loaded.module.eval()
@@ -113,7 +119,6 @@ def run_variant(job: VariantJob, emit: Emit, model: Any = None) -> None:
     from infertune.backends.base import PrepareContext
     from infertune.backends.registry import get_backend
     from infertune.cache import ArtifactCache
-    from infertune.inputs import InputSource
     from infertune.variants import parse_variant
     from infertune.verify import tolerance_for
 
@@ -124,7 +129,7 @@ def run_variant(job: VariantJob, emit: Emit, model: Any = None) -> None:
         emit("stage", job.batch_sizes[0], "load model")
         model = rebuild_model(job)
     verify_inputs, reference, labels = load_reference(job.reference_path)
-    source = InputSource(**job.input_source)
+    source = job.input_source
     cache = ArtifactCache(job.cache_root, f"{job.model_name}-{job.model_digest}", enabled=job.use_cache)
     tolerance = tolerance_for(job.tolerances, variant.precision)
     for batch in job.batch_sizes:
@@ -171,7 +176,7 @@ class _RecordedCalibration:
     def used(self) -> bool:
         return bool(self.description)
 
-    def __call__(self, n: int) -> np.ndarray:
+    def __call__(self, n: int) -> Any:
         samples = self.source.calibration(n)
         self.description = self.source.describe_calibration(n)
         return samples
@@ -232,13 +237,14 @@ def _run_cell(backend: Any, ctx: Any, row: dict[str, Any], verification: tuple[n
     return timing.samples_ms
 
 
-def _end_to_end_fields(runner: Any, host_batch: np.ndarray, policy: Any, device_timing: Any) -> dict[str, float]:
+def _end_to_end_fields(runner: Any, host_batch: Any, policy: Any, device_timing: Any) -> dict[str, float]:
     """For a device-latency runner: the synchronised host time of the device loop (a check on the CUDA
     events) and a second loop timed end to end, host array in and host array out."""
+    from infertune.inputs import batch_size
     from infertune.measure.stats import summarize
     from infertune.measure.timer import EndToEnd, measure
 
-    e2e = summarize(measure(EndToEnd(runner), host_batch, policy).samples_ms, len(host_batch))
+    e2e = summarize(measure(EndToEnd(runner), host_batch, policy).samples_ms, batch_size(host_batch))
     return {
         "host_latency_p50_ms": float(np.median(device_timing.host_samples_ms)),
         "e2e_latency_p50_ms": e2e.p50_ms,
@@ -247,7 +253,7 @@ def _end_to_end_fields(runner: Any, host_batch: np.ndarray, policy: Any, device_
     }
 
 
-def verify_step(runner: Any, verification: tuple[np.ndarray, list[Any], Any], batch: int, tolerance: Any,
+def verify_step(runner: Any, verification: tuple[Any, list[Any], Any], batch: int, tolerance: Any,
                 job: VariantJob, row: dict[str, Any]) -> None:
     """Compare with the reference (and, in accuracy mode, gate on accuracy); fill the row's fidelity fields."""
     from infertune.accuracy import Accuracy, accuracy, gate
@@ -271,25 +277,26 @@ def verify_step(runner: Any, verification: tuple[np.ndarray, list[Any], Any], ba
         row.update(status="fidelity_failed", fidelity_ok=False, error="; ".join(failures))
 
 
-def run_outputs(runner: Any, inputs: np.ndarray, batch: int) -> list[tuple[str, np.ndarray]]:
+def run_outputs(runner: Any, inputs: Any, batch: int) -> list[tuple[str, np.ndarray]]:
     """Run the verification samples through ``runner`` in batches of exactly ``batch``; outputs per tensor.
 
     The last chunk wraps around to the first samples so static-shape artifacts see their own shape;
     only the real samples are kept.
     """
+    from infertune.inputs import batch_size, take
     from infertune.verify import output_list
 
-    n = len(inputs)
+    n = batch_size(inputs)
     chunks: list[list[tuple[str, np.ndarray]]] = []
     for start in range(0, n, batch):
         idx = [(start + i) % n for i in range(batch)]
-        out = output_list(runner.to_numpy(runner(runner.to_native(inputs[idx]))))
+        out = output_list(runner.to_numpy(runner(runner.to_native(take(inputs, idx)))))
         runner.synchronize()
         chunks.append([(name, arr[: min(batch, n - start)]) for name, arr in out])
     return [(name, np.concatenate([c[i][1] for c in chunks])) for i, (name, _) in enumerate(chunks[0])]
 
 
-def verify(runner: Any, inputs: np.ndarray, reference: Any, batch: int, tolerance: Any) -> Any:
+def verify(runner: Any, inputs: Any, reference: Any, batch: int, tolerance: Any) -> Any:
     """Run the verification samples through ``runner`` (see ``run_outputs``) and compare with ``reference``."""
     return _compare(run_outputs(runner, inputs, batch), reference, tolerance)
 
@@ -314,24 +321,29 @@ def _one_line(err: BaseException, limit: int = 500) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def save_reference(path: Path, inputs: np.ndarray, reference: Any, labels: np.ndarray | None = None) -> None:
-    """Save the verification inputs, the reference output(s) (one array or ``output_list`` pairs) and labels."""
+def save_reference(path: Path, inputs: Any, reference: Any, labels: np.ndarray | None = None) -> None:
+    """Save the verification inputs (one array or {name: array}), the reference output(s) (one array or
+    ``output_list`` pairs) and labels."""
     from infertune.verify import output_list
 
     outputs = reference if isinstance(reference, list) else output_list(reference)
     arrays = {f"reference_{i}": arr for i, (_, arr) in enumerate(outputs)}
     names = np.array([name for name, _ in outputs])
     extra = {"labels": labels} if labels is not None else {}
-    np.savez(path, inputs=inputs, output_names=names, **arrays, **extra)
+    named_inputs = inputs if isinstance(inputs, dict) else {"": inputs}
+    feeds = {f"input_{i}": arr for i, arr in enumerate(named_inputs.values())}
+    np.savez(path, input_names=np.array(list(named_inputs)), output_names=names, **feeds, **arrays, **extra)
 
 
-def load_reference(path: str | Path) -> tuple[np.ndarray, Any, np.ndarray | None]:
-    """(inputs, reference outputs: one array or a {name: array} dict, labels or None)."""
+def load_reference(path: str | Path) -> tuple[Any, Any, np.ndarray | None]:
+    """(inputs: one array or {name: array}, reference outputs: one array or a {name: array} dict, labels or None)."""
     with np.load(path) as ref:
         names = [str(n) for n in ref["output_names"]]
         outputs = [ref[f"reference_{i}"] for i in range(len(names))]
         labels = ref["labels"] if "labels" in ref.files else None
-        inputs = ref["inputs"]
+        input_names = [str(n) for n in ref["input_names"]]
+        feeds = {name: ref[f"input_{i}"] for i, name in enumerate(input_names)}
+        inputs = feeds[""] if input_names == [""] else feeds
     reference = outputs[0] if len(outputs) == 1 else dict(zip(names, outputs))
     return inputs, reference, labels
 

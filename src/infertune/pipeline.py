@@ -90,14 +90,15 @@ def _run(cfg: RunConfig, log: Log, progress: Any, resume: ResumeState | None, me
     from infertune import preflight
     from infertune.backends.registry import get_backend
     from infertune.ladder import build_ladder
-    from infertune.models import load_model
+    from infertune.models import input_specs, load_model
 
     device = resolve_device(cfg.benchmark.device, log)
     threads = cfg.benchmark.threads or envmod.usable_cores()
     configure_torch(threads)  # the reference below is true fp32 (no TF32) with pinned threads
     ladder = build_ladder(cfg, device)
     preflight.check_output(cfg)
-    preflight.check_input_memory(cfg)
+    specs = input_specs(cfg.model, cfg.benchmark.batch_sizes, log)
+    preflight.check_input_memory(cfg, specs)
     if resume is not None and resume.environment.get("device") not in (None, device):
         raise ConfigError(f"cannot resume {resume.stem.name} here: it ran on {resume.environment['device']}, "
                           f"this machine runs on {device}; start a new run instead")
@@ -111,9 +112,8 @@ def _run(cfg: RunConfig, log: Log, progress: Any, resume: ResumeState | None, me
     warnings: list[str] = []
     loaded = load_model(cfg.model.name, cfg.model.pretrained, cfg.model.weights, cfg.model.seed,
                         warn=lambda m: (warnings.append(m), log(m)))
-    preflight.check_artifact_space(cfg, ladder, loaded.module)
-    sample_shape = tuple(cfg.model.input_shape[1:])
-    source, verification = _verification_set(cfg, loaded, sample_shape, lambda m: (warnings.append(m), log(m)))
+    preflight.check_artifact_space(cfg, ladder, loaded)
+    source, verification = _verification_set(cfg, loaded, specs, lambda m: (warnings.append(m), log(m)))
     verify_inputs, reference, labels, ref_accuracy = verification
     verify_description = source.describe_verification(len(verify_inputs))
     int8_settings = cfg.optimization.int8.model_dump()
@@ -156,7 +156,8 @@ def _run(cfg: RunConfig, log: Log, progress: Any, resume: ResumeState | None, me
         ref_path = tmp / "reference.npz"
         save_reference(ref_path, verify_inputs, reference, labels)
         state_path = tmp / "weights.pt"
-        torch.save(loaded.module.state_dict(), state_path)
+        if loaded.kind == "torch":  # an ONNX file is its own weights: workers read it
+            torch.save(loaded.module.state_dict(), state_path)
         tol = {k: asdict(v) for k, v in tolerances(cfg).items()}
         timing = {
             "warmup_iterations": cfg.benchmark.warmup_iterations,
@@ -174,11 +175,11 @@ def _run(cfg: RunConfig, log: Log, progress: Any, resume: ResumeState | None, me
             weights_tag=loaded.weights, model_digest=digest, device=device,
             requested_device=cfg.benchmark.device, threads=threads, timing=timing, tolerances=tol,
             reference_path=str(ref_path),
-            input_source=asdict(source),
+            input_source=source,
             cache_root=cfg.output.models_dir, use_cache=cfg.output.use_cache, settings=settings,
             run_id=run_id, log_path=str(log_path), measure=measure, verify_inputs=verify_description,
             ref_accuracy=ref_accuracy, memory_limit_mb=memory_limit,
-            backend_module=type(get_backend(variant.backend)).__module__,
+            backend_module=type(get_backend(variant.backend)).__module__, reference=loaded.reference,
         ) for variant in ladder]
         try:
             for round_index in range(rounds):
@@ -189,7 +190,10 @@ def _run(cfg: RunConfig, log: Log, progress: Any, resume: ResumeState | None, me
                         progress.advance(len(batches) - len(todo))
                     if not todo:
                         continue
-                    avail = get_backend(variant.backend).availability(device, variant.precision)
+                    backend = get_backend(variant.backend)
+                    avail = backend.availability(device, variant.precision)
+                    if avail.ok:
+                        avail = backend.accepts(loaded.kind)
                     if not avail.ok:
                         if round_index == 0:
                             for batch in todo:
@@ -343,7 +347,7 @@ def _known_fields(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k in FIELD_NAMES}
 
 
-def _verification_set(cfg: RunConfig, loaded: Any, shape: tuple[int, ...], warn: Log) -> tuple[Any, tuple[Any, ...]]:
+def _verification_set(cfg: RunConfig, loaded: Any, specs: tuple[Any, ...], warn: Log) -> tuple[Any, tuple[Any, ...]]:
     """The input source, and (inputs, FP32 reference outputs, labels or None, reference accuracy or None).
 
     Accuracy mode (``verify.dataset``) refuses random weights before any image is read.
@@ -357,15 +361,15 @@ def _verification_set(cfg: RunConfig, loaded: Any, shape: tuple[int, ...], warn:
         require_trained_weights(loaded.weights, v.dataset)
     pre = loaded.preprocessing or {}
     source, note = resolve_source(
-        shape, seed=v.seed, inputs=v.inputs, images=v.images, dataset=v.dataset, verify_count=v.samples,
+        seed=v.seed, inputs=v.inputs, images=v.images, dataset=v.dataset, verify_count=v.samples,
         calibration_images=v.calibration_images, mean=v.mean if v.mean is not None else pre.get("mean"),
         std=v.std if v.std is not None else pre.get("std"),
-        num_classes=_num_classes(cfg, loaded.module, shape) if v.dataset else None)
+        num_classes=_num_classes(cfg, loaded, specs) if v.dataset else None, specs=specs)
     if note:
         warn(f"warning: {note}")
     inputs = source.verification(v.samples)
-    with preflight.input_shape_check(cfg):
-        reference = reference_outputs(loaded.module, inputs)
+    with preflight.input_shape_check(cfg, specs):
+        reference = reference_outputs(loaded, inputs)
     labels = source.labels()
     ref_accuracy = None
     if labels is not None:
@@ -374,29 +378,28 @@ def _verification_set(cfg: RunConfig, loaded: Any, shape: tuple[int, ...], warn:
     return source, (inputs, reference, labels, ref_accuracy)
 
 
-def reference_outputs(module: Any, inputs: Any, chunk: int = 32) -> list[tuple[str, Any]]:
-    """FP32 eager outputs on ``inputs``, in chunks (a labelled set may hold thousands of images)."""
+def reference_outputs(loaded: Any, inputs: Any, chunk: int = 32) -> list[tuple[str, Any]]:
+    """FP32 reference outputs (``LoadedModel.forward``) on ``inputs``, in chunks (a labelled set may hold
+    thousands of images)."""
     import numpy as np
-    import torch
 
+    from infertune.inputs import batch_size, take
     from infertune.verify import output_list
 
     parts: list[list[tuple[str, Any]]] = []
-    with torch.inference_mode():
-        for start in range(0, len(inputs), chunk):
-            parts.append(output_list(module(torch.from_numpy(inputs[start:start + chunk]))))
+    for start in range(0, batch_size(inputs), chunk):
+        parts.append(output_list(loaded.forward(take(inputs, slice(start, start + chunk)))))
     return [(name, np.concatenate([p[i][1] for p in parts])) for i, (name, _) in enumerate(parts[0])]
 
 
-def _num_classes(cfg: RunConfig, module: Any, shape: tuple[int, ...]) -> int | None:
-    """The width of the model's first output on one zero sample (to map a dataset's class folders)."""
-    import torch
-
+def _num_classes(cfg: RunConfig, loaded: Any, specs: tuple[Any, ...]) -> int | None:
+    """The width of the model's first output on one synthetic sample (to map a dataset's class folders)."""
     from infertune import preflight
+    from infertune.inputs import synthetic_batch
     from infertune.verify import output_list
 
-    with preflight.input_shape_check(cfg), torch.inference_mode():
-        first = output_list(module(torch.zeros((1, *shape))))[0][1]
+    with preflight.input_shape_check(cfg, specs):
+        first = output_list(loaded.forward(synthetic_batch(specs, 1, 0)))[0][1]
     return int(first.shape[1]) if first.ndim == 2 else None
 
 
@@ -460,7 +463,12 @@ def _warmup_time_s(cfg: RunConfig, device: str) -> float:
 
 
 def _model_label(name: str) -> str:
-    return name.split(":")[-1] if name.startswith("timm:") else name
+    """What rows call the model: a timm or hf name without its prefix, an ONNX file by its file name."""
+    from infertune.models_onnx import is_onnx_path
+
+    if is_onnx_path(name):
+        return Path(name).name
+    return name.split(":", 1)[-1] if name.startswith(("timm:", "hf:")) else name
 
 
 def _write_config(path: Path, cfg: RunConfig) -> None:

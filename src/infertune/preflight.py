@@ -9,11 +9,10 @@ cannot fit in memory, an input shape the model cannot take.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,33 +65,36 @@ def check_output(cfg: Any) -> None:
     writable_dir(cfg.output.models_dir, "output.models_dir")
 
 
-def check_artifact_space(cfg: Any, ladder: list[Any], model: Any) -> None:
+def check_artifact_space(cfg: Any, ladder: list[Any], loaded: Any) -> None:
     """Room for the artifacts: about one copy of the weights per converting variant (once the model is known)."""
-    weights_mb = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 1e6
+    if loaded.kind == "onnx":
+        weights_mb = Path(loaded.module.path).stat().st_size / 1e6
+    else:
+        weights_mb = sum(t.numel() * t.element_size() for t in loaded.module.state_dict().values()) / 1e6
     converting = sum(1 for v in ladder if v.backend not in NO_ARTIFACT_BACKENDS)
     free_space(cfg.output.models_dir, "output.models_dir", MODELS_MIN_FREE_MB + converting * weights_mb)
 
 
-def check_input_memory(cfg: Any) -> None:
-    """The largest timed batch's input must fit in half of this machine's memory, with room for the model."""
+def check_input_memory(cfg: Any, specs: Sequence[Any]) -> None:
+    """The largest timed batch's inputs must fit in half of this machine's memory, with room for the model."""
     import psutil
 
     batch = max(cfg.benchmark.batch_sizes)
-    per_sample = math.prod(cfg.model.input_shape[1:])
-    need = batch * per_sample * 4
+    need = batch * sum(spec.bytes_per_sample for spec in specs)
     total = psutil.virtual_memory().total
     if need > total / 2:
+        what = (f"{list(specs[0].shape)} {specs[0].dtype} inputs" if len(specs) == 1
+                else f"inputs ({', '.join(s.describe() for s in specs)})")
         raise ConfigError(
-            f"batch size {batch} of {cfg.model.input_shape[1:]} float32 inputs needs {need / 1e9:.3g} GB for the "
-            f"input alone; this machine has {total / 1e9:.1f} GB of memory: lower benchmark.batch_sizes "
-            "or model.input_shape"
+            f"batch size {batch} of {what} needs {need / 1e9:.3g} GB for the input alone; this machine has "
+            f"{total / 1e9:.1f} GB of memory: lower benchmark.batch_sizes or the input shape"
         )
 
 
 @contextlib.contextmanager
-def input_shape_check(cfg: Any) -> Iterator[None]:
-    """Wrap the FP32 reference forward pass: a model that cannot take ``model.input_shape`` raises
-    inside it, and that becomes one ModelError naming the shape and the fix instead of a traceback."""
+def input_shape_check(cfg: Any, specs: Sequence[Any]) -> Iterator[None]:
+    """Wrap the FP32 reference forward pass: a model that cannot take its inputs (``specs``) raises
+    inside it, and that becomes one ModelError naming the inputs and the fix instead of a traceback."""
     try:
         yield
     except InfertuneError:
@@ -100,7 +102,13 @@ def input_shape_check(cfg: Any) -> Iterator[None]:
     except Exception as err:  # noqa: BLE001 - any model's shape error, worded by its own layers
         text = f"{type(err).__name__}: {err}".replace("\n", " ")
         text = text if len(text) <= 240 else text[:237] + "..."
-        raise ModelError(
-            f"{cfg.model.name} cannot take inputs of shape {list(cfg.model.input_shape)} ({text}): set "
-            "model.input_shape (or --input-shape B C H W) to the shape the model expects"
-        ) from None
+        if len(specs) == 1 and specs[0].dtype == "float32" and not cfg.model.inputs:
+            shape = [cfg.model.input_shape[0], *specs[0].shape]
+            raise ModelError(
+                f"{cfg.model.name} cannot take inputs of shape {shape} ({text}): set model.input_shape (or "
+                "--input-shape, batch first: B C H W for images, B F for F features) to the shape the model expects"
+            ) from None
+        shown = "; ".join(s.describe() for s in specs)
+        raise ModelError(f"{cfg.model.name} cannot take its inputs ({shown}) ({text}): set model.inputs to the "
+                         "names, shapes (batch first), dtypes and value ranges the model expects, in its "
+                         "argument order") from None

@@ -29,11 +29,15 @@ class OnnxExport:
 
 
 def export_onnx(ctx: PrepareContext) -> OnnxExport:
-    """Export ``ctx.model`` with ``torch.onnx.export(dynamo=True)`` and a dynamic batch dimension.
+    """Export ``ctx.model`` with ``torch.onnx.export(dynamo=True)`` and a dynamic batch dimension (a model
+    that is an ONNX file is its own export).
 
     The file is cached by weights, torch version, opset and per-sample input shape (not batch size),
     so one export serves every batch size and every ONNX-based backend.
     """
+    source = getattr(ctx.model, "onnx_path", None)
+    if source is not None:  # the model is an ONNX file already (infertune.models_onnx.OnnxModel)
+        return OnnxExport(Path(source), True, 0.0)
     import torch
 
     opset = int(ctx.settings.get("onnx_opset", DEFAULT_OPSET))

@@ -53,6 +53,7 @@ _ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_v
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     label = "ONNX Runtime"
+    sources = frozenset({"torch", "onnx"})
     description = "ONNX Runtime session over the ONNX export: fp32, fp16 (CUDA), INT8 static/dynamic (CPU)."
     requires = ("onnxruntime",)
     install_hint = "pip install onnxruntime (for CUDA: pip install onnxruntime-gpu)"

@@ -165,6 +165,7 @@ class OpenVinoRunner(Runner):
 class OpenVinoBackend(Backend):
     name = "openvino"
     label = "OpenVINO"
+    sources = frozenset({"torch", "onnx"})
     description = "OpenVINO CPU plugin: fp32, bf16 (CPUs with BF16) and int8 via NNCF post-training quantization."
     requires = ("openvino",)
     install_hint = INSTALL_HINT
@@ -276,7 +277,7 @@ def _convert(ctx: PrepareContext, from_onnx: bool) -> Any:
     """Convert from the torch module (default) or from the cached ONNX export."""
     import openvino as ov
 
-    if from_onnx:
+    if from_onnx or hasattr(ctx.model, "onnx_path"):  # asked for, or the model is an ONNX file
         from infertune.backends.onnx_export import export_onnx
 
         return ov.convert_model(str(export_onnx(ctx).path))

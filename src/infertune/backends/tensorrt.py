@@ -37,6 +37,7 @@ DEFAULT_WORKSPACE_MB = 4096
 class TensorRTBackend(Backend):
     name = "tensorrt"
     label = "TensorRT"
+    sources = frozenset({"torch", "onnx"})
     description = "NVIDIA TensorRT engine built from the ONNX export (fp32/fp16/int8 via QDQ); CUDA only."
     requires = ("tensorrt",)
     install_hint = "pip install tensorrt (needs an NVIDIA GPU with CUDA)"
