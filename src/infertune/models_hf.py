@@ -102,7 +102,10 @@ def model_config(name: str, pretrained: bool = True) -> tuple[Any, str, dict[str
     """
     _require_transformers()
     from transformers import AutoConfig
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # "Loading weights: 100%" bars would break infertune's own progress line
+    hf_logging.set_verbosity_error()
     bare = _hub_name(name)
     folder = _folder(bare)
     if folder is not None:

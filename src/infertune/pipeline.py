@@ -463,12 +463,13 @@ def _warmup_time_s(cfg: RunConfig, device: str) -> float:
 
 
 def _model_label(name: str) -> str:
-    """What rows call the model: a timm or hf name without its prefix, an ONNX file by its file name."""
+    """What rows call the model: a timm or hf name without its prefix; an ONNX file or a model folder by its name."""
     from infertune.models_onnx import is_onnx_path
 
     if is_onnx_path(name):
         return Path(name).name
-    return name.split(":", 1)[-1] if name.startswith(("timm:", "hf:")) else name
+    bare = name.split(":", 1)[-1] if name.startswith(("timm:", "hf:")) else name
+    return Path(bare).name if name.startswith("hf:") and Path(bare).is_dir() else bare
 
 
 def _write_config(path: Path, cfg: RunConfig) -> None:
