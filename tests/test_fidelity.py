@@ -65,10 +65,35 @@ def test_an_all_zero_output_does_not_pass_as_cosine_one():
     assert fid.cosine_min == 0.0 and fid.sqnr_db == pytest.approx(0.0) and "cosine_min" in fid.failed_metrics
 
 
-def test_a_variant_with_fewer_outputs_is_compared_on_those_and_says_so():
+def test_a_variant_with_fewer_outputs_fails_naming_both_counts():
     ref = np.random.default_rng(2).standard_normal((4, 10))
     fid = compare(ref.copy(), {"a": ref, "b": ref[:, :3]}, DEFAULT_TOLERANCES["fp32"])
-    assert fid.ok and fid.notes and "1 of the reference's 2 outputs" in fid.notes[0]
+    assert not fid.ok and fid.failed_metrics == ("outputs",)
+    assert fid.failures[0] == "the variant returns 1 output(s) (output), the reference 2 (a, b)"
+    assert [o.name for o in fid.outputs] == ["a"]  # what does pair is still compared
+
+
+def test_outputs_pair_by_name_whatever_their_order_else_by_order():
+    rng = np.random.default_rng(3)
+    ref = {"logits": rng.standard_normal((4, 10)), "features": rng.standard_normal((4, 6))}
+    swapped = {"features": ref["features"].copy(), "logits": ref["logits"].copy()}
+    assert compare(swapped, ref, DEFAULT_TOLERANCES["fp32"]).ok  # by name
+    unnamed = [ref["logits"].copy(), ref["features"].copy()]  # a runtime's own names: by order
+    fid = compare(unnamed, ref, DEFAULT_TOLERANCES["fp32"])
+    assert fid.ok and [o.name for o in fid.outputs] == ["logits", "features"]
+    assert not compare(unnamed[::-1], ref, DEFAULT_TOLERANCES["fp32"]).ok
+
+
+def test_nan_and_inf_are_counted_per_output():
+    rng = np.random.default_rng(4)
+    ref = {"logits": rng.standard_normal((4, 10)), "features": rng.standard_normal((4, 6))}
+    out = {"logits": ref["logits"].copy(), "features": ref["features"].copy()}
+    out["features"][0, :3] = np.nan
+    out["features"][1, 0] = np.inf
+    out["features"][2, 0] = -np.inf
+    fid = compare(out, ref, DEFAULT_TOLERANCES["fp16"])
+    assert not fid.ok and fid.failed_metrics == ("outputs",)
+    assert fid.failures == ("features: outputs hold 3 NaN and 2 inf of 24 values (overflow or invalid arithmetic)",)
 
 
 # ---------------------------------------------------------------- thresholds

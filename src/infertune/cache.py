@@ -2,21 +2,30 @@
 
 The key hashes the model's weights digest, the backend name and runtime version, the precision and
 options, the input shape and the settings that matter; a hit means conversion is skipped, and the
-row says so (``cache_hit``). The manifest records every file's size when the entry is committed; an
-entry whose files have since been truncated or removed (a full disk, an interrupted copy) is not a
-hit: it is rebuilt, and ``CacheEntry.note`` says why. Directory names are sanitised so no model or
-backend name can place files outside the cache root.
+row says so (``cache_hit``). The manifest records every file's size and SHA-256 when the entry is
+committed, and a hit is checked against both: an entry whose files have since been truncated,
+removed or overwritten (a full disk, an interrupted copy, bytes zeroed in place) is not a hit but is
+rebuilt, with one warning line (``CacheEntry.note`` says why too). ``entry_problem`` / ``verify_entry``
+re-check an artifact against its recorded hashes for code that reads a cached file directly. Hashing
+reads every byte (about 0.1 s per 100 MB), which is why it happens when an entry is reused, never
+while timing. Directory names are sanitised so no model or backend name can place files outside
+the cache root.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+MANIFEST = "manifest.json"
+_BOOKKEEPING = (MANIFEST, "key.json")
 
 
 @dataclass(frozen=True)
@@ -33,11 +42,15 @@ class CacheEntry:
         return self.path / name
 
     def commit(self, meta: dict[str, Any] | None = None) -> None:
-        """Mark the entry complete; only committed entries are hits next time."""
-        files = {str(p.relative_to(self.path)): p.stat().st_size for p in sorted(self.path.rglob("*"))
-                 if p.is_file() and p.name not in _BOOKKEEPING}
-        (self.path / "manifest.json").write_text(
-            json.dumps({"key": self.key, **(meta or {}), "files": files}, indent=2))
+        """Mark the entry complete, recording each file's size and SHA-256; only committed entries are hits."""
+        files = {str(p.relative_to(self.path)): {"size": p.stat().st_size, "sha256": file_sha256(p)}
+                 for p in sorted(self.path.rglob("*")) if p.is_file() and p.name not in _BOOKKEEPING}
+        (self.path / MANIFEST).write_text(json.dumps({"key": self.key, **(meta or {}), "files": files}, indent=2))
+
+    def meta(self) -> dict[str, Any]:
+        """What ``commit`` recorded besides the files ({} before commit or when unreadable)."""
+        manifest = _read_manifest(self.path)
+        return {k: v for k, v in (manifest or {}).items() if k not in ("key", "files")}
 
     def discard(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
@@ -46,45 +59,82 @@ class CacheEntry:
 class ArtifactCache:
     """Cache rooted at ``root`` for one model (``model_id`` is name + weights digest)."""
 
-    def __init__(self, root: Path | str, model_id: str, enabled: bool = True) -> None:
+    def __init__(self, root: Path | str, model_id: str, enabled: bool = True,
+                 warn: Callable[[str], None] | None = None) -> None:
         self.root = Path(root)
         self.model_id = model_id
         self.enabled = enabled
+        #: where the one line about a damaged entry goes (a logging warning: the run's log, or stderr).
+        self.warn = warn or logging.getLogger(__name__).warning
 
     def entry(self, backend: str, **parts: Any) -> CacheEntry:
         """Return the entry for (backend, parts...); creates its directory."""
         blob = json.dumps({"model": self.model_id, "backend": backend, **parts}, sort_keys=True, default=str)
         key = hashlib.sha256(blob.encode()).hexdigest()[:16]
         path = self.root / _safe(self.model_id) / _safe(backend) / key
-        hit = self.enabled and (path / "manifest.json").is_file()
-        damage = _damage(path) if hit else ""
+        hit = self.enabled and (path / MANIFEST).is_file()
+        damage = entry_problem(path) if hit else ""
         if not hit or damage:
             shutil.rmtree(path, ignore_errors=True)
             path.mkdir(parents=True, exist_ok=True)
             (path / "key.json").write_text(blob)
-        note = f"cached artifact in {path} was damaged ({damage}); rebuilding it" if damage else ""
+        note = f"warning: cached artifact in {path} was damaged ({damage}); rebuilding it" if damage else ""
+        if note:
+            self.warn(note)
         return CacheEntry(path=path, key=key, hit=hit and not damage, note=note)
 
 
-_BOOKKEEPING = ("manifest.json", "key.json")
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
-def _damage(path: Path) -> str:
-    """'' when every file the manifest lists is there with its recorded size, else what is wrong."""
-    try:
-        files = json.loads((path / "manifest.json").read_text()).get("files", {})
-    except (OSError, ValueError, AttributeError):
-        return "unreadable manifest.json"
+def entry_problem(path: Path | str) -> str:
+    """'' when a committed cache entry still holds what it was committed with, else what differs.
+
+    ``path`` is the entry's directory (every file its manifest lists is checked) or one file inside
+    it (only that file is checked). Sizes are compared first (cheap), then SHA-256 hashes. An entry
+    whose manifest has no hashes (written by an older infertune) cannot be trusted and says so.
+    """
+    path = Path(path)
+    entry_dir, only = (path.parent, path.name) if path.is_file() and path.name not in _BOOKKEEPING else (path, None)
+    manifest = _read_manifest(entry_dir)
+    files = manifest.get("files") if manifest is not None else None
     if not isinstance(files, dict):
-        return "unreadable manifest.json"
-    for name, size in files.items():
-        f = path / name
+        return f"unreadable {MANIFEST}"
+    if only is not None:
+        if only not in files:
+            return f"{only} is not listed in {MANIFEST}"
+        files = {only: files[only]}
+    for name, recorded in files.items():
+        if not isinstance(recorded, dict) or "sha256" not in recorded:
+            return f"{name} has no recorded content hash (cached by an older version)"
+        f = entry_dir / name
         if not f.is_file():
             return f"{name} is missing"
-        actual = f.stat().st_size
-        if actual != size:
-            return f"{name} has {actual} of {size} bytes"
+        size = f.stat().st_size
+        if size != recorded.get("size"):
+            return f"{name} has {size} of {recorded.get('size')} bytes"
+        if file_sha256(f) != recorded["sha256"]:
+            return f"{name} does not match its recorded SHA-256 (its content changed after it was cached)"
     return ""
+
+
+def verify_entry(path: Path | str) -> bool:
+    """True when the cache entry (directory) or cached file at ``path`` matches its recorded hashes."""
+    return not entry_problem(path)
+
+
+def _read_manifest(entry_dir: Path) -> dict[str, Any] | None:
+    try:
+        manifest = json.loads((entry_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
 
 
 def _safe(text: str) -> str:
@@ -105,7 +155,7 @@ def dir_size_mb(path: Path | None) -> float | None:
     total = 0
     for dirpath, _dirs, files in os.walk(path):
         for f in files:
-            if f in ("manifest.json", "key.json"):
+            if f in _BOOKKEEPING:
                 continue
             total += os.path.getsize(os.path.join(dirpath, f))
     return total / 1e6

@@ -258,6 +258,8 @@ def verify_step(runner: Any, verification: tuple[Any, list[Any], Any], batch: in
     """Compare with the reference (and, in accuracy mode, gate on accuracy); fill the row's fidelity fields."""
     from infertune.accuracy import Accuracy, accuracy, gate
 
+    from infertune.results import joined_note
+
     inputs, reference, labels = verification
     outputs = run_outputs(runner, inputs, batch)
     fid = _compare(outputs, reference, tolerance)
@@ -271,9 +273,12 @@ def verify_step(runner: Any, verification: tuple[Any, list[Any], Any], batch: in
         failure = gate(acc, Accuracy(**job.ref_accuracy), tolerance.accuracy_ratio_min)
         if failure:
             failures.append(failure)
-    if fid.notes:
-        row["note"] = "; ".join(fid.notes)
-    if failures:
+    for note in (*getattr(runner, "notes", ()), *fid.notes):
+        row["note"] = joined_note(row.get("note", ""), note)
+    if fid.unverifiable:
+        shown = f"; against it: {'; '.join(failures)}" if failures else ""
+        row.update(status="unverifiable", error=f"{fid.unverifiable}{shown}")
+    elif failures:
         row.update(status="fidelity_failed", fidelity_ok=False, error="; ".join(failures))
 
 

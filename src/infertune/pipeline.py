@@ -448,7 +448,7 @@ def _annotate_int8(files: ResultFiles) -> None:
                      if has_int8_dot_product()
                      else "this CPU lacks VNNI/AMX int8 dot-product instructions, so int8 convolutions run "
                      "on slower AVX2 paths")
-            r.note = f"INT8 not faster than {parent.variant} ({r.latency_p50_ms:.1f} vs {parent.latency_p50_ms:.1f} ms): {cause}"
+            r.add_note(f"INT8 not faster than {parent.variant} ({r.latency_p50_ms:.1f} vs {parent.latency_p50_ms:.1f} ms): {cause}")
             changed = True
     if changed:
         files.write()

@@ -21,7 +21,15 @@ from typing import Any
 SCHEMA_VERSION = 1
 
 #: the values ``ResultRow.status`` can take.
-STATUSES = ("ok", "fidelity_failed", "unavailable", "failed", "crashed", "timeout", "interrupted")
+STATUSES = ("ok", "fidelity_failed", "unverifiable", "unavailable", "failed", "crashed", "timeout", "interrupted")
+
+
+def joined_note(note: str, addition: str) -> str:
+    """``note`` with ``addition`` appended ("a; b"): a row's note is added to, never overwritten, never repeated."""
+    parts = [p for p in (note.strip(), addition.strip()) if p]
+    if len(parts) == 2 and parts[1] in parts[0].split("; "):
+        return parts[0]
+    return "; ".join(parts)
 
 
 @dataclass
@@ -102,6 +110,10 @@ class ResultRow:
     @property
     def cell_id(self) -> str:
         return f"{self.model}|{self.variant}|{self.batch_size}|{self.device}"
+
+    def add_note(self, text: str) -> None:
+        """Append ``text`` to ``note`` (see ``joined_note``)."""
+        self.note = joined_note(self.note, text)
 
 
 FIELD_NAMES = [f.name for f in fields(ResultRow)]

@@ -9,6 +9,10 @@ documented with their reasoning in docs/fidelity.md) and any of them can be over
 
 With random weights every input tends to land in the same class, so top-1 agreement is trivially
 high; cosine, SQNR and relative error still discriminate, which is why they are thresholds too.
+Some random-init references are worse than that (``degenerate_reason``): logits near zero
+(random EfficientNet ~1e-13, MobileNetV3 ~1e-9, ViT's zero-initialised head exactly 0) or the same
+output for every input. Nothing can be judged against those, so the verdict is ``unverifiable``
+with the reason and the fix (trained weights), not a failure. NaN/inf are counted per output.
 """
 
 from __future__ import annotations
@@ -61,6 +65,18 @@ BOUNDS: dict[str, tuple[str, bool]] = {
 }
 _PERCENT = {"top1_agreement", "top5_overlap"}
 
+#: a reference output whose largest magnitude is at most this is "near zero": below fp16's
+#: subnormal range (6e-8..6e-5) and any INT8 scale, so reduced-precision results round to 0.
+DEGENERATE_ABS_MAX = 1e-6
+#: a reference output whose variation across inputs (largest |value - mean over samples|) is at most
+#: this fraction of its magnitude is "the same for every input": under two fp16 rounding steps
+#: (2^-11 each), so reduced precision cannot reproduce it and a variant ignoring its input would agree.
+DEGENERATE_REL_VARIATION = 1e-3
+#: what the user can do about a degenerate reference.
+DEGENERATE_FIX = ("this is what random (untrained) weights give for models such as efficientnet_b0, "
+                  "mobilenet_v3 and vit_b_16; use trained weights (model.pretrained: true, or "
+                  "--weights PATH with a state_dict)")
+
 
 @dataclass(frozen=True)
 class OutputMetrics:
@@ -80,9 +96,11 @@ class OutputMetrics:
 class Fidelity:
     """How close one variant's outputs are to the reference, and whether that is within tolerance.
 
-    The scalar metrics are the worst over the output tensors; ``outputs`` holds each one.
+    The scalar metrics are the worst over the judged output tensors; ``outputs`` holds each one.
     ``failed_metrics`` names the metrics (row field names) that broke their bound (``outputs`` when an
-    output has the wrong shape or holds NaN/inf); ``notes`` say what was not compared.
+    output is missing, has the wrong shape or holds NaN/inf); ``notes`` say what was not judged.
+    ``unverifiable`` is non-empty (the reason and the fix) when every reference output is degenerate:
+    the verdict is then neither pass nor fail, and ``failures`` say what the metrics showed anyway.
     """
 
     max_abs_err: float
@@ -98,10 +116,11 @@ class Fidelity:
     outputs: tuple[OutputMetrics, ...] = ()
     failed_metrics: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    unverifiable: str = ""
 
     def as_row_fields(self) -> dict[str, Any]:
         fields_: dict[str, Any] = {
-            "fidelity_ok": self.ok,
+            "fidelity_ok": None if self.unverifiable else self.ok,
             "max_abs_err": self.max_abs_err,
             "mean_abs_err": self.mean_abs_err,
             "max_rel_err": self.max_rel_err,
@@ -135,26 +154,45 @@ def _to_array(value: Any) -> np.ndarray:
 
 
 def compare(outputs: Any, reference: Any, tolerance: Tolerance) -> Fidelity:
-    """Compare outputs with the reference, output tensor by output tensor; non-finite outputs fail.
+    """Compare outputs with the reference, output tensor by output tensor.
 
-    Both are an (N, ...) array or a tuple/list/dict of them (see ``output_list``). A variant that
-    returns fewer outputs than the reference is compared on the ones it returns, and says so.
+    Both are an (N, ...) array or a tuple/list/dict of them (see ``output_list``). Outputs are paired
+    by name when the variant's names are the reference's, else by order; a variant returning another
+    number of outputs fails. A variant's NaN/inf fail its output, counted. Reference outputs that are
+    degenerate (``degenerate_reason``) are not judged; when none is left, ``unverifiable`` says why.
     """
     outs, refs = output_list(outputs), output_list(reference)
     n = len(refs[0][1])
-    notes: list[str] = []
-    if len(outs) < len(refs):
-        notes.append(f"compared {len(outs)} of the reference's {len(refs)} outputs (the variant returns only those)")
-    per_output: list[OutputMetrics] = []
     failures: list[str] = []
     failed: list[str] = []
-    for (_, out), (name, ref) in zip(outs, refs):
+    notes: list[str] = []
+    pairs, problem = _pair(outs, refs)
+    if problem:
+        failures.append(problem)
+        failed.append("outputs")
+    per_output: list[OutputMetrics] = []
+    judged: list[OutputMetrics] = []
+    degenerate: list[str] = []
+    for name, out, ref in pairs:
         metrics, problem = _metrics(name, out, ref)
         per_output.append(metrics)
+        reason = degenerate_reason(ref)
+        if reason:
+            degenerate.append(f"{name}: {reason}" if len(refs) > 1 else reason)
+            if problem:  # the variant's own NaN/inf are worth naming even so
+                failures.append(f"{name}: {problem}" if len(refs) > 1 else problem)
+            continue
+        judged.append(metrics)
         if problem:
             failures.append(f"{name}: {problem}" if len(refs) > 1 else problem)
             failed.append("outputs")
-    worst = _worst(per_output)
+    unverifiable = ""
+    if degenerate and not judged:
+        unverifiable = (f"the FP32 reference is degenerate ({'; '.join(degenerate)}), so no variant can be "
+                        f"judged against it: {DEGENERATE_FIX}")
+    elif degenerate:
+        notes.append(f"not judged, degenerate reference output(s): {'; '.join(degenerate)}")
+    worst = _worst(judged or per_output)
     for bound_name, (metric, at_least) in BOUNDS.items():
         bound, value = getattr(tolerance, bound_name), worst[metric]
         if bound is None or value is None or "outputs" in failed:
@@ -164,10 +202,64 @@ def compare(outputs: Any, reference: Any, tolerance: Tolerance) -> Fidelity:
             failures.append(f"{metric} {_fmt(metric, value)} {'<' if at_least else '>'} {_fmt(metric, bound)}")
     return Fidelity(
         max_abs_err=worst["max_abs_err"], max_rel_err=worst["max_rel_err"], cosine_min=worst["cosine_min"],
-        sqnr_db=worst["sqnr_db"], top1_agreement=worst["top1_agreement"], samples=n, ok=not failures,
-        failures=tuple(failures), mean_abs_err=worst["mean_abs_err"], top5_overlap=worst["top5_overlap"],
-        outputs=tuple(per_output), failed_metrics=tuple(dict.fromkeys(failed)), notes=tuple(notes),
+        sqnr_db=worst["sqnr_db"], top1_agreement=worst["top1_agreement"], samples=n,
+        ok=not failures and not unverifiable, failures=tuple(failures), mean_abs_err=worst["mean_abs_err"],
+        top5_overlap=worst["top5_overlap"], outputs=tuple(per_output), failed_metrics=tuple(dict.fromkeys(failed)),
+        notes=tuple(notes), unverifiable=unverifiable,
     )
+
+
+def _pair(outs: list[tuple[str, np.ndarray]], refs: list[tuple[str, np.ndarray]]
+          ) -> tuple[list[tuple[str, np.ndarray, np.ndarray]], str]:
+    """(reference name, output, reference) pairs, by name where the names match, else by order; and a
+    problem when the counts differ (the outputs that do pair are still compared)."""
+    out_names, ref_names = [name for name, _ in outs], [name for name, _ in refs]
+    problem = ""
+    if len(outs) != len(refs):
+        problem = (f"the variant returns {len(outs)} output(s) ({', '.join(out_names)}), the reference "
+                   f"{len(refs)} ({', '.join(ref_names)})")
+    if set(out_names) <= set(ref_names) and len(set(out_names)) == len(out_names):
+        by_name = dict(outs)
+        return [(name, by_name[name], ref) for name, ref in refs if name in by_name], problem
+    return [(name, out, ref) for (_, out), (name, ref) in zip(outs, refs)], problem
+
+
+def degenerate_reason(reference: np.ndarray) -> str:
+    """'' when a reference output can discriminate a right variant from a wrong one, else why not.
+
+    Degenerate (documented in docs/fidelity.md): it holds NaN/inf; every value is near zero
+    (``DEGENERATE_ABS_MAX``); or, with two samples or more, it is the same for every input within
+    ``DEGENERATE_REL_VARIATION`` of its magnitude. One top-1 class for every input is NOT degenerate
+    by itself: a random-init ResNet does that while its logits still vary and cosine still discriminates.
+    """
+    ref = np.asarray(reference, dtype=np.float64)
+    if ref.size == 0:
+        return ""
+    bad = _non_finite(ref)
+    if bad:
+        return f"it holds {bad}"
+    scale = float(np.abs(ref).max())
+    if scale <= DEGENERATE_ABS_MAX:
+        return "every value is 0" if scale == 0 else f"every value lies within ±{scale:.1e} (near zero)"
+    if len(ref) >= 2:
+        variation = float(np.abs(ref - ref.mean(axis=0)).max())
+        if variation <= DEGENERATE_REL_VARIATION * scale:
+            classes = ""
+            if ref.ndim == 2 and ref.shape[1] > 1 and len(np.unique(ref.argmax(axis=1))) == 1:
+                classes = ", one top-1 class for every input"
+            return (f"the same output for every input (it varies by {variation:.1e} on values up to "
+                    f"{scale:.1e}{classes})")
+    return ""
+
+
+def _non_finite(values: np.ndarray) -> str:
+    """'3 NaN and 12 inf of 8000 values', or '' when every value is finite."""
+    nan = int(np.isnan(values).sum())
+    inf = int(np.isinf(values).sum())
+    if not nan and not inf:
+        return ""
+    counts = " and ".join(f"{count} {what}" for count, what in ((nan, "NaN"), (inf, "inf")) if count)
+    return f"{counts} of {values.size} values"
 
 
 def _metrics(name: str, outputs: np.ndarray, reference: np.ndarray) -> tuple[OutputMetrics, str]:
@@ -176,8 +268,12 @@ def _metrics(name: str, outputs: np.ndarray, reference: np.ndarray) -> tuple[Out
     ref = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
     if out.shape != ref.shape:
         return _broken(name), f"output shape {tuple(np.shape(outputs))} differs from the reference's {tuple(np.shape(reference))}"
-    if not np.all(np.isfinite(out)):
-        return _broken(name), "outputs contain NaN or inf"
+    bad = _non_finite(out)
+    if bad:
+        in_ref = "" if np.all(np.isfinite(ref)) else "; the reference has some too"
+        return _broken(name), f"outputs hold {bad} (overflow or invalid arithmetic{in_ref})"
+    if not np.all(np.isfinite(ref)):
+        return _broken(name), f"the reference holds {_non_finite(ref)}"
     diff = out - ref
     max_abs = float(np.abs(diff).max()) if diff.size else 0.0
     spread = float(ref.max() - ref.min()) if ref.size else 0.0

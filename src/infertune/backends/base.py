@@ -107,6 +107,8 @@ class Runner(ABC):
     #: set by prepare: the converted artifact on disk (None for eager), and whether it came from cache.
     artifact_path: Path | None = None
     cache_hit: bool = False
+    #: what the row should say about how this runner was built (e.g. an export with a static batch).
+    notes: tuple[str, ...] = ()
 
     def to_native(self, batch: np.ndarray) -> Any:
         return batch

@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from infertune.backends.base import Availability, Backend, PrepareContext, Runner
-from infertune.backends.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
+from infertune.backends.onnx_export import export_onnx
 from infertune.backends.registry import register_backend
+from infertune.backends.runner_io import feeds, named_outputs
 from infertune.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ class OnnxRuntimeBackend(Backend):
             recipe = resolve_recipe(quant_options, ctx.settings)
         import onnxruntime as ort
 
-        source, source_key = _source_model(ctx, recipe)
+        source, source_key, export_note = _source_model(ctx, recipe)
         provider = CUDA_EP if ctx.device == "cuda" else CPU_EP
         entry = ctx.cache.entry(
             self.name,
@@ -115,6 +116,7 @@ class OnnxRuntimeBackend(Backend):
             session = _session(source, ctx.threads, provider, spin, optimize=True, save_to=path)
             entry.commit({"optimize_s": round(time.perf_counter() - start, 3), "source": source_key})
         runner = OrtRunner(session, source)
+        runner.notes = (export_note,) if export_note else ()
         runner.artifact_path = path
         runner.cache_hit = entry.hit
         return runner
@@ -139,19 +141,19 @@ def _split_options(ctx: PrepareContext) -> tuple[bool, dict[str, str]]:
     return setting, rest
 
 
-def _source_model(ctx: PrepareContext, recipe: Int8Recipe | None) -> tuple[Path, str]:
-    """The ONNX file the session starts from and a cache key naming it (export, fp16 or INT8 form)."""
+def _source_model(ctx: PrepareContext, recipe: Int8Recipe | None) -> tuple[Path, str, str]:
+    """The ONNX file the session starts from, a cache key naming it (export, fp16 or INT8 form), and
+    the export's note for the row ("" unless the batch could not stay dynamic)."""
     export = export_onnx(ctx)
-    export_key = export.path.parent.name  # the cache directory is named by the export's key
     if ctx.precision == "fp32":
-        return export.path, export_key
+        return export.path, export.key, export.note
     if ctx.precision == "fp16":
-        return _fp16(ctx, export.path, export_key), f"{export_key}:fp16"
+        return _fp16(ctx, export.path, export.key), f"{export.key}:fp16", export.note
     from infertune.backends.ort_quantize import quantize_cached
 
     assert recipe is not None  # prepare resolves it for every int8 cell
-    quantized = quantize_cached(ctx, export.path, export_key, recipe)
-    return quantized, f"{export_key}:int8:{quantized.parent.name}"
+    quantized = quantize_cached(ctx, export.path, export.key, recipe)
+    return quantized, f"{export.key}:int8:{quantized.parent.name}", export.note
 
 
 def _fp16(ctx: PrepareContext, source: Path, source_key: str) -> Path:
@@ -206,23 +208,27 @@ def _isa_fingerprint() -> str:
 
 
 class OrtRunner(Runner):
-    """Feeds a host float32 array and returns the host output: latency is end to end on any provider.
+    """Feeds host float32 arrays and returns every host output: latency is end to end on any provider.
 
-    ``source_path`` is the model the session was optimized from (the export, or its fp16/INT8 form).
+    Input and output names come from the session (``runner_io``), so a model with several outputs
+    has each one verified. ``source_path`` is the model the session was optimized from (the export,
+    or its fp16/INT8 form).
     """
 
     def __init__(self, session: Any, source_path: Path) -> None:
         self.session = session
         self.source_path = source_path
+        self.input_names = [i.name for i in session.get_inputs()]
+        self.output_names = [o.name for o in session.get_outputs()]
 
-    def to_native(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        return {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)}
+    def to_native(self, batch: Any) -> dict[str, np.ndarray]:
+        return feeds(self.input_names, batch)
 
-    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.session.run([OUTPUT_NAME], inputs)[0]
+    def __call__(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(None, inputs)
 
-    def to_numpy(self, outputs: Any) -> np.ndarray:
-        return np.asarray(outputs, dtype=np.float32)
+    def to_numpy(self, outputs: list[np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
+        return named_outputs(self.output_names, outputs)
 
     def close(self) -> None:
         self.session = None

@@ -1,10 +1,13 @@
 """OpenVINO on the CPU: fp32, bf16 (where the CPU has it) and int8 through NNCF post-training quantization.
 
-Pipeline of one cell: convert the torch model (``openvino.convert_model``; option ``from_onnx`` starts
-from the shared ONNX export instead) to an IR with a dynamic batch axis and static C×H×W, cached once
-per sample shape; int8 quantizes that IR with ``nncf.quantize`` on calibration data (cached too, so one
-quantization serves every batch size); the IR is then reshaped to the cell's static shape and compiled
-on the CPU with ``INFERENCE_NUM_THREADS = ctx.threads`` and an explicit ``INFERENCE_PRECISION_HINT``.
+Pipeline of one cell: convert the torch model (``openvino.convert_model`` traced on two samples;
+option ``from_onnx`` starts from the shared ONNX export instead) to an IR with a dynamic batch axis and
+static C×H×W, cached once per sample shape; int8 quantizes that IR with ``nncf.quantize`` on calibration
+data (cached too, so one quantization serves every batch size); the IR is then reshaped to the cell's
+static shape and compiled on the CPU with ``INFERENCE_NUM_THREADS = ctx.threads`` and an explicit
+``INFERENCE_PRECISION_HINT``. A model that fixes its batch size (an output whose batch stays static
+once the input's is made dynamic) is converted once per batch size instead, and the row says so.
+The IR's outputs carry the names the FP32 reference uses, and the runner returns every output.
 
 Why the precision hint is always set: on a CPU with AVX512_BF16 or AMX, OpenVINO runs an "fp32"
 model in bf16 unless told otherwise (measured here: a plain compile reported ``bfloat16``), which
@@ -13,8 +16,8 @@ would silently turn an fp32 row into a bf16 one. ``fp32`` and ``int8`` therefore
 report the BF16 capability, or where the compiled model does not actually run in bf16.
 
 The runner keeps one synchronous ``InferRequest`` and calls ``infer`` with ``share_inputs=True``
-(no copy of the input batch into the request) and ``share_outputs=True``; the returned array is a view into the request's output tensor that the next
-call overwrites, so ``to_numpy`` copies it.
+(no copy of the input batch into the request) and ``share_outputs=True``; the returned arrays are views
+into the request's output tensors that the next call overwrites, so ``to_numpy`` copies them.
 
 Measured (ResNet50, random weights, seed 0, 2 threads, one process, variants interleaved in 10
 rounds, p50; OpenVINO 2026.4.1, NNCF 3.4.0, 32 calibration samples). The CPU of this VM is an AMD
@@ -68,6 +71,7 @@ import numpy as np
 
 from infertune.backends.base import Availability, Backend, PrepareContext, Runner
 from infertune.backends.registry import register_backend
+from infertune.backends.runner_io import feeds, named_outputs, reference_output_names
 from infertune.errors import ConfigError, UnavailableError
 
 INSTALL_HINT = "pip install 'infertune[openvino]'"
@@ -88,6 +92,8 @@ INT8_ONLY = ("preset", "bias_correction")
 RUNTIME_PRECISION = {"fp32": "f32", "int8": "f32", "bf16": "bf16"}
 
 DEFAULT_CALIBRATION_SAMPLES = 32
+#: bumped when the IR's recipe changes (two-sample trace, reference output names), so older IRs are rebuilt.
+IR_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -137,28 +143,40 @@ def _describe_allowed() -> str:
 
 
 class OpenVinoRunner(Runner):
-    """One compiled model and one synchronous infer request, reused for every call."""
+    """One compiled model and one synchronous infer request, reused for every call; every output returned."""
 
     def __init__(self, compiled: Any, artifact_path: Path, cache_hit: bool) -> None:
         self.compiled = compiled
         self.request = compiled.create_infer_request()
         self.artifact_path = artifact_path
         self.cache_hit = cache_hit
+        self.input_names = port_names(compiled.inputs, "input")
+        self.output_names = port_names(compiled.outputs, "output")
 
-    def to_native(self, batch: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(batch, dtype=np.float32)
+    def to_native(self, batch: Any) -> dict[int, np.ndarray]:
+        named = feeds(self.input_names, batch)
+        return {i: named[name] for i, name in enumerate(self.input_names)}
 
-    def __call__(self, inputs: np.ndarray) -> np.ndarray:
-        # share_inputs: the request reads the array in place (no copy); the returned array is a
-        # view of the output tensor that the next call overwrites (to_numpy copies it).
-        return self.request.infer({0: inputs}, share_inputs=True, share_outputs=True)[0]
+    def __call__(self, inputs: dict[int, np.ndarray]) -> Any:
+        # share_inputs: the request reads the arrays in place (no copy); the returned arrays are views
+        # of the output tensors that the next call overwrites (to_numpy copies them).
+        return self.request.infer(inputs, share_inputs=True, share_outputs=True)
 
-    def to_numpy(self, outputs: np.ndarray) -> np.ndarray:
-        return np.array(outputs, dtype=np.float32, copy=True)
+    def to_numpy(self, outputs: Any) -> np.ndarray | dict[str, np.ndarray]:
+        return named_outputs(self.output_names, [outputs[i] for i in range(len(self.output_names))])
 
     def close(self) -> None:
         self.request = None
         self.compiled = None
+
+
+def port_names(ports: Any, stem: str) -> list[str]:
+    """A name per model input/output: its tensor name, else ``stem`` (one port) or ``stem0``, ``stem1``..."""
+    names = []
+    for i, port in enumerate(ports):
+        tensor_names = sorted(port.get_names())
+        names.append(tensor_names[0] if tensor_names else (stem if len(ports) == 1 else f"{stem}{i}"))
+    return names
 
 
 @register_backend
@@ -205,7 +223,7 @@ class OpenVinoBackend(Backend):
         import openvino as ov
 
         core = ov.Core()
-        ir_path, hit = _float_ir(ctx, opts)
+        ir_path, hit, note = _float_ir(ctx, opts)
         if ctx.precision == "int8":
             ir_path, hit = _int8_ir(ctx, opts, ir_path)
         model = core.read_model(ir_path)
@@ -215,7 +233,9 @@ class OpenVinoBackend(Backend):
         compiled = core.compile_model(model, "CPU", config)
         _check_runtime_precision(compiled, ctx.precision)
         ctx.log(f"openvino: compiled {ir_path.name} ({ctx.precision}, {opts.hint}) in {time.perf_counter() - start:.2f} s")
-        return OpenVinoRunner(compiled, ir_path.parent, hit)
+        runner = OpenVinoRunner(compiled, ir_path.parent, hit)
+        runner.notes = (note,) if note else ()
+        return runner
 
 
 def compile_config(precision: str, hint: str, threads: int) -> dict[str, Any]:
@@ -248,46 +268,99 @@ def _check_runtime_precision(compiled: Any, precision: str) -> None:
         raise RuntimeError(f"OpenVINO compiled the {precision} variant as {actual}, expected {wanted}")
 
 
-def _float_ir(ctx: PrepareContext, opts: OvOptions) -> tuple[Path, bool]:
-    """The fp32 IR (dynamic batch, static C×H×W), converted once per sample shape and source."""
+def _float_ir(ctx: PrepareContext, opts: OvOptions) -> tuple[Path, bool, str]:
+    """The fp32 IR: (path, cache hit, note for the row).
+
+    One IR with a dynamic batch (static C×H×W) per sample shape and source; where the model fixes its
+    batch (or the ONNX export it starts from does), one IR per batch size, and the note says why.
+    """
     import openvino as ov
 
-    entry = ctx.cache.entry(
-        "openvino",
-        stage="ir",
-        openvino=ov.__version__,
-        source="onnx" if opts.from_onnx else "torch",
-        sample_shape=ctx.input_shape[1:],
-    )
-    path = entry.file("model.xml")
-    if entry.hit:
-        ctx.log(f"openvino: reusing cached IR {path}")
-        return path, True
-    start = time.perf_counter()
-    model = _convert(ctx, opts.from_onnx)
-    model.reshape([-1, *ctx.input_shape[1:]])
-    ov.save_model(model, path, compress_to_fp16=False)
-    seconds = time.perf_counter() - start
-    entry.commit({"convert_s": round(seconds, 3), "source": "onnx" if opts.from_onnx else "torch"})
-    ctx.log(f"openvino: converted to IR in {seconds:.1f} s")
-    return path, False
-
-
-def _convert(ctx: PrepareContext, from_onnx: bool) -> Any:
-    """Convert from the torch module (default) or from the cached ONNX export."""
-    import openvino as ov
-
-    if from_onnx or hasattr(ctx.model, "onnx_path"):  # asked for, or the model is an ONNX file
+    source: dict[str, Any] = {"source": "torch"}
+    export = None
+    if opts.from_onnx or hasattr(ctx.model, "onnx_path"):  # asked for, or the model is an ONNX file
         from infertune.backends.onnx_export import export_onnx
 
-        return ov.convert_model(str(export_onnx(ctx).path))
+        export = export_onnx(ctx)
+        source = {"source": "onnx", "onnx": export.key}
+    parts = {"stage": "ir", "openvino": ov.__version__, "sample_shape": ctx.input_shape[1:], "format": IR_FORMAT,
+             **source}
+    reason = export.note if export is not None and not export.dynamic_batch else ""
+    if not reason:
+        entry = ctx.cache.entry("openvino", **parts, batch="dynamic")
+        path = entry.file("model.xml")
+        if entry.hit and entry.meta().get("dynamic_batch", True):
+            ctx.log(f"openvino: reusing cached IR {path}")
+            return path, True, ""
+        if entry.hit:
+            reason = str(entry.meta().get("reason", "the batch dimension did not stay dynamic"))
+        else:
+            start = time.perf_counter()
+            model = _convert(ctx, export.path if export else None, _two_samples(ctx.example_input))
+            reason = _make_batch_dynamic(model, ctx.input_shape[1:])
+            if not reason:
+                _save(ctx, entry, model, start, source["source"])
+                return path, False, ""
+            entry.commit({"dynamic_batch": False, "reason": reason})  # tried once, not per cell
+        reason = (f"OpenVINO IR: the batch dimension cannot stay dynamic ({reason}); converted for batch "
+                  f"{ctx.batch_size} only (one IR per batch size)")
+    entry = ctx.cache.entry("openvino", **parts, batch=ctx.batch_size)
+    path = entry.file("model.xml")
+    if entry.hit:
+        ctx.log(f"openvino: reusing cached IR {path} (batch {ctx.batch_size})")
+        return path, True, reason
+    start = time.perf_counter()
+    model = _convert(ctx, export.path if export else None, ctx.example_input)
+    model.reshape(list(ctx.input_shape))
+    _save(ctx, entry, model, start, source["source"])
+    return path, False, reason
+
+
+def _save(ctx: PrepareContext, entry: Any, model: Any, start: float, source: str) -> None:
+    import openvino as ov
+
+    ov.save_model(model, entry.file("model.xml"), compress_to_fp16=False)
+    seconds = time.perf_counter() - start
+    entry.commit({"convert_s": round(seconds, 3), "source": source})
+    ctx.log(f"openvino: converted to IR in {seconds:.1f} s")
+
+
+def _two_samples(batch: np.ndarray) -> np.ndarray:
+    """A two-sample example: tracing one sample can bake a batch of 1 into the graph."""
+    return np.ascontiguousarray(np.concatenate([batch] * 2)[:2])
+
+
+def _make_batch_dynamic(model: Any, sample_shape: tuple[int, ...]) -> str:
+    """Reshape ``model`` to a dynamic batch; '' when every output's batch follows, else why not."""
+    try:
+        model.reshape([-1, *sample_shape])
+    except RuntimeError as err:
+        return f"reshaping the input to a dynamic batch failed: {str(err).splitlines()[0] if str(err) else err}"
+    static = [f"{name} {output.get_partial_shape()}" for name, output in zip(port_names(model.outputs, "output"),
+                                                                               model.outputs)
+              if output.get_partial_shape().rank.is_static and len(output.get_partial_shape()) > 0
+              and output.get_partial_shape()[0].is_static]
+    return f"with a dynamic input batch the output stays static: {', '.join(static)}" if static else ""
+
+
+def _convert(ctx: PrepareContext, onnx_path: Path | None, example: np.ndarray) -> Any:
+    """Convert from the torch module (default, traced on ``example``) or from an ONNX file; the outputs
+    are given the reference's names."""
+    import openvino as ov
+
+    if onnx_path is not None:
+        return ov.convert_model(str(onnx_path))
     import torch
 
-    example = torch.from_numpy(np.ascontiguousarray(ctx.example_input[:1]))
     with torch.inference_mode(), warnings.catch_warnings():
         # OpenVINO's torch frontend traces with torch.jit.trace, which warns that it is deprecated.
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
-        return ov.convert_model(ctx.model.eval(), example_input=example)
+        model = ov.convert_model(ctx.model.eval(), example_input=torch.from_numpy(example))
+    names = reference_output_names(ctx.model, example)
+    if len(names) == len(model.outputs):
+        for output, name in zip(model.outputs, names):
+            output.get_tensor().set_names({name})
+    return model
 
 
 def _int8_ir(ctx: PrepareContext, opts: OvOptions, float_ir: Path) -> tuple[Path, bool]:
@@ -302,7 +375,7 @@ def _int8_ir(ctx: PrepareContext, opts: OvOptions, float_ir: Path) -> tuple[Path
         stage="int8",
         openvino=ov.__version__,
         nncf=nncf.__version__,
-        source="onnx" if opts.from_onnx else "torch",
+        float_ir=float_ir.parent.name,  # names source, format and (for a per-batch IR) the batch
         sample_shape=ctx.input_shape[1:],
         preset=opts.preset,
         bias_correction=opts.bias_correction,
@@ -314,12 +387,15 @@ def _int8_ir(ctx: PrepareContext, opts: OvOptions, float_ir: Path) -> tuple[Path
         ctx.log(f"openvino: reusing cached int8 IR {path}")
         return path, True
     calibration = np.ascontiguousarray(ctx.calibration(samples), dtype=np.float32)
-    dataset = nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))])
+    model = ov.Core().read_model(float_ir)
+    batch_dim = model.inputs[0].get_partial_shape()[0]
+    size = batch_dim.get_length() if batch_dim.is_static else 1  # a per-batch IR takes batches of its size
+    items = [np.take(calibration, range(i, i + size), axis=0, mode="wrap") for i in range(0, len(calibration), size)]
     start = time.perf_counter()
     quantized = nncf.quantize(
-        ov.Core().read_model(float_ir),
-        dataset,
-        subset_size=len(calibration),
+        model,
+        nncf.Dataset(items),
+        subset_size=len(items),
         preset=_preset(opts.preset),
         fast_bias_correction=opts.bias_correction == "fast",
     )

@@ -45,8 +45,8 @@ from typing import Any
 import numpy as np
 
 from infertune.backends.base import PrepareContext
-from infertune.backends.onnx_export import INPUT_NAME
-from infertune.errors import ConfigError
+from infertune.backends.onnx_export import graph_inputs
+from infertune.errors import ConfigError, ModelError
 
 #: option word -> ORT CalibrationMethod member name.
 CALIBRATION_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
@@ -57,7 +57,8 @@ MODES = ("static", "dynamic")
 FORMATS = ("qdq", "qoperator")
 ALLOWED_OPTIONS = (*CALIBRATION_METHODS, *TYPE_OPTIONS, *RANGE_OPTIONS, *MODES, *FORMATS)
 DEFAULT_CALIBRATION_SAMPLES = 32
-#: calibration batches: the export has a dynamic batch axis, so calibrate several samples per run.
+#: calibration batches where the export has a dynamic batch axis: several samples per run (an export
+#: with a static batch is calibrated in batches of exactly its size).
 CALIBRATION_CHUNK = 8
 #: CPU flags (underscores removed) that give x86 an 8-bit dot product without saturation.
 INT8_DOT_FLAGS = frozenset({"avx512vnni", "avxvnni", "amxint8"})
@@ -251,7 +252,12 @@ def _preprocessed(ctx: PrepareContext, source: Path, source_key: str, ort_versio
 def _quantize_static(pre: Path, out: Path, recipe: Int8Recipe, calibration: Callable[[int], np.ndarray],
                      ranges: Path) -> None:
     """``quantize_static`` with per-channel s8 weights; tensor ranges are read from / saved to ``ranges``."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     act = QuantType.QUInt8 if recipe.activations == "u8" else QuantType.QInt8
     extra: dict[str, Any] = {
@@ -261,11 +267,15 @@ def _quantize_static(pre: Path, out: Path, recipe: Int8Recipe, calibration: Call
         # holding every intermediate tensor of every sample in memory at once.
         "CalibStridedMinMax": 1,
     }
+    (input_name, shape), *others = graph_inputs(pre)
+    if others:
+        raise ModelError(f"INT8 calibration feeds one input; this model has {1 + len(others)}")
+    static_batch = shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None
     with _quiet():
         quantize_static(
             str(pre),
             str(out),
-            _CalibrationBatches(calibration, recipe.calibration_samples),
+            _CalibrationBatches(calibration, recipe.calibration_samples, input_name, static_batch),
             quant_format=QuantFormat.QDQ if recipe.quant_format == "qdq" else QuantFormat.QOperator,
             per_channel=True,
             reduce_range=recipe.reduce_range,
@@ -286,15 +296,21 @@ def _quantize_dynamic(pre: Path, out: Path, recipe: Int8Recipe) -> None:
 
 
 class _CalibrationBatches:
-    """A ``CalibrationDataReader`` over ``calibration(n)`` in chunks; draws the samples only when first read.
+    """A ``CalibrationDataReader`` over ``calibration(n)`` in batches fed to ``input_name``; draws the
+    samples only when first read.
 
     Lazy because a cached calibration (ranges.json) means the samples are never needed, and real
     calibration images are costly to load. ``__len__``/``set_range`` serve ORT's strided collection.
+    A graph with a static batch (``static_batch``) needs batches of exactly that size: the last one
+    then wraps around to the first samples; otherwise batches hold ``CALIBRATION_CHUNK`` samples.
     """
 
-    def __init__(self, calibration: Callable[[int], np.ndarray], n: int) -> None:
+    def __init__(self, calibration: Callable[[int], np.ndarray], n: int, input_name: str,
+                 static_batch: int | None = None) -> None:
         self._calibration = calibration
         self._n = n
+        self._input_name = input_name
+        self._static_batch = static_batch
         self._batches: list[np.ndarray] | None = None
         self._range = (0, 0)
         self._pos = 0
@@ -302,7 +318,9 @@ class _CalibrationBatches:
     def _load(self) -> list[np.ndarray]:
         if self._batches is None:
             data = np.ascontiguousarray(self._calibration(self._n), dtype=np.float32)
-            self._batches = [data[i:i + CALIBRATION_CHUNK] for i in range(0, len(data), CALIBRATION_CHUNK)]
+            size = self._static_batch or CALIBRATION_CHUNK
+            self._batches = [np.take(data, range(s, s + size), axis=0, mode="wrap") if self._static_batch
+                             else data[s:s + size] for s in range(0, len(data), size)]
             self._range = (0, len(self._batches))
             self._pos = 0
         return self._batches
@@ -320,7 +338,7 @@ class _CalibrationBatches:
         if self._pos >= min(self._range[1], len(batches)):
             return None
         self._pos += 1
-        return {INPUT_NAME: batches[self._pos - 1]}
+        return {self._input_name: batches[self._pos - 1]}
 
 
 @contextlib.contextmanager

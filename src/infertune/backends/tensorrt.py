@@ -4,7 +4,8 @@ The engine is built with an optimization profile fixed to the cell's shape (min 
 is what TensorRT tunes best for; a different batch size is a different cached ``.engine``. The runner
 uses torch CUDA tensors as the engine's input and output buffers and enqueues on torch's current
 stream, so timing goes through the same CUDA events and ``torch.cuda.synchronize`` as the other GPU
-backends, and the latency is device latency (input already on the GPU).
+backends, and the latency is device latency (input already on the GPU). Input and output names are
+read from the engine (``engine_io``), and every output is returned and verified.
 
 INT8 uses explicit quantization: the ONNX export is quantized into a QDQ graph with symmetric signed
 8-bit activations and per-channel weights (what TensorRT expects of Q/DQ nodes) by
@@ -24,8 +25,9 @@ from typing import Any
 import numpy as np
 
 from infertune.backends.base import Availability, Backend, PrepareContext, Runner
-from infertune.backends.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
+from infertune.backends.onnx_export import export_onnx
 from infertune.backends.registry import register_backend
+from infertune.backends.runner_io import named_outputs
 from infertune.errors import ConfigError
 
 ENGINE = "model.engine"
@@ -61,7 +63,7 @@ class TensorRTBackend(Backend):
             raise ConfigError(f"tensorrt: unknown option(s) {', '.join(sorted(ctx.options))}; it takes none")
         import tensorrt as trt
 
-        source, source_key = _source_onnx(ctx)
+        source, source_key, note = _source_onnx(ctx)
         workspace_mb = int(ctx.settings.get("tensorrt", {}).get("workspace_mb", DEFAULT_WORKSPACE_MB))
         entry = ctx.cache.entry(
             self.name,
@@ -80,21 +82,22 @@ class TensorRTBackend(Backend):
             path.write_bytes(_build_engine(source, ctx.precision, ctx.input_shape, workspace_mb))
             entry.commit({"build_s": round(time.perf_counter() - start, 3)})
         runner = TensorRTRunner(path.read_bytes(), ctx.input_shape)
+        runner.notes = (note,) if note else ()
         runner.artifact_path = path
         runner.cache_hit = entry.hit
         return runner
 
 
-def _source_onnx(ctx: PrepareContext) -> tuple[Path, str]:
-    """The ONNX file the engine is built from and its cache key: the FP32 export, or its QDQ INT8 form."""
+def _source_onnx(ctx: PrepareContext) -> tuple[Path, str, str]:
+    """The ONNX file the engine is built from, its cache key (the FP32 export, or its QDQ INT8 form),
+    and the export's note for the row."""
     export = export_onnx(ctx)
-    export_key = export.path.parent.name  # the cache directory is named by the export's key
     if ctx.precision != "int8":
-        return export.path, export_key
+        return export.path, export.key, export.note
     from infertune.backends.ort_quantize import quantize_cached, tensorrt_recipe
 
-    quantized = quantize_cached(ctx, export.path, export_key, tensorrt_recipe(ctx.settings))
-    return quantized, f"{export_key}:int8:{quantized.parent.name}"
+    quantized = quantize_cached(ctx, export.path, export.key, tensorrt_recipe(ctx.settings))
+    return quantized, f"{export.key}:int8:{quantized.parent.name}", export.note
 
 
 def _build_engine(onnx_path: Path, precision: str, shape: tuple[int, ...], workspace_mb: int) -> bytes:
@@ -114,8 +117,10 @@ def _build_engine(onnx_path: Path, precision: str, shape: tuple[int, ...], works
         config.set_flag(trt.BuilderFlag.FP16)
     if precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)  # scales come from the Q/DQ nodes, no calibrator
+    if network.num_inputs != 1:
+        raise RuntimeError(f"this TensorRT path feeds one input; {onnx_path.name} has {network.num_inputs}")
     profile = builder.create_optimization_profile()
-    profile.set_shape(INPUT_NAME, shape, shape, shape)
+    profile.set_shape(network.get_input(0).name, shape, shape, shape)
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -130,10 +135,18 @@ def _gpu_name() -> str:
     return torch.cuda.get_device_name()
 
 
+def engine_io(engine: Any, input_mode: Any) -> tuple[list[str], list[str]]:
+    """(input names, output names) of an engine, in the engine's order (``input_mode`` is
+    ``trt.TensorIOMode.INPUT``)."""
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in names if engine.get_tensor_mode(n) == input_mode]
+    return inputs, [n for n in names if n not in inputs]
+
+
 class TensorRTRunner(Runner):
     """Executes a deserialized engine with torch CUDA tensors as I/O buffers on torch's current stream.
 
-    The output buffer is allocated once and overwritten by every call; ``to_numpy`` copies it out.
+    One buffer per output, allocated once and overwritten by every call; ``to_numpy`` copies them all out.
     """
 
     latency_scope = "device"
@@ -148,25 +161,31 @@ class TensorRTRunner(Runner):
         if self.engine is None:
             raise RuntimeError("TensorRT could not deserialize the engine (built by another TensorRT version or GPU?)")
         self.context = self.engine.create_execution_context()
-        self.context.set_input_shape(INPUT_NAME, input_shape)
-        self.input_dtype = _torch_dtype(self.engine.get_tensor_dtype(INPUT_NAME))
-        out_shape = tuple(self.context.get_tensor_shape(OUTPUT_NAME))
-        out_dtype = _torch_dtype(self.engine.get_tensor_dtype(OUTPUT_NAME))
-        self.output = torch.empty(out_shape, dtype=out_dtype, device="cuda")
-        self.context.set_tensor_address(OUTPUT_NAME, self.output.data_ptr())
+        self.input_names, self.output_names = engine_io(self.engine, trt.TensorIOMode.INPUT)
+        if len(self.input_names) != 1:
+            raise RuntimeError(f"this TensorRT runner feeds one input; the engine has {self.input_names}")
+        self.input_name = self.input_names[0]
+        self.context.set_input_shape(self.input_name, input_shape)
+        self.input_dtype = _torch_dtype(self.engine.get_tensor_dtype(self.input_name))
+        self.outputs = []
+        for name in self.output_names:
+            buffer = torch.empty(tuple(self.context.get_tensor_shape(name)),
+                                 dtype=_torch_dtype(self.engine.get_tensor_dtype(name)), device="cuda")
+            self.context.set_tensor_address(name, buffer.data_ptr())
+            self.outputs.append(buffer)
 
     def to_native(self, batch: np.ndarray) -> Any:
         t = self._torch.from_numpy(np.ascontiguousarray(batch)).to("cuda", self.input_dtype)
         return t.contiguous()
 
     def __call__(self, inputs: Any) -> Any:
-        self.context.set_tensor_address(INPUT_NAME, inputs.data_ptr())
+        self.context.set_tensor_address(self.input_name, inputs.data_ptr())
         if not self.context.execute_async_v3(self._torch.cuda.current_stream().cuda_stream):
             raise RuntimeError("TensorRT execute_async_v3 failed")
-        return self.output
+        return self.outputs
 
-    def to_numpy(self, outputs: Any) -> np.ndarray:
-        return outputs.detach().float().cpu().numpy()
+    def to_numpy(self, outputs: Any) -> np.ndarray | dict[str, np.ndarray]:
+        return named_outputs(self.output_names, [o.detach().float().cpu().numpy() for o in outputs])
 
     def synchronize(self) -> None:
         self._torch.cuda.synchronize()
@@ -178,7 +197,7 @@ class TensorRTRunner(Runner):
     def close(self) -> None:
         self.context = None
         self.engine = None
-        self.output = None
+        self.outputs = []
         self._torch.cuda.empty_cache()
 
 

@@ -61,8 +61,7 @@ _MAX_PARETO_PANELS = 3
 #: fidelity measures a speed-vs-fidelity chart can use, best first: (row field, axis label, as percent).
 #: Fields another version of the result schema may add are looked up by name, so none is required.
 _FIDELITY_METRICS: tuple[tuple[str, str, bool], ...] = (
-    ("accuracy_top1", "top-1 accuracy (%)", True),
-    ("accuracy", "accuracy (%)", True),
+    ("top1_acc", "top-1 accuracy (%)", True),
     ("top1_agreement", "top-1 agreement with FP32 eager (%)", True),
     ("top5_overlap", "top-5 overlap with FP32 eager (%)", True),
     ("sqnr_db", "SQNR vs FP32 eager outputs (dB, higher is closer)", False),
