@@ -1,14 +1,19 @@
-"""Models that misbehave on purpose at one batch size, to test that failure becomes data.
+"""Models that misbehave on purpose, to test that failure becomes data and never takes the run down.
 
-The reference is computed at the verification batch (8 samples), so the parent never trips them;
-the worker does, at the batch size each one names.
+The ``_Trap`` models fail at one batch size; the FP32 reference runs the model at every batch size
+(in its own worker), so it trips them first. ``segfaults_in_forward`` and friends fail in every
+forward, the way a broken native extension does. ``branches_on_input`` computes something else
+depending on its input's mean: the verdicts on it are only right if the reference sees the very
+batches the variant sees.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -72,3 +77,66 @@ def two_outputs() -> nn.Module:
 
 def broken_factory() -> nn.Module:
     raise TypeError("build() missing 1 required positional argument: 'depth'")
+
+
+class _Broken(nn.Module):
+    """The tiny model whose forward does ``action`` first (``crash_once``: only while a marker file is absent)."""
+
+    def __init__(self, action: str) -> None:
+        super().__init__()
+        self.inner = tiny_convnet()
+        self.action = action
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.action == "segfault":
+            ctypes.string_at(0)  # read address 0: SIGSEGV, as a native extension's bug does
+        elif self.action == "abort":
+            os.abort()
+        elif self.action == "hang":
+            time.sleep(3600)
+        elif self.action == "allocate":
+            torch.empty(1 << 50, dtype=torch.uint8)  # a petabyte: the allocator refuses
+        elif self.action == "crash_once":
+            marker = Path(os.environ["INFERTUNE_TEST_MARKERS"]) / "crashed_once"
+            if not marker.exists():
+                marker.write_text(str(os.getpid()))
+                ctypes.string_at(0)
+        return self.inner(x)
+
+
+def segfaults_in_forward() -> nn.Module:
+    return _Broken("segfault").eval()
+
+
+def aborts_in_forward() -> nn.Module:
+    return _Broken("abort").eval()
+
+
+def hangs_in_forward() -> nn.Module:
+    return _Broken("hang").eval()
+
+
+def allocates_in_forward() -> nn.Module:
+    return _Broken("allocate").eval()
+
+
+def segfaults_once() -> nn.Module:
+    """Segfaults in the first forward of a test (a marker in ``$INFERTUNE_TEST_MARKERS`` remembers), then works."""
+    return _Broken("crash_once").eval()
+
+
+class _Branches(nn.Module):
+    """``if x.mean() > 0`` on the whole batch: the outputs depend on which samples share a batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = tiny_convnet()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.mean() > 0:
+            return self.inner(x)
+        return -self.inner(x)
+
+
+def branches_on_input() -> nn.Module:
+    return _Branches().eval()

@@ -30,10 +30,10 @@ def _cfg(tmp_path, variants, batches=(1, 2), **bench):
 
 
 def test_every_fault_becomes_a_classified_row_and_the_run_goes_on(tmp_path, fault_backends, monkeypatch):
-    from infertune.executors import local
+    from infertune.executors import process
 
     empty_wakeups = []
-    real_wait = local.wait
+    real_wait = process.wait
 
     def counting_wait(objects, timeout=None):
         ready = real_wait(objects, timeout)
@@ -41,7 +41,7 @@ def test_every_fault_becomes_a_classified_row_and_the_run_goes_on(tmp_path, faul
             empty_wakeups.append(timeout)
         return ready
 
-    monkeypatch.setattr(local, "wait", counting_wait)
+    monkeypatch.setattr(process, "wait", counting_wait)
     variants = ["pytorch:fp32", *FAULTS, "null:fp32"]
     result = run(_cfg(tmp_path, variants, cell_timeout_s=4, memory_limit_mb=2048), log=lambda m: None)
 

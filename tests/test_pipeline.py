@@ -79,23 +79,6 @@ def test_unavailable_variant_rows_say_why(tmp_path, monkeypatch):
     assert row.status == "unavailable" and "pip install x" in row.error
 
 
-@pytest.mark.slow
-def test_worker_crash_and_timeout_become_rows(tmp_path):
-    crash = {**TINY, "name": "tests.fixture_models:crashes_at_batch_3"}
-    result = run(_cfg(tmp_path, model=crash, variants=["pytorch:fp32"], batches=[1, 3, 4], isolation="process"),
-                 log=lambda m: None)
-    by_batch = {r.batch_size: r for r in result.rows}
-    assert by_batch[1].status == "ok"
-    assert by_batch[3].status == "crashed" and "SIGKILL" in by_batch[3].error
-    assert by_batch[4].status == "crashed" and "not run" in by_batch[4].error
-    assert [r.batch_size for r in read_rows(result.csv_path)] == [1, 3, 4]
-
-    hang = {**TINY, "name": "tests.fixture_models:hangs_at_batch_3"}
-    result = run(_cfg(tmp_path, model=hang, variants=["pytorch:fp32"], batches=[3], isolation="process",
-                      cell_timeout_s=8), log=lambda m: None)
-    assert result.rows[0].status == "timeout" and "cell_timeout_s" in result.rows[0].error
-
-
 def test_rounds_pool_samples_per_cell(tmp_path):
     one = run(_cfg(tmp_path / "a", variants=["pytorch:fp32"], batches=[1]), log=lambda m: None)
     three = run(_cfg(tmp_path / "b", variants=["pytorch:fp32", "null:fp32"], batches=[1], rounds=3),

@@ -1,88 +1,112 @@
 """The four steps of a cell, in one place: prepare -> verify -> measure -> record.
 
-``run_variant`` runs every batch size of one variant (so a backend may reuse work across batch
-sizes, e.g. one ONNX export) and reports through ``emit``: ``("stage", batch, name)`` while it works
-and ``("row", row_dict, samples_ms)`` for each finished cell. It runs in a worker process (the
-default) or in-process; either way a cell that raises becomes a ``failed`` row and the next cell
-goes on. Nothing here formats or prints results.
+A ``VariantJob`` runs every batch size of one variant (so a backend may reuse work across batch
+sizes, e.g. one ONNX export) in a worker and reports through ``emit``: a ``StageEvent`` while it
+works, a ``LogEvent`` for the run's log and a ``RowEvent`` with the ``ResultRow`` it built for each
+finished cell. A cell that raises becomes a ``failed`` row and the next cell goes on; a worker that
+dies leaves the executor to report the cells it owed (``VariantJob.lost``). Nothing here formats or
+prints results.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from infertune.errors import InfertuneError, UnavailableError
+from infertune.executors.base import (
+    Emit,
+    Event,
+    Job,
+    LogEvent,
+    Loss,
+    RowEvent,
+    StageEvent,
+)
+from infertune.results import ResultRow, Status
 
-Emit = Callable[..., None]
+if TYPE_CHECKING:
+    from infertune.config import ModelConfig
+    from infertune.measure.timer import TimingPolicy
+    from infertune.reference import Reference
+    from infertune.variants import Variant
+    from infertune.verify import Tolerance
 
 
-@dataclass
-class VariantJob:
-    """Everything a worker needs to run one variant over all batch sizes (picklable)."""
+@dataclass(frozen=True)
+class VariantJob(Job):
+    """Everything a worker needs to run one variant over its batch sizes (picklable, typed)."""
 
-    variant: str
-    batch_sizes: list[int]
-    model_spec: dict[str, Any]
-    state_dict_path: str
-    model_name: str
-    weights_tag: str
-    model_digest: str
+    job_id: str
+    variant: Variant
+    batches: tuple[int, ...]
+    #: the model section of the config: the worker rebuilds the architecture, then loads the reference's weights.
+    model: ModelConfig
+    #: what the reference worker produced: weights, per-batch outputs, input source, digest, accuracy.
+    reference: Reference
+    #: the row's ``model`` (``resnet50``, a timm name without its prefix).
+    model_label: str
     device: str
     requested_device: str
     threads: int
-    timing: dict[str, Any]
-    tolerances: dict[str, dict[str, Any]]
-    reference_path: str
-    #: the inputs (an ``infertune.inputs.InputSource``: specs, verification/calibration/timed data).
-    input_source: Any
+    #: None for ``infertune verify``: prepare and verify only, no timing.
+    timing: TimingPolicy | None
+    tolerance: Tolerance
     cache_root: str
     use_cache: bool
-    settings: dict[str, Any] = field(default_factory=dict)
+    #: backend-tunable settings (``PrepareContext.settings``: ``onnx_opset``, the ``int8`` block).
+    settings: dict[str, Any]
     run_id: str = ""
-    log_path: str | None = None
-    #: False for ``infertune verify``: prepare and verify only, no timing.
-    measure: bool = True
-    #: what the verification set is (the row's ``verify_inputs``).
-    verify_inputs: str = ""
-    #: accuracy mode: the FP32 reference's {"top1": .., "top5": .., "samples": ..} on the labelled set.
-    ref_accuracy: dict[str, Any] | None = None
+    #: the round this job measures (0-based; ``benchmark.rounds``).
+    round_index: int = 0
+    rounds: int = 1
     #: the worker's data-memory cap (RLIMIT_DATA) in MB; None: no cap.
     memory_limit_mb: int | None = None
-    #: the module that registers this variant's backend, imported by the worker (plugins, test backends).
-    backend_module: str = ""
-    #: what the outputs are compared with (``LoadedModel.reference``), said on every row.
-    reference: str = ""
+    #: the module that registers this variant's backend (plugins, test backends), imported by the worker.
+    modules: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return self.variant.name if self.rounds == 1 else f"{self.variant.name} (round {self.round_index + 1}/{self.rounds})"
+
+    def base_row(self, batch: int) -> ResultRow:
+        """A row with the identity fields every row of this job carries."""
+        return identity_row(self.variant, batch, model=self.model_label, device=self.device,
+                            requested_device=self.requested_device, weights=self.reference.weights_tag,
+                            run_id=self.run_id, threads=self.threads, reference=self.reference.description)
+
+    def run(self, emit: Emit) -> None:
+        run_variant(self, emit)
+
+    def lost(self, loss: Loss) -> list[Event]:
+        what = "timed out" if loss.status == Status.TIMEOUT else str(loss.status)
+        events: list[Event] = []
+        for batch in self.batches:
+            if batch in loss.finished:
+                continue
+            row = self.base_row(batch)
+            row.update(status=loss.status, error=loss.reason if batch == loss.batch else
+                       f"not run: the worker {what} on batch {loss.batch}")
+            events.append(RowEvent(self.job_id, row, None))
+        return events
 
 
-def base_row(job: VariantJob, batch: int) -> dict[str, Any]:
-    """The identity fields every row of this job carries."""
+def identity_row(variant: Variant, batch: int, *, model: str, device: str, requested_device: str, weights: str,
+                 run_id: str, threads: int, reference: str = "") -> ResultRow:
+    """A cell's row before anything happened to it: who, what, where (the worker fills in the rest)."""
     from infertune.backends.registry import get_backend
-    from infertune.variants import parse_variant
 
-    v = parse_variant(job.variant)
-    return {
-        "model": job.model_name,
-        "variant": v.name,
-        "backend": v.backend,
-        "precision": v.precision,
-        "options": ",".join(v.options),
-        "batch_size": batch,
-        "device": job.device,
-        "requested_device": job.requested_device,
-        "weights": job.weights_tag,
-        "run_id": job.run_id,
-        "label": get_backend(v.backend).label,
-        "threads": job.threads,
-        "reference": job.reference,
-    }
+    return ResultRow(
+        model=model, variant=variant.name, backend=variant.backend, precision=variant.precision,
+        options=",".join(variant.options), batch_size=batch, device=device, requested_device=requested_device,
+        weights=weights, run_id=run_id, label=get_backend(variant.backend).label, threads=threads,
+        reference=reference,
+    )
 
 
 def configure_torch(threads: int) -> None:
@@ -99,70 +123,77 @@ def configure_torch(threads: int) -> None:
     torch.backends.cudnn.benchmark = True
 
 
-def rebuild_model(job: VariantJob) -> Any:
-    """Rebuild the architecture without downloading, then load the parent's exact weights."""
+def rebuild_model(model: ModelConfig, weights_path: str) -> Any:
+    """Rebuild the architecture without downloading, then load the reference worker's exact weights
+    (an ONNX file is its own weights)."""
     import torch
 
     from infertune.models import load_model
 
-    spec = dict(job.model_spec)
-    loaded = load_model(spec["name"], pretrained=False, weights=None, seed=spec.get("seed", 0), warn=lambda m: None)
-    if loaded.kind != "torch":  # an ONNX file: the file is the weights
+    loaded = load_model(model.name, pretrained=False, weights=None, seed=model.seed, warn=lambda m: None)
+    if loaded.kind != "torch":
         return loaded.module
-    state = torch.load(job.state_dict_path, map_location="cpu", weights_only=True)
+    state = torch.load(weights_path, map_location="cpu", weights_only=True)
     loaded.module.load_state_dict(state)
     return loaded.module.eval()
 
 
-def run_variant(job: VariantJob, emit: Emit, model: Any = None) -> None:
+def run_variant(job: VariantJob, emit: Emit) -> None:
     """Run prepare -> verify -> measure -> record for each batch size of ``job.variant``."""
     from infertune.backends.base import PrepareContext
     from infertune.backends.registry import get_backend
     from infertune.cache import ArtifactCache
-    from infertune.variants import parse_variant
-    from infertune.verify import tolerance_for
+    from infertune.reference import load_reference
 
-    variant = parse_variant(job.variant)
-    backend = get_backend(variant.backend)
+    backend = get_backend(job.variant.backend)
     configure_torch(job.threads)
-    if model is None:
-        emit("stage", job.batch_sizes[0], "load model")
-        model = rebuild_model(job)
-    verify_inputs, reference, labels = load_reference(job.reference_path)
-    source = job.input_source
-    cache = ArtifactCache(job.cache_root, f"{job.model_name}-{job.model_digest}", enabled=job.use_cache)
-    tolerance = tolerance_for(job.tolerances, variant.precision)
-    for batch in job.batch_sizes:
-        row = base_row(job, batch)
+    emit(StageEvent(job.job_id, job.batches[0], "load model"))
+    try:
+        model = rebuild_model(job.model, job.reference.weights_path)
+    except Exception as err:  # noqa: BLE001 - the reference worker built it: this is rare, and still data
+        for batch in job.batches:
+            row = job.base_row(batch)
+            row.update(status=Status.FAILED, error=f"rebuilding the model in the worker failed: {one_line(err)}")
+            emit(RowEvent(job.job_id, row, None))
+        return
+    source = job.reference.source
+    cache = ArtifactCache(job.cache_root, f"{job.model_label}-{job.reference.digest}", enabled=job.use_cache)
+    for batch in job.batches:
+        row = job.base_row(batch)
         calibration = _RecordedCalibration(source)
         ctx = PrepareContext(
             model=model,
             example_input=source.timed_batch(batch),
-            precision=variant.precision,
-            options=variant.option_dict,
+            precision=job.variant.precision,
+            options=job.variant.option_dict,
             device=job.device,
             threads=job.threads,
             cache=cache,
             calibration=calibration,
             settings=job.settings,
-            log=lambda msg, b=batch: emit("log", b, msg),
+            log=lambda msg, b=batch: emit(LogEvent(job.job_id, b, msg)),
         )
         samples: list[float] | None = None
         try:
-            samples = _run_cell(backend, ctx, row, (verify_inputs, reference, labels), tolerance, job, emit)
+            reference_failure = job.reference.failed_batches.get(batch)
+            if reference_failure and backend.produces_outputs:
+                raise InfertuneError(f"the FP32 reference failed at batch {batch} (the model's own forward, eager): "
+                                     f"{reference_failure}")
+            verification = load_reference(job.reference.path, batch) if backend.produces_outputs else None
+            samples = _run_cell(backend, ctx, row, verification, job, emit)
         except UnavailableError as err:
-            row.update(status="unavailable", error=str(err))
+            row.update(status=Status.UNAVAILABLE, error=str(err))
         except InfertuneError as err:
-            row.update(status="failed", error=str(err))
-        except Exception as err:  # a backend bug or a runtime's refusal: failure is data
+            row.update(status=Status.FAILED, error=str(err))
+        except Exception as err:  # noqa: BLE001 - a backend bug or a runtime's refusal: failure is data
             if job.memory_limit_mb and is_out_of_memory(err):
-                row.update(status="crashed", error=f"out of memory: the cell needed more than the worker's limit "
-                           f"of {job.memory_limit_mb} MB (benchmark.memory_limit_mb): {_one_line(err, 300)}")
+                row.update(status=Status.CRASHED, error=f"out of memory: the cell needed more than the worker's limit "
+                           f"of {job.memory_limit_mb} MB (benchmark.memory_limit_mb): {one_line(err, 300)}")
             else:
-                row.update(status="failed", error=_one_line(err))
-            emit("log", batch, traceback.format_exc())
-        row["calibration_inputs"] = _calibration_text(calibration, variant, row, job)
-        emit("row", row, samples)
+                row.update(status=Status.FAILED, error=one_line(err))
+            emit(LogEvent(job.job_id, batch, traceback.format_exc()))
+        row.calibration_inputs = _calibration_text(calibration, row, job)
+        emit(RowEvent(job.job_id, row, samples))
 
 
 class _RecordedCalibration:
@@ -182,62 +213,57 @@ class _RecordedCalibration:
         return samples
 
 
-def _calibration_text(calibration: _RecordedCalibration, variant: Any, row: dict[str, Any], job: VariantJob) -> str:
+def _calibration_text(calibration: _RecordedCalibration, row: ResultRow, job: VariantJob) -> str:
     """What calibrated this row: the samples drawn, or for a cached INT8 artifact the same source
     (the cache key holds the calibration source's identity, so a hit was calibrated on it)."""
     if calibration.used:
         return calibration.description
-    if variant.precision == "int8" and row.get("cache_hit") and "dynamic" not in variant.options:
+    if job.variant.precision == "int8" and row.cache_hit and "dynamic" not in job.variant.options:
         n = int((job.settings.get("int8") or {}).get("calibration_samples", 32))
         return f"{calibration.source.describe_calibration(n)} (cached INT8 artifact)"
     return ""
 
 
-def _run_cell(backend: Any, ctx: Any, row: dict[str, Any], verification: tuple[np.ndarray, list[Any], Any],
-              tolerance: Any, job: VariantJob, emit: Emit) -> list[float] | None:
+def _run_cell(backend: Any, ctx: Any, row: ResultRow, verification: tuple[Any, Any, Any] | None,
+              job: VariantJob, emit: Emit) -> list[float] | None:
     from infertune.cache import dir_size_mb
     from infertune.measure.memory import MemoryProbe
     from infertune.measure.stats import summarize
-    from infertune.measure.timer import TimingPolicy, measure, time_first_call
+    from infertune.measure.timer import measure, time_first_call
 
     batch = ctx.batch_size
     backend.check(ctx.device, ctx.precision)
     probe = MemoryProbe(ctx.device)
     probe.start()
-    emit("stage", batch, "prepare")
+    emit(StageEvent(job.job_id, batch, "prepare"))
     t0 = time.perf_counter()
     runner = backend.prepare(ctx)
-    row["convert_s"] = time.perf_counter() - t0
-    row["cache_hit"] = runner.cache_hit
-    row["artifact_mb"] = dir_size_mb(runner.artifact_path)
-    row["latency_scope"] = runner.latency_scope
+    row.update(convert_s=time.perf_counter() - t0, cache_hit=runner.cache_hit,
+               artifact_mb=dir_size_mb(runner.artifact_path), latency_scope=runner.latency_scope)
+    policy = job.timing
     try:
         timed_input = runner.to_native(ctx.example_input)
-        if job.measure:
-            row["first_inference_ms"] = time_first_call(runner, timed_input) / 1e6
-        if backend.produces_outputs:
-            emit("stage", batch, "verify")
-            verify_step(runner, verification, batch, tolerance, job, row)
-        if not job.measure:
+        if policy is not None:
+            row.first_inference_ms = time_first_call(runner, timed_input) / 1e6
+        if verification is not None:
+            emit(StageEvent(job.job_id, batch, "verify"))
+            verify_step(runner, verification, batch, job, row)
+        if policy is None:
             return None
-        emit("stage", batch, "measure")
-        policy = TimingPolicy(**job.timing)
+        emit(StageEvent(job.job_id, batch, "measure"))
         timing = measure(runner, timed_input, policy)
-        stats = summarize(timing.samples_ms, batch)
-        row.update(stats.as_row_fields())
-        row["warmup_iterations"] = policy.warmup_iterations
-        row["measured_s"] = timing.wall_ns / 1e9
+        row.update(**summarize(timing.samples_ms, batch).as_row_fields(), warmup_iterations=policy.warmup_iterations,
+                   measured_s=timing.wall_ns / 1e9, rounds=1)
         if runner.latency_scope == "device":
-            row.update(_end_to_end_fields(runner, ctx.example_input, policy, timing))
+            row.update(**_end_to_end_fields(runner, ctx.example_input, policy, timing))
     finally:
         peak = probe.stop()
-        row["peak_host_mb"] = peak.host_mb
-        row["peak_device_mb"] = peak.device_mb
+        row.update(peak_host_mb=peak.host_mb, peak_device_mb=peak.device_mb)
         runner.close()
     return timing.samples_ms
 
 
-def _end_to_end_fields(runner: Any, host_batch: Any, policy: Any, device_timing: Any) -> dict[str, float]:
+def _end_to_end_fields(runner: Any, host_batch: Any, policy: TimingPolicy, device_timing: Any) -> dict[str, float]:
     """For a device-latency runner: the synchronised host time of the device loop (a check on the CUDA
     events) and a second loop timed end to end, host array in and host array out."""
     from infertune.inputs import batch_size
@@ -253,60 +279,67 @@ def _end_to_end_fields(runner: Any, host_batch: Any, policy: Any, device_timing:
     }
 
 
-def verify_step(runner: Any, verification: tuple[Any, list[Any], Any], batch: int, tolerance: Any,
-                job: VariantJob, row: dict[str, Any]) -> None:
-    """Compare with the reference (and, in accuracy mode, gate on accuracy); fill the row's fidelity fields."""
-    from infertune.accuracy import Accuracy, accuracy, gate
-
+def verify_step(runner: Any, verification: tuple[Any, Any, Any], batch: int, job: VariantJob,
+                row: ResultRow) -> None:
+    """Compare with the reference at this batch size (and, in accuracy mode, gate on accuracy); fill the
+    row's fidelity fields."""
+    from infertune.accuracy import accuracy, gate
     from infertune.results import joined_note
 
     inputs, reference, labels = verification
+    tolerance = job.tolerance
     outputs = run_outputs(runner, inputs, batch)
     fid = _compare(outputs, reference, tolerance)
-    row.update(fid.as_row_fields())
-    row["verify_inputs"] = job.verify_inputs
+    row.update(**fid.as_row_fields(), verify_inputs=job.reference.verify_description)
     failures = list(fid.failures)
-    if labels is not None and job.ref_accuracy and outputs:
+    ref_accuracy = (job.reference.accuracy or {}).get(batch)
+    if labels is not None and ref_accuracy is not None and outputs:
         acc = accuracy(outputs[0][1], labels)
-        row.update(top1_acc=acc.top1, top5_acc=acc.top5, ref_top1_acc=job.ref_accuracy["top1"],
-                   ref_top5_acc=job.ref_accuracy["top5"])
-        failure = gate(acc, Accuracy(**job.ref_accuracy), tolerance.accuracy_ratio_min)
+        row.update(top1_acc=acc.top1, top5_acc=acc.top5, ref_top1_acc=ref_accuracy.top1, ref_top5_acc=ref_accuracy.top5)
+        failure = gate(acc, ref_accuracy, tolerance.accuracy_ratio_min)
         if failure:
             failures.append(failure)
     for note in (*getattr(runner, "notes", ()), *fid.notes):
-        row["note"] = joined_note(row.get("note", ""), note)
+        row.note = joined_note(row.note, note)
     if fid.unverifiable:
         shown = f"; against it: {'; '.join(failures)}" if failures else ""
-        row.update(status="unverifiable", error=f"{fid.unverifiable}{shown}")
+        row.update(status=Status.UNVERIFIABLE, error=f"{fid.unverifiable}{shown}")
     elif failures:
-        row.update(status="fidelity_failed", fidelity_ok=False, error="; ".join(failures))
+        row.update(status=Status.FIDELITY_FAILED, fidelity_ok=False, error="; ".join(failures))
 
 
-def run_outputs(runner: Any, inputs: Any, batch: int) -> list[tuple[str, np.ndarray]]:
-    """Run the verification samples through ``runner`` in batches of exactly ``batch``; outputs per tensor.
+def batched_outputs(call: Callable[[Any], list[tuple[str, np.ndarray]]], inputs: Any,
+                    batch: int) -> list[tuple[str, np.ndarray]]:
+    """``call`` on the samples (one array, or {input name: array}) in batches of exactly ``batch``; the
+    outputs per tensor, one row per sample.
 
     The last chunk wraps around to the first samples so static-shape artifacts see their own shape;
-    only the real samples are kept.
+    only the real samples are kept. The FP32 reference and every variant go through this one function,
+    so each is judged on exactly the batches the other saw.
     """
     from infertune.inputs import batch_size, take
-    from infertune.verify import output_list
 
     n = batch_size(inputs)
     chunks: list[list[tuple[str, np.ndarray]]] = []
     for start in range(0, n, batch):
         idx = [(start + i) % n for i in range(batch)]
-        out = output_list(runner.to_numpy(runner(runner.to_native(take(inputs, idx)))))
-        runner.synchronize()
-        chunks.append([(name, arr[: min(batch, n - start)]) for name, arr in out])
+        chunks.append([(name, arr[: min(batch, n - start)]) for name, arr in call(take(inputs, idx))])
     return [(name, np.concatenate([c[i][1] for c in chunks])) for i, (name, _) in enumerate(chunks[0])]
 
 
-def verify(runner: Any, inputs: Any, reference: Any, batch: int, tolerance: Any) -> Any:
-    """Run the verification samples through ``runner`` (see ``run_outputs``) and compare with ``reference``."""
-    return _compare(run_outputs(runner, inputs, batch), reference, tolerance)
+def run_outputs(runner: Any, inputs: Any, batch: int) -> list[tuple[str, np.ndarray]]:
+    """Run the verification samples through ``runner`` in batches of exactly ``batch`` (``batched_outputs``)."""
+    from infertune.verify import output_list
+
+    def call(chunk: Any) -> list[tuple[str, np.ndarray]]:
+        out = output_list(runner.to_numpy(runner(runner.to_native(chunk))))
+        runner.synchronize()
+        return out
+
+    return batched_outputs(call, inputs, batch)
 
 
-def _compare(outputs: list[tuple[str, np.ndarray]], reference: Any, tolerance: Any) -> Any:
+def _compare(outputs: list[tuple[str, np.ndarray]], reference: Any, tolerance: Tolerance) -> Any:
     from infertune.verify import compare
 
     return compare(dict(outputs) if len(outputs) > 1 else outputs[0][1], reference, tolerance)
@@ -321,37 +354,7 @@ def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, MemoryError) or any(w in str(err).lower() for w in _OOM_WORDS)
 
 
-def _one_line(err: BaseException, limit: int = 500) -> str:
+def one_line(err: BaseException, limit: int = 500) -> str:
+    """``RuntimeError: text | next line`` cut to ``limit`` characters: an exception as a row's ``error``."""
     text = f"{type(err).__name__}: {err}".strip().replace("\n", " | ")
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def save_reference(path: Path, inputs: Any, reference: Any, labels: np.ndarray | None = None) -> None:
-    """Save the verification inputs (one array or {name: array}), the reference output(s) (one array or
-    ``output_list`` pairs) and labels."""
-    from infertune.verify import output_list
-
-    outputs = reference if isinstance(reference, list) else output_list(reference)
-    arrays = {f"reference_{i}": arr for i, (_, arr) in enumerate(outputs)}
-    names = np.array([name for name, _ in outputs])
-    extra = {"labels": labels} if labels is not None else {}
-    named_inputs = inputs if isinstance(inputs, dict) else {"": inputs}
-    feeds = {f"input_{i}": arr for i, arr in enumerate(named_inputs.values())}
-    np.savez(path, input_names=np.array(list(named_inputs)), output_names=names, **feeds, **arrays, **extra)
-
-
-def load_reference(path: str | Path) -> tuple[Any, Any, np.ndarray | None]:
-    """(inputs: one array or {name: array}, reference outputs: one array or a {name: array} dict, labels or None)."""
-    with np.load(path) as ref:
-        names = [str(n) for n in ref["output_names"]]
-        outputs = [ref[f"reference_{i}"] for i in range(len(names))]
-        labels = ref["labels"] if "labels" in ref.files else None
-        input_names = [str(n) for n in ref["input_names"]]
-        feeds = {name: ref[f"input_{i}"] for i, name in enumerate(input_names)}
-        inputs = feeds[""] if input_names == [""] else feeds
-    reference = outputs[0] if len(outputs) == 1 else dict(zip(names, outputs))
-    return inputs, reference, labels
-
-
-def job_to_dict(job: VariantJob) -> dict[str, Any]:
-    return dataclasses.asdict(job)

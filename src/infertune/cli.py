@@ -12,6 +12,9 @@ Exit codes: 0 the run finished (every cell has a row; failed, crashed or timed-o
 not errors); 2 bad input or an unusable environment, found before any long work (one ``error:`` line);
 130 stopped by Ctrl-C (SIGINT), 143 stopped by SIGTERM: the files hold every finished row, the cell in
 progress is marked ``interrupted``, and ``infertune run --resume RUN`` finishes the run;
+3 the run could not go on: the FP32 reference (the user's model itself, in its worker) crashed, hung or
+ran out of memory; one ``error:`` line names the stage and the cause, every planned cell has a row
+saying so, and ``--resume`` runs them once the model is fixed;
 1 an unexpected internal error (a bug: please report the traceback).
 """
 
@@ -22,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from infertune.errors import ConfigError, InfertuneError
+from infertune.errors import ConfigError, InfertuneError, RunFailed
 
 DEFAULT_CONFIG = "config.yaml"
 
@@ -284,8 +287,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-#: exit codes (see the module docstring): a finished run, bad input, Ctrl-C, SIGTERM.
-EXIT_OK, EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_SIGTERM = 0, 2, 130, 143
+#: exit codes (see the module docstring): a finished run, bad input, the reference failed, Ctrl-C, SIGTERM.
+EXIT_OK, EXIT_BAD_INPUT, EXIT_RUN_FAILED, EXIT_SIGINT, EXIT_SIGTERM = 0, 2, 3, 130, 143
 
 COMMANDS = {"run": cmd_run, "verify": cmd_verify, "report": cmd_report, "backends": cmd_backends, "env": cmd_env, "compare": cmd_compare}
 
@@ -305,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     except InfertuneError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except RunFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_RUN_FAILED
     except RunInterrupted as stop:
         print(f"interrupted by {stop.signal_name}: {stop.summary or 'nothing was written yet'}", file=sys.stderr)
         return stop.exit_code

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -24,6 +24,9 @@ from pydantic import (
 )
 
 from infertune.errors import ConfigError
+
+if TYPE_CHECKING:
+    from infertune.verify import Tolerance
 
 
 class _Section(BaseModel):
@@ -130,7 +133,9 @@ class BenchmarkConfig(_Section):
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 4, 8])
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)
-    isolation: Literal["process", "none"] = "process"
+    #: the executor (``infertune.executors``): process (a worker per job, the default), none (in this
+    #: process, for debugging), or another registered one.
+    isolation: str = "process"
     cell_timeout_s: float = Field(1800, gt=0)
     #: the whole variant (all its batch sizes) in its worker; None: only cell_timeout_s bounds it.
     variant_timeout_s: float | None = Field(None, gt=0)
@@ -148,9 +153,20 @@ class BenchmarkConfig(_Section):
             raise ValueError(f"batch sizes must be >= 1, got {bad}")
         return list(dict.fromkeys(v))
 
+    @field_validator("isolation")
+    @classmethod
+    def _executor(cls, v: str) -> str:
+        from infertune.executors.base import executor_class
+
+        try:
+            executor_class(v)
+        except ConfigError as err:
+            raise ValueError(str(err).removeprefix("unknown benchmark.isolation ")) from None
+        return v
+
     @model_validator(mode="after")
     def _limits_need_workers(self) -> BenchmarkConfig:
-        if self.memory_limit_mb is not None and self.isolation != "process":
+        if self.memory_limit_mb is not None and self.isolation == "none":
             raise ValueError("memory_limit_mb applies to worker processes: set isolation: process or drop the limit")
         return self
 
@@ -175,16 +191,34 @@ class OptimizationConfig(_Section):
     int8: Int8Config = Field(default_factory=Int8Config)
 
 
-class ToleranceConfig(_Section):
-    """Override one precision's fidelity bounds (docs/fidelity.md has the defaults); null disables a bound."""
+#: validation bounds of the tolerance keys that have them; the keys themselves are ``verify.Tolerance``'s fields.
+_TOLERANCE_BOUNDS: dict[str, dict[str, float]] = {
+    "cosine_min": {"ge": -1, "le": 1},
+    "max_rel_err": {"ge": 0},
+    "max_abs_err": {"ge": 0},
+    "top1_min": {"ge": 0, "le": 1},
+    "top5_min": {"ge": 0, "le": 1},
+    "accuracy_ratio_min": {"ge": 0, "le": 1},
+}
 
-    cosine_min: float | None = Field(None, ge=-1, le=1)
-    max_rel_err: float | None = Field(None, ge=0)
-    max_abs_err: float | None = Field(None, ge=0)
-    sqnr_min_db: float | None = None
-    top1_min: float | None = Field(None, ge=0, le=1)
-    top5_min: float | None = Field(None, ge=0, le=1)
-    accuracy_ratio_min: float | None = Field(None, ge=0, le=1)
+
+def _tolerance_config() -> type[_Section]:
+    """``verify.tolerances.<precision>``: one optional key per ``verify.Tolerance`` field, so the two never drift."""
+    from dataclasses import fields
+
+    from pydantic import create_model
+
+    from infertune.verify import Tolerance
+
+    keys: dict[str, Any] = {f.name: (float | None, Field(None, **_TOLERANCE_BOUNDS.get(f.name, {})))
+                            for f in fields(Tolerance)}
+    model = create_model("ToleranceConfig", __base__=_Section, **keys)
+    model.__doc__ = ("Override one precision's fidelity bounds (docs/fidelity.md has the defaults); null disables "
+                     "a bound. The keys are the fields of infertune.verify.Tolerance.")
+    return model
+
+
+ToleranceConfig = _tolerance_config()
 
 
 class VerifyConfig(_Section):
@@ -205,7 +239,8 @@ class VerifyConfig(_Section):
     mean: list[float] | None = None
     std: list[float] | None = None
     seed: int = 0
-    tolerances: dict[Literal["fp32", "tf32", "fp16", "bf16", "int8"], ToleranceConfig] = Field(default_factory=dict)
+    tolerances: dict[Literal["fp32", "tf32", "fp16", "bf16", "int8"], ToleranceConfig] = Field(  # type: ignore[valid-type]
+        default_factory=dict)
 
     @model_validator(mode="after")
     def _one_image_source(self) -> VerifyConfig:
@@ -345,7 +380,7 @@ def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None
     return validate_config(data, source)
 
 
-def tolerances(cfg: RunConfig) -> dict[str, Any]:
+def tolerances(cfg: RunConfig) -> dict[str, Tolerance]:
     """Per-precision tolerances: the defaults of verify.py overlaid with the config's."""
     from dataclasses import replace
 

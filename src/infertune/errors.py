@@ -21,3 +21,15 @@ class UnavailableError(InfertuneError):
 
 class FidelityError(InfertuneError):
     """A variant's outputs differ from the FP32 reference beyond tolerance."""
+
+
+class RunFailed(Exception):
+    """A stage every cell depends on (the FP32 reference) crashed, hung or ran out of memory.
+
+    Not an ``InfertuneError``: the input may be fine. The result files hold a row for every planned cell
+    saying why, ``result`` is the run's ``RunResult``, and the CLI exits with ``EXIT_RUN_FAILED`` (3).
+    """
+
+    def __init__(self, message: str, result: object = None) -> None:
+        super().__init__(message)
+        self.result = result

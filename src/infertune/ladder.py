@@ -1,9 +1,9 @@
 """The ladder: which variants a run tries, in order, from the config and what is installed.
 
 ``optimization.variants`` is an explicit list and wins. Otherwise every registered backend
-contributes its default variants for the device (the seed's ``enable_torchscript``/``enable_onnx``/
-``enable_tensorrt`` switches still turn their rungs on or off), then ``extra_variants`` are added and
-``skip_variants`` removed. ``pytorch:fp32`` always runs first: it is the speedup baseline.
+contributes its default variants for the device (a backend's ``seed_switch``, the seed's
+``enable_torchscript``/``enable_onnx``/``enable_tensorrt``, still turns its rungs on or off), then
+``extra_variants`` are added and ``skip_variants`` removed. ``pytorch:fp32`` always runs first: it is the speedup baseline.
 """
 
 from __future__ import annotations
@@ -13,13 +13,8 @@ from infertune.config import RunConfig
 from infertune.errors import ConfigError
 from infertune.variants import Variant, parse_variant
 
+#: the speedup baseline, run first; every row's ``speedup_vs_pytorch`` and every report compare with it.
 BASELINE = "pytorch:fp32"
-
-#: seed switch -> the backends it controls.
-SEED_SWITCHES = {
-    "enable_torchscript": ("torchscript",),
-    "enable_onnx": ("onnxruntime",),
-}
 
 
 def build_ladder(cfg: RunConfig, device: str) -> list[Variant]:
@@ -28,18 +23,12 @@ def build_ladder(cfg: RunConfig, device: str) -> list[Variant]:
     if opt.variants:
         names = list(opt.variants)
     else:
-        disabled = {b for switch, backends in SEED_SWITCHES.items() if not getattr(opt, switch) for b in backends}
         names = []
         for backend_name in list_backends():
-            if backend_name in disabled:
-                continue
             backend = get_backend(backend_name)
-            if backend_name == "tensorrt":
-                # the seed's switch asks for TensorRT explicitly: on a machine without it the row says why.
-                if opt.enable_tensorrt:
-                    names.append("tensorrt:fp16")
+            if backend.seed_switch and not getattr(opt, backend.seed_switch):
                 continue
-            names.extend(backend.default_variants(device))
+            names.extend(backend.switch_variants or backend.default_variants(device))
         names.extend(opt.extra_variants)
     variants = [parse_variant(n) for n in names]
     skip = {parse_variant(n).name for n in opt.skip_variants}

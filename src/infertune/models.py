@@ -138,6 +138,21 @@ def _from_onnx(name: str, weights: str | None) -> LoadedModel:
                        reference=REFERENCE)
 
 
+def model_kind(name: str) -> str:
+    """What backends start from for the model ``name``: ``onnx`` for an ``.onnx`` file, else ``torch``."""
+    from infertune.models_onnx import is_onnx_path
+
+    return "onnx" if is_onnx_path(name) else "torch"
+
+
+def model_label(name: str) -> str:
+    """What rows call the model: a timm or hf name without its prefix; an ONNX file or a model folder by its name."""
+    if model_kind(name) == "onnx":
+        return Path(name).name
+    bare = name.split(":", 1)[-1] if name.startswith(("timm:", "hf:")) else name
+    return Path(bare).name if name.startswith("hf:") and Path(bare).is_dir() else bare
+
+
 def input_specs(model_cfg: Any, batch_sizes: list[int] | tuple[int, ...] = (1,),
                 warn: Callable[[str], None] = print) -> tuple[InputSpec, ...]:
     """What the model of ``model_cfg`` (the config's ``model`` section) takes, without building it.

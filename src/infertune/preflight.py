@@ -22,8 +22,6 @@ from infertune.errors import ConfigError, InfertuneError, ModelError
 RESULTS_MIN_FREE_MB = 20
 #: converted artifacts: each converting variant writes about one model's weights, plus this margin.
 MODELS_MIN_FREE_MB = 50
-#: variants that write no artifact.
-NO_ARTIFACT_BACKENDS = frozenset({"pytorch", "null"})
 
 
 def writable_dir(path: Path | str, key: str) -> Path:
@@ -65,13 +63,11 @@ def check_output(cfg: Any) -> None:
     writable_dir(cfg.output.models_dir, "output.models_dir")
 
 
-def check_artifact_space(cfg: Any, ladder: list[Any], loaded: Any) -> None:
+def check_artifact_space(cfg: Any, ladder: list[Any], weights_mb: float) -> None:
     """Room for the artifacts: about one copy of the weights per converting variant (once the model is known)."""
-    if loaded.kind == "onnx":
-        weights_mb = Path(loaded.module.path).stat().st_size / 1e6
-    else:
-        weights_mb = sum(t.numel() * t.element_size() for t in loaded.module.state_dict().values()) / 1e6
-    converting = sum(1 for v in ladder if v.backend not in NO_ARTIFACT_BACKENDS)
+    from infertune.backends.registry import get_backend
+
+    converting = sum(1 for v in ladder if get_backend(v.backend).writes_artifacts)
     free_space(cfg.output.models_dir, "output.models_dir", MODELS_MIN_FREE_MB + converting * weights_mb)
 
 
@@ -92,23 +88,29 @@ def check_input_memory(cfg: Any, specs: Sequence[Any]) -> None:
 
 
 @contextlib.contextmanager
-def input_shape_check(cfg: Any, specs: Sequence[Any]) -> Iterator[None]:
-    """Wrap the FP32 reference forward pass: a model that cannot take its inputs (``specs``) raises
-    inside it, and that becomes one ModelError naming the inputs and the fix instead of a traceback."""
+def input_shape_check(model: Any, specs: Sequence[Any]) -> Iterator[None]:
+    """Wrap the model's first FP32 forward pass (in the reference worker): a model that cannot take its
+    inputs (``specs``, from ``model.input_shape`` or ``model.inputs``) raises inside it, and that becomes
+    one ModelError naming the inputs and the fix instead of a traceback. A failed allocation is not a
+    shape problem and passes through."""
+    from infertune.cell import is_out_of_memory
+
     try:
         yield
     except InfertuneError:
         raise
-    except Exception as err:  # noqa: BLE001 - any model's shape error, worded by its own layers
+    except Exception as err:
+        if is_out_of_memory(err):
+            raise
         text = f"{type(err).__name__}: {err}".replace("\n", " ")
         text = text if len(text) <= 240 else text[:237] + "..."
-        if len(specs) == 1 and specs[0].dtype == "float32" and not cfg.model.inputs:
-            shape = [cfg.model.input_shape[0], *specs[0].shape]
+        if len(specs) == 1 and specs[0].dtype == "float32" and not model.inputs:
+            shape = [model.input_shape[0], *specs[0].shape]
             raise ModelError(
-                f"{cfg.model.name} cannot take inputs of shape {shape} ({text}): set model.input_shape (or "
+                f"{model.name} cannot take inputs of shape {shape} ({text}): set model.input_shape (or "
                 "--input-shape, batch first: B C H W for images, B F for F features) to the shape the model expects"
             ) from None
         shown = "; ".join(s.describe() for s in specs)
-        raise ModelError(f"{cfg.model.name} cannot take its inputs ({shown}) ({text}): set model.inputs to the "
+        raise ModelError(f"{model.name} cannot take its inputs ({shown}) ({text}): set model.inputs to the "
                          "names, shapes (batch first), dtypes and value ranges the model expects, in its "
                          "argument order") from None

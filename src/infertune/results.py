@@ -15,13 +15,32 @@ import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
 
+
+class Status(str, Enum):
+    """What became of a cell. A ``str`` whose value is what the files hold, so rows compare with plain strings."""
+
+    OK = "ok"
+    FIDELITY_FAILED = "fidelity_failed"
+    UNAVAILABLE = "unavailable"
+    FAILED = "failed"
+    CRASHED = "crashed"
+    TIMEOUT = "timeout"
+    INTERRUPTED = "interrupted"
+    UNVERIFIABLE = "unverifiable"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 #: the values ``ResultRow.status`` can take.
-STATUSES = ("ok", "fidelity_failed", "unverifiable", "unavailable", "failed", "crashed", "timeout", "interrupted")
+STATUSES = tuple(s.value for s in Status)
 
 
 def joined_note(note: str, addition: str) -> str:
@@ -44,7 +63,7 @@ class ResultRow:
     options: str
     batch_size: int
     device: str
-    status: str = "ok"
+    status: Status = Status.OK
     error: str = ""
     label: str = ""
     requested_device: str = ""
@@ -107,9 +126,26 @@ class ResultRow:
     calibration_inputs: str = ""
     note: str = ""
 
+    def __post_init__(self) -> None:
+        self.status = Status(self.status)  # a status no reader knows is an error here, not a mystery later
+
+    def update(self, **values: Any) -> None:
+        """Set fields by name; a name that is not a field raises (a typo must not vanish from the files)."""
+        unknown = sorted(set(values) - _FIELD_SET)
+        if unknown:
+            raise TypeError(f"ResultRow has no field(s) {', '.join(unknown)}")
+        for key, value in values.items():
+            setattr(self, key, value)
+        self.status = Status(self.status)
+
     @property
     def cell_id(self) -> str:
-        return f"{self.model}|{self.variant}|{self.batch_size}|{self.device}"
+        return cell_id(self.model, self.variant, self.batch_size, self.device)
+
+
+def cell_id(model: str, variant: str, batch_size: int, device: str) -> str:
+    """A cell's key in the files (``samples_ms``, the journal): ``resnet50|onnxruntime:int8|8|cpu``."""
+    return f"{model}|{variant}|{batch_size}|{device}"
 
     def add_note(self, text: str) -> None:
         """Append ``text`` to ``note`` (see ``joined_note``)."""
@@ -117,6 +153,7 @@ class ResultRow:
 
 
 FIELD_NAMES = [f.name for f in fields(ResultRow)]
+_FIELD_SET = frozenset(FIELD_NAMES)
 _FIELD_TYPES = {f.name: f.type for f in fields(ResultRow)}
 
 
@@ -141,8 +178,10 @@ class ResultFiles:
     environment: dict[str, Any] = field(default_factory=dict)
     rows: list[ResultRow] = field(default_factory=list)
     samples_ms: dict[str, list[float]] = field(default_factory=dict)
-    #: the run's state: status (running | complete | interrupted), cells planned, model digest, resumes.
+    #: the run's state: status (running | complete | interrupted | failed), cells planned, model digest, resumes.
     run: dict[str, Any] = field(default_factory=dict)
+    #: the rows' order in the files (the plan's: ladder, then batch size), whatever order they arrive in.
+    order: Callable[[ResultRow], Any] | None = None
 
     def add(self, row: ResultRow, samples_ms: list[float] | None = None) -> None:
         self.rows.append(row)
@@ -162,6 +201,8 @@ class ResultFiles:
         self.write()
 
     def write(self) -> None:
+        if self.order is not None:
+            self.rows.sort(key=self.order)
         fill_speedups(self.rows)
         _atomic_write(self.csv_path, _csv_text(self.rows))
         doc = {
@@ -211,6 +252,10 @@ def _atomic_write(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+#: the files of one run, beside its stem (``results/benchmark_results_<TS>``); the journal is its identity.
+RUN_FILE_SUFFIXES = (".jsonl", ".csv", ".json", ".config.yaml", ".log")
 
 
 def json_path_for(csv_path: Path | str) -> Path:

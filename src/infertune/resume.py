@@ -16,9 +16,9 @@ from typing import Any
 
 from infertune.errors import InfertuneError
 from infertune.journal import JournalRecord, read_journal
+from infertune.results import RUN_FILE_SUFFIXES, ResultRow
 
 STEM_PREFIX = "benchmark_results_"
-_SUFFIXES = (".config.yaml", ".csv", ".json", ".jsonl", ".log")
 
 
 @dataclass
@@ -37,19 +37,15 @@ class ResumeState:
 
     def done(self) -> set[tuple[int, str]]:
         """(round, cell id) pairs with a final row; ``interrupted`` ones are to be run again."""
-        from infertune.results import ResultRow
+        return {(rec.round, self.row(rec).cell_id) for rec in self.records if rec.status != "interrupted"}
 
-        out = set()
-        for rec in self.records:
-            if rec.status != "interrupted":
-                out.add((rec.round, ResultRow(**_known(rec.row)).cell_id))
-        return out
-
-
-def _known(row: dict[str, Any]) -> dict[str, Any]:
-    from infertune.results import FIELD_NAMES
-
-    return {k: v for k, v in row.items() if k in FIELD_NAMES}
+    def row(self, record: JournalRecord) -> ResultRow:
+        """The journal record's row; a field this version does not know is an error naming it, not a silent drop."""
+        try:
+            return ResultRow(**record.row)
+        except (TypeError, ValueError) as err:
+            raise InfertuneError(f"cannot resume {self.stem.name}: its journal holds a row this version of infertune "
+                                 f"cannot read ({err}); start a new run") from None
 
 
 def run_id_of(stem: Path) -> str:
@@ -62,7 +58,7 @@ def run_stem(path: Path | str) -> Path:
     p = Path(path)
     if p.is_dir():
         return _newest_unfinished(p)
-    for suffix in _SUFFIXES:
+    for suffix in RUN_FILE_SUFFIXES:
         if p.name.endswith(suffix):
             return p.with_name(p.name[: -len(suffix)])
     return p

@@ -152,6 +152,13 @@ class Backend(ABC):
     label: ClassVar[str] = ""
     #: whether outputs are comparable with the reference (False for the null backend).
     produces_outputs: ClassVar[bool] = True
+    #: whether ``prepare`` writes a converted artifact (the free-space check counts one model's weights each).
+    writes_artifacts: ClassVar[bool] = True
+    #: the seed's ``optimization.enable_*`` switch that turns this backend's default rungs on or off.
+    seed_switch: ClassVar[str] = ""
+    #: rungs an opt-in backend adds on every device when its ``seed_switch`` is on (off by default; on a
+    #: machine without it the rows say why); empty: ``default_variants`` decides.
+    switch_variants: ClassVar[tuple[str, ...]] = ()
     #: the model kinds this backend can start from (``LoadedModel.kind``): ``torch`` (an nn.Module),
     #: ``onnx`` (an ONNX file).
     sources: ClassVar[frozenset[str]] = frozenset({"torch"})

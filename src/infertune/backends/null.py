@@ -27,6 +27,7 @@ class NullBackend(Backend):
     sources = frozenset({"torch", "onnx"})
     description = "Does nothing: measures the harness's own per-iteration overhead."
     devices = frozenset({"cpu", "cuda"})
+    writes_artifacts = False
     precisions = frozenset({"fp32"})
     produces_outputs = False
 

@@ -57,6 +57,7 @@ class OnnxRuntimeBackend(Backend):
     sources = frozenset({"torch", "onnx"})
     description = "ONNX Runtime session over the ONNX export: fp32, fp16 (CUDA), INT8 static/dynamic (CPU)."
     requires = ("onnxruntime",)
+    seed_switch = "enable_onnx"
     install_hint = "pip install onnxruntime (for CUDA: pip install onnxruntime-gpu)"
     devices = frozenset({"cpu", "cuda"})
     precisions = frozenset({"fp32", "fp16", "int8"})

@@ -24,6 +24,7 @@ class PyTorchBackend(Backend):
     label = "PyTorch"
     description = "Eager PyTorch under torch.inference_mode (the baseline); channels_last, cuda_graph options."
     requires = ("torch",)
+    writes_artifacts = False
     install_hint = "pip install torch==2.14.1"
     devices = frozenset({"cpu", "cuda"})
     precisions = frozenset({"fp32", "tf32", "fp16", "bf16"})

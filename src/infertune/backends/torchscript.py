@@ -39,6 +39,7 @@ class TorchScriptBackend(Backend):
     label = "TorchScript"
     description = "torch.jit.trace + freeze (+ optimize_for_inference on CPU); cached .pt file."
     requires = ("torch",)
+    seed_switch = "enable_torchscript"
     install_hint = "pip install torch==2.14.1"
     devices = frozenset({"cpu", "cuda"})
     precisions = frozenset({"fp32", "fp16"})

@@ -7,7 +7,7 @@ interquartile range exceeds 10% of the median, the rule torch.utils.benchmark us
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -31,6 +31,15 @@ class LatencyStats:
     iqr_over_median: float
     noisy: bool
     iterations: int
+    batch_size: int = 1
+    #: the raw samples these numbers summarise (kept so that rounds can be pooled: ``merge``).
+    samples_ms: tuple[float, ...] = field(default=(), repr=False)
+
+    def merge(self, other: LatencyStats) -> LatencyStats:
+        """The summary of both sets of samples pooled (a later round of the same cell)."""
+        if other.batch_size != self.batch_size:
+            raise ValueError(f"cannot pool batch {other.batch_size} samples into batch {self.batch_size} ones")
+        return summarize([*self.samples_ms, *other.samples_ms], self.batch_size)
 
     def as_row_fields(self) -> dict[str, float | int | bool]:
         return {
@@ -75,4 +84,6 @@ def summarize(samples_ms: list[float], batch_size: int) -> LatencyStats:
         iqr_over_median=iqr_over_median,
         noisy=iqr_over_median > NOISE_IQR_OVER_MEDIAN,
         iterations=int(a.size),
+        batch_size=batch_size,
+        samples_ms=tuple(float(s) for s in samples_ms),
     )

@@ -1,0 +1,226 @@
+"""The default executor: each job in a fresh worker process, one at a time.
+
+A worker process per job isolates what one runtime does to the next (thread pools, memory, global
+compiler flags), lets a crash (segfault, abort, OOM kill) become rows instead of ending the run,
+bounds a hung cell with a timeout, and makes the per-cell peak memory the variant's own. The user's
+model runs only in workers, the FP32 reference included. Jobs run one after the other: on one
+machine, two timed cells at once would measure each other.
+
+The parent blocks in ``multiprocessing.connection.wait`` on the worker's pipe and its process
+sentinel with the next deadline as the timeout: it wakes for an event, a death or a deadline, never
+to poll. The worker runs in its own process group, so the terminal's Ctrl-C reaches only the parent
+(which decides what happens) and a kill takes the worker's own children (compilers) with it. Its
+stdout/stderr go to the run's log file so runtime chatter never breaks the progress bar. An optional
+memory limit (``benchmark.memory_limit_mb``) is applied in the worker as RLIMIT_DATA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import signal
+from collections.abc import Iterator, Sequence
+from multiprocessing.connection import wait
+from typing import Any
+
+from infertune import interrupts
+from infertune.executors.base import (
+    Event,
+    Executor,
+    ExecutorSettings,
+    Job,
+    JobWatch,
+    LastWordsEvent,
+    LogEvent,
+    import_job_modules,
+    register_executor,
+)
+from infertune.results import Status
+
+#: what the worker sends after the job's last event.
+_DONE = "done"
+
+
+@register_executor
+class ProcessExecutor(Executor):
+    """A spawned worker process per job, one job at a time."""
+
+    name = "process"
+
+    def run(self, jobs: Sequence[Job]) -> Iterator[Event]:
+        for job in jobs:
+            yield from run_in_worker(job, self.settings)
+
+
+def apply_memory_limit(limit_mb: int) -> None:
+    """Cap this process's data memory (heap and private mappings: RLIMIT_DATA) at ``limit_mb``.
+
+    RLIMIT_DATA rather than RLIMIT_AS: runtimes reserve far more address space than they use (torch
+    alone maps ~3 GB of address space for ~0.8 GB of data), so an address-space cap fails them at
+    import. An allocation past the cap fails (MemoryError, std::bad_alloc) instead of waking the
+    kernel's OOM killer. Children (compiler processes) inherit the cap.
+    """
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    limit = int(limit_mb) * 1024 * 1024
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+
+
+def _own_process_group() -> None:
+    """Leave the terminal's foreground group (Ctrl-C goes to the parent alone) and die with the parent."""
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    with contextlib.suppress(Exception):  # Linux only: SIGKILL this worker if the parent dies
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _worker_main(job: Job, conn: Any, log_path: str | None) -> None:
+    _own_process_group()
+    if log_path:
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        print(f"=== {job.label} (pid {os.getpid()}) ===", flush=True)
+    if job.memory_limit_mb:
+        apply_memory_limit(job.memory_limit_mb)
+
+    def emit(event: Event) -> None:
+        if isinstance(event, LogEvent):
+            print(f"[{job.label} b{event.batch}] {event.text}", flush=True)
+        conn.send(event)  # synchronous: a row sent is a row kept, even if the worker is killed next
+
+    try:
+        import_job_modules(job)
+        job.run(emit)
+        conn.send(_DONE)
+    except BaseException as err:  # SystemExit, MemoryError at import...: say why before dying
+        with contextlib.suppress(Exception):
+            conn.send(LastWordsEvent(job.job_id, f"{type(err).__name__}: {err}"[:300]))
+        raise
+    finally:
+        conn.close()
+
+
+def run_in_worker(job: Job, settings: ExecutorSettings) -> Iterator[Event]:
+    """Run ``job`` in a spawned process; yield its events, then whatever it still owes if it died or hung.
+
+    ``crashed``: the worker died (signal or exit code). ``timeout``: a cell ran longer than
+    ``cell_timeout_s`` (or the job longer than ``variant_timeout_s``); the worker is killed. Closing
+    the generator early (an interrupted run) kills the worker.
+    """
+    ctx = mp.get_context("spawn")
+    recv_conn, send_conn = ctx.Pipe(duplex=False)
+    log_path = settings.log_path
+    log_start = os.path.getsize(log_path) if log_path and os.path.exists(log_path) else 0
+    proc: Any = None
+    finished = False
+    try:
+        with interrupts.deferred():  # a Ctrl-C mid-start would leave a worker nobody owns
+            proc = _start(ctx, job, send_conn, log_path)
+        yield from _pump(proc, recv_conn, JobWatch(job, settings), log_start)
+        finished = True
+    finally:
+        if proc is not None:
+            if finished:
+                proc.join(timeout=10)
+            if proc.is_alive():  # interrupted, timed out, or stuck after 'done'
+                kill_worker(proc)
+                proc.join()
+        recv_conn.close()
+
+
+def _start(ctx: Any, job: Job, send_conn: Any, log_path: str | None) -> Any:
+    """Spawn the worker with the job's thread count in its environment; keep only the pipe's reading end."""
+    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    os.environ.update(OMP_NUM_THREADS=str(job.threads), MKL_NUM_THREADS=str(job.threads))
+    try:
+        proc = ctx.Process(target=_worker_main, args=(job, send_conn, log_path), daemon=False)
+        proc.start()
+    finally:
+        send_conn.close()  # the parent keeps only the reading end, so a dead worker reads as EOF
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return proc
+
+
+def kill_worker(proc: Any) -> None:
+    """SIGKILL the worker and everything in its process group (compiler children included)."""
+    with contextlib.suppress(OSError):
+        if os.getpgid(proc.pid) == proc.pid:  # the worker leads its own group (see _own_process_group)
+            os.killpg(proc.pid, signal.SIGKILL)
+            return
+    with contextlib.suppress(OSError):
+        proc.kill()
+
+
+def _pump(proc: Any, recv_conn: Any, watch: JobWatch, log_start: int = 0) -> Iterator[Event]:
+    """Relay the worker's events; on death or timeout, finish with what the job still owes."""
+    import time
+
+    failure: tuple[Status, str] | None = None
+    while True:
+        ready = wait([recv_conn, proc.sentinel], timeout=max(0.0, watch.deadline - time.monotonic()))
+        if not ready:
+            kill_worker(proc)
+            failure = (Status.TIMEOUT, watch.timeout_reason())
+            break
+        try:
+            if recv_conn not in ready and not recv_conn.poll():
+                raise EOFError  # the worker exited and left nothing unread
+            event = recv_conn.recv()
+        except EOFError:
+            proc.join(timeout=10)
+            failure = (Status.CRASHED, death_reason(proc.exitcode, watch, log_start))
+            break
+        if event == _DONE:
+            break
+        watch.observe(event)
+        if isinstance(event, LastWordsEvent):
+            continue
+        yield event
+    if failure is None:  # 'done': anything still owed is a bug in the job, never a lost cell
+        failure = (Status.CRASHED, "the worker finished without reporting this")
+    yield from watch.lost_events(*failure)
+
+
+def death_reason(exitcode: int | None, watch: JobWatch, log_start: int = 0) -> str:
+    """'worker process killed by SIGSEGV (Segmentation fault); last log line: ...': what the row says."""
+    from infertune.cell import is_out_of_memory
+
+    limit = watch.job.memory_limit_mb
+    if exitcode is not None and exitcode < 0:
+        try:
+            name, detail = signal.Signals(-exitcode).name, signal.strsignal(-exitcode) or ""
+        except ValueError:
+            name, detail = f"signal {-exitcode}", ""
+        if -exitcode == signal.SIGKILL:
+            detail += "; often the out-of-memory killer: try smaller batch sizes or set benchmark.memory_limit_mb"
+        what = f"killed by {name}" + (f" ({detail})" if detail else "")
+    else:
+        what = f"exited with code {exitcode}"
+    if limit:
+        what += f" (its memory limit: {limit} MB, benchmark.memory_limit_mb)"
+    fatal = watch.last_words
+    tail = f"; it said: {fatal}" if fatal else ""
+    out_of_memory = is_out_of_memory(RuntimeError(fatal)) or "failed to map segment" in fatal  # dlopen under a cap
+    if limit and fatal and out_of_memory:
+        tail += " -- raise benchmark.memory_limit_mb: loading the runtime alone needs more (torch: about 0.8 GB)"
+    log_path = watch.settings.log_path
+    if not tail and log_path and os.path.exists(log_path):
+        with open(log_path, "rb") as f:  # this worker's last words, not our banner
+            f.seek(log_start)
+            text = f.read().decode(errors="replace")
+        lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("=== ")]
+        if lines:
+            tail = f"; last log line: {lines[-1][:300]}"
+    return f"worker process {what}{tail}"

@@ -1,0 +1,179 @@
+"""The plan of a run: from the config to the device, the ladder, the cells, and the typed jobs workers run.
+
+Everything here is decided in the parent before any model code runs: which device, which variants
+and batch sizes (the cells), how long to time them, the fidelity bounds, and which variants cannot
+run here at all (their rows say why without a worker). ``Plan.reference_job`` and
+``Plan.variant_jobs`` build the jobs an executor runs; the jobs carry typed objects (``Variant``,
+``TimingPolicy``, ``Tolerance``, the reference's ``InputSource``), never dicts rebuilt on the other side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from infertune.backends.base import Availability
+from infertune.cell import VariantJob, identity_row
+from infertune.config import RunConfig
+from infertune.inputs import InputSpec
+from infertune.measure.timer import TimingPolicy
+from infertune.reference import Reference, ReferenceJob
+from infertune.results import ResultRow, cell_id
+from infertune.variants import Variant
+from infertune.verify import Tolerance
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run will do, decided before any model code runs."""
+
+    cfg: RunConfig
+    #: ``cpu`` or ``cuda`` (``auto`` resolved, a missing GPU fallen back to the CPU).
+    device: str
+    threads: int
+    ladder: tuple[Variant, ...]
+    batches: tuple[int, ...]
+    rounds: int
+    #: None for ``infertune verify`` (prepare and verify, no timing).
+    timing: TimingPolicy | None
+    tolerances: dict[str, Tolerance]
+    #: the workers' data-memory cap in MB (CPU runs only), None for none.
+    memory_limit_mb: int | None
+    #: variant name -> whether its backend can run here (a ``no`` becomes ``unavailable`` rows, no worker).
+    availability: dict[str, Availability]
+    #: the model's inputs (name, one sample's shape, dtype, value range), known without building the model.
+    inputs: tuple[InputSpec, ...] = ()
+
+    @property
+    def measure(self) -> bool:
+        return self.timing is not None
+
+    @property
+    def cells_planned(self) -> int:
+        return len(self.ladder) * len(self.batches)
+
+    @property
+    def model_label(self) -> str:
+        """The rows' ``model`` (``models.model_label``)."""
+        from infertune.models import model_label
+
+        return model_label(self.cfg.model.name)
+
+    def row_order(self, row: ResultRow) -> tuple[int, int]:
+        """Where a row sits in the files: the ladder's order, then the batch sizes' (rows arrive in any order)."""
+        names = [v.name for v in self.ladder]
+        variant = names.index(row.variant) if row.variant in names else len(names)
+        batch = self.batches.index(row.batch_size) if row.batch_size in self.batches else len(self.batches)
+        return variant, batch
+
+    def cell_id(self, variant: Variant, batch: int) -> str:
+        return cell_id(self.model_label, variant.name, batch, self.device)
+
+    def row(self, variant: Variant, batch: int, run_id: str, weights: str = "") -> ResultRow:
+        """A row the parent writes itself (no worker ran the cell: unavailable, or the run cannot go on)."""
+        return identity_row(variant, batch, model=self.model_label, device=self.device,
+                            requested_device=self.cfg.benchmark.device, weights=weights, run_id=run_id,
+                            threads=self.threads)
+
+    def reference_job(self, workdir: str) -> ReferenceJob:
+        """The job that loads the model and computes its FP32 outputs at every batch size, in a worker."""
+        return ReferenceJob(
+            model=self.cfg.model, verify=self.cfg.verify, workdir=workdir, batches=self.batches, threads=self.threads,
+            inputs=self.inputs,
+            needs_calibration_id=any(v.precision == "int8" for v in self.ladder), memory_limit_mb=self.memory_limit_mb,
+        )
+
+    def variant_jobs(self, reference: Reference, run_id: str, round_index: int,
+                     todo: Callable[[Variant, int], bool]) -> list[VariantJob]:
+        """One job per available variant over the batch sizes ``todo`` still wants in this round."""
+        from infertune.backends.registry import get_backend
+
+        cfg = self.cfg
+        int8 = cfg.optimization.int8.model_dump()
+        if reference.calibration_id is not None:  # INT8 caches are keyed by the calibration data too
+            int8["calibration_id"] = reference.calibration_id
+        settings = {"onnx_opset": cfg.optimization.onnx_opset, "int8": int8}
+        jobs = []
+        for variant in self.ladder:
+            batches = tuple(b for b in self.batches if todo(variant, b))
+            if not batches or not self.availability[variant.name].ok:
+                continue
+            jobs.append(VariantJob(
+                job_id=f"{variant.name}@{round_index}", variant=variant, batches=batches, model=cfg.model,
+                reference=reference, model_label=self.model_label, device=self.device,
+                requested_device=cfg.benchmark.device, threads=self.threads, timing=self.timing,
+                tolerance=self.tolerances.get(variant.precision, Tolerance()), cache_root=cfg.output.models_dir,
+                use_cache=cfg.output.use_cache, settings=settings, run_id=run_id, round_index=round_index,
+                rounds=self.rounds, memory_limit_mb=self.memory_limit_mb,
+                modules=(type(get_backend(variant.backend)).__module__,),
+            ))
+        return jobs
+
+
+def make_plan(cfg: RunConfig, measure: bool, log: Log) -> Plan:
+    """Resolve the device and the ladder, and run the checks that need no model (bad input fails here)."""
+    from infertune import env as envmod
+    from infertune import preflight
+    from infertune.backends.registry import get_backend
+    from infertune.config import tolerances
+    from infertune.ladder import build_ladder
+    from infertune.models import input_specs, model_kind
+
+    device = resolve_device(cfg.benchmark.device, log)
+    ladder = tuple(build_ladder(cfg, device))
+    preflight.check_output(cfg)
+    inputs = input_specs(cfg.model, cfg.benchmark.batch_sizes, log)
+    preflight.check_input_memory(cfg, inputs)
+    kind = model_kind(cfg.model.name)
+    b = cfg.benchmark
+    timing = TimingPolicy(warmup_iterations=b.warmup_iterations, min_iterations=b.benchmark_iterations,
+                          min_time_s=b.min_time_s, max_iterations=b.max_iterations,
+                          warmup_min_time_s=_warmup_time_s(cfg, device)) if measure else None
+    return Plan(
+        cfg=cfg, device=device, threads=b.threads or envmod.usable_cores(), ladder=ladder,
+        batches=tuple(b.batch_sizes), rounds=b.rounds, timing=timing, tolerances=tolerances(cfg),
+        memory_limit_mb=_memory_limit(cfg, device, log),
+        availability={v.name: _availability(get_backend(v.backend), device, v.precision, kind) for v in ladder},
+        inputs=inputs,
+    )
+
+
+def _availability(backend: Any, device: str, precision: str, kind: str) -> Availability:
+    """Whether ``backend`` runs here, and can start from a model of ``kind`` (torch rungs cannot take an ONNX file)."""
+    here = backend.availability(device, precision)
+    return backend.accepts(kind) if here.ok else here
+
+
+def resolve_device(requested: str, log: Log) -> str:
+    """``auto`` -> cuda when a GPU is visible, else cpu. ``cuda`` without a GPU falls back to cpu with one line."""
+    import torch
+
+    has_gpu = torch.cuda.is_available()
+    if requested == "auto":
+        return "cuda" if has_gpu else "cpu"
+    if requested == "cuda" and not has_gpu:
+        log("warning: device 'cuda' was requested but no CUDA GPU is visible; running on the CPU instead "
+            "(rows record requested_device=cuda, device=cpu)")
+        return "cpu"
+    return requested
+
+
+def _memory_limit(cfg: RunConfig, device: str, log: Log) -> int | None:
+    """The worker memory cap to apply: CPU runs only (see ``executors.process.apply_memory_limit``)."""
+    limit = cfg.benchmark.memory_limit_mb
+    if limit and device != "cpu":
+        log(f"warning: benchmark.memory_limit_mb ({limit} MB) is applied on CPU runs only: on {device} the "
+            "runtime's driver maps host memory that a data-size cap would count; running without it")
+        return None
+    return limit
+
+
+def _warmup_time_s(cfg: RunConfig, device: str) -> float:
+    """Configured warmup time, else 0.5 s on CUDA (an idle GPU clocks down: 345 MHz of 1980 on the
+    H200 seen here) and none on the CPU, where the warmup count suffices."""
+    if cfg.benchmark.warmup_time_s is not None:
+        return cfg.benchmark.warmup_time_s
+    return 0.5 if device == "cuda" else 0.0
