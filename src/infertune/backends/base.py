@@ -86,6 +86,19 @@ class PrepareContext:
         return tuple(int(d) for d in first.shape)
 
     @property
+    def sample_key(self) -> Any:
+        """What artifact cache keys hold for the inputs: one sample's shape (a single array, as always),
+        or every input's (name, dtype, shape) for several inputs."""
+        return self.input_signature if isinstance(self.example_input, dict) else self.input_shape[1:]
+
+    @property
+    def batch_shapes(self) -> list[tuple[int, ...]]:
+        """Every input's shape at this batch size, in input order."""
+        from infertune.inputs import named
+
+        return [tuple(int(d) for d in arr.shape) for arr in named(self.example_input).values()]
+
+    @property
     def input_signature(self) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
         """(name, dtype, one sample's shape) of every input, in order: part of artifact cache keys."""
         from infertune.inputs import named

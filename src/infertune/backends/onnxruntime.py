@@ -31,7 +31,7 @@ import numpy as np
 from infertune.backends.base import Availability, Backend, PrepareContext, Runner
 from infertune.backends.onnx_export import export_onnx
 from infertune.backends.registry import register_backend
-from infertune.backends.runner_io import feeds, named_outputs
+from infertune.backends.runner_io import ORT_DTYPES, feeds, named_outputs
 from infertune.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -209,7 +209,8 @@ def _isa_fingerprint() -> str:
 
 
 class OrtRunner(Runner):
-    """Feeds host float32 arrays and returns every host output: latency is end to end on any provider.
+    """Feeds host arrays (each in its graph input's dtype) and returns every host output: latency is end
+    to end on any provider.
 
     Input and output names come from the session (``runner_io``), so a model with several outputs
     has each one verified. ``source_path`` is the model the session was optimized from (the export,
@@ -220,10 +221,11 @@ class OrtRunner(Runner):
         self.session = session
         self.source_path = source_path
         self.input_names = [i.name for i in session.get_inputs()]
+        self.input_dtypes = [ORT_DTYPES.get(i.type) for i in session.get_inputs()]
         self.output_names = [o.name for o in session.get_outputs()]
 
     def to_native(self, batch: Any) -> dict[str, np.ndarray]:
-        return feeds(self.input_names, batch)
+        return feeds(self.input_names, batch, self.input_dtypes)
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session.run(None, inputs)
