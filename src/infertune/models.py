@@ -166,7 +166,8 @@ def input_specs(model_cfg: Any, batch_sizes: list[int] | tuple[int, ...] = (1,),
 
     name = model_cfg.name
     if is_onnx_path(name):
-        specs, notes = onnx_input_specs(read_onnx(name), model_cfg.input_shape, model_cfg.inputs,
+        given = "input_shape" in model_cfg.model_fields_set  # the default shape is not the user's
+        specs, notes = onnx_input_specs(read_onnx(name), model_cfg.input_shape if given else None, model_cfg.inputs,
                                         model_cfg.sequence_length, batch_sizes)
         for note in notes:
             warn(f"note: {note}")

@@ -123,12 +123,13 @@ def read_onnx(name: str) -> OnnxModel:
     return OnnxModel(path=path.resolve(), inputs=tuple(inputs), output_names=tuple(o.name for o in graph.output))
 
 
-def onnx_input_specs(model: OnnxModel, input_shape: Sequence[int], inputs_cfg: Sequence[Any] | None,
+def onnx_input_specs(model: OnnxModel, input_shape: Sequence[int] | None, inputs_cfg: Sequence[Any] | None,
                      sequence_length: int, batch_sizes: Sequence[int]) -> tuple[tuple[InputSpec, ...], list[str]]:
     """The file's inputs as specs (free dimensions resolved, see the module docstring) and notes for the user.
 
-    ``inputs_cfg`` (``model.inputs``) may restate the inputs, to set value ranges or free dimensions; its
-    names, dtypes and fixed dimensions must agree with the file's.
+    ``input_shape`` is ``model.input_shape`` when the user set it (None otherwise). ``inputs_cfg``
+    (``model.inputs``) may restate the inputs, to set value ranges or free dimensions; its names, dtypes
+    and fixed dimensions must agree with the file's.
     """
     name = model.path.name
     for onnx_input in model.inputs:
@@ -155,7 +156,7 @@ def onnx_input_specs(model: OnnxModel, input_shape: Sequence[int], inputs_cfg: S
             if isinstance(dim, str):
                 sizes.setdefault(dim, size)
             sample.append(size)
-        if single and all(isinstance(d, int) and d > 0 for d in onnx_input.dims[1:]) \
+        if single and input_shape is not None and all(isinstance(d, int) and d > 0 for d in onnx_input.dims[1:]) \
                 and list(input_shape[1:]) != sample:
             notes.append(f"model.input_shape {list(input_shape)} is not used: {name} fixes input "
                          f"{onnx_input.name!r} at {onnx_input.shown()}")
@@ -169,7 +170,7 @@ def onnx_input_specs(model: OnnxModel, input_shape: Sequence[int], inputs_cfg: S
 def _free_dim(onnx_input: OnnxInput, pos: int, dim: str | int | None, single: bool, input_shape: Sequence[int],
               sizes: dict[str, int], sequence_length: int, name: str) -> int:
     """The size of a dimension the file leaves free (see the module docstring for the order)."""
-    if single and len(input_shape) == len(onnx_input.dims):
+    if single and input_shape is not None and len(input_shape) == len(onnx_input.dims):
         return int(input_shape[pos])
     if isinstance(dim, str) and dim in sizes:
         return sizes[dim]
