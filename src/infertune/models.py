@@ -172,14 +172,19 @@ def input_specs(model_cfg: Any, batch_sizes: list[int] | tuple[int, ...] = (1,),
         for note in notes:
             warn(f"note: {note}")
         return specs
-    if model_cfg.inputs:
-        return tuple(InputSpec(i.name, tuple(i.shape[1:]), i.dtype, *(i.range or (None, None)))
-                     for i in model_cfg.inputs)
+    given = tuple(InputSpec(i.name, tuple(i.shape[1:]), i.dtype, *(i.range or (None, None)))
+                  for i in model_cfg.inputs or ())
     if name.startswith("hf:"):
+        from infertune.errors import ConfigError
         from infertune.models_hf import input_specs as hf_specs
 
-        return hf_specs(name, model_cfg.sequence_length, model_cfg.pretrained and not model_cfg.weights)
-    return (InputSpec(DEFAULT_INPUT_NAME, tuple(model_cfg.input_shape[1:])),)
+        length = given[0].shape[0] if given and given[0].shape else model_cfg.sequence_length  # inputs win
+        own = hf_specs(name, length, model_cfg.pretrained and not model_cfg.weights)
+        if given and [s.name for s in given] != [s.name for s in own]:
+            raise ConfigError(f"model.inputs names {', '.join(s.name for s in given)}, but {name} takes "
+                              f"{', '.join(s.name for s in own)}, in that order")
+        return given or own
+    return given or (InputSpec(DEFAULT_INPUT_NAME, tuple(model_cfg.input_shape[1:])),)
 
 
 def _preprocessing(module: Any) -> dict[str, tuple[float, ...]] | None:
