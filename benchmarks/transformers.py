@@ -44,6 +44,8 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+# run as a script, this file's folder comes first on sys.path and its name would shadow the transformers package
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(REPO / "src"))
 
 CACHE = REPO / "benchmarks" / ".cache" / "transformers"
@@ -171,7 +173,8 @@ def _export(loaded: Any, feeds: dict[str, np.ndarray], args: argparse.Namespace)
         axes = {n: {0: "batch", 1: "sequence"} for n in names}
         axes.update({"last_hidden_state": {0: "batch", 1: "sequence"}, "pooler_output": {0: "batch"}})
         example = tuple(torch.from_numpy(feeds[n][:1]) for n in names)
-        torch.onnx.export(_hf(loaded).eval(), example, str(path), input_names=names,
+        # the wrapper takes the inputs positionally (transformers' forward has other arguments in between)
+        torch.onnx.export(loaded.module.eval(), example, str(path), input_names=names,
                           output_names=["last_hidden_state", "pooler_output"], dynamic_axes=axes,
                           opset_version=17, dynamo=False)
     return path
@@ -215,7 +218,11 @@ def ort_optimized_int8(loaded: Any, feeds: dict[str, np.ndarray], args: argparse
     source = _optimized(loaded, feeds, args)
     path = source.with_name(source.stem + "-int8.onnx")
     if not path.is_file():
-        quantize_dynamic(str(source), str(path), weight_type=QuantType.QInt8)
+        import onnx
+
+        # the optimizer's fused contrib ops defeat shape inference: tell the quantizer their tensors are float
+        quantize_dynamic(str(source), str(path), weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     session = _ort_session(path, args)
     return lambda: session.run(None, feeds)
 
