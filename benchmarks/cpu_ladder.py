@@ -72,7 +72,20 @@ def _reference_call(method: str, model: Any, batch: int, threads: int) -> Any:
 
 
 def _tool_call(method: str, model: Any, batch: int, threads: int) -> Any:
-    """The tool's variant, prepared exactly as ``infertune run`` prepares it (same cache)."""
+    """The tool's variant as a zero-argument call (see ``tool_runner``)."""
+    runner, native = tool_runner(method.removeprefix(TOOL_PREFIX), model, batch, threads)
+
+    def call() -> Any:
+        out = runner(native)
+        runner.synchronize()
+        return out
+
+    return call
+
+
+def tool_runner(variant_name: str, model: Any, batch: int, threads: int) -> tuple[Any, Any]:
+    """The tool's variant, prepared exactly as ``infertune run`` prepares it (same cache), and its timed
+    input in the runner's native form."""
     from infertune.backends.base import PrepareContext
     from infertune.backends.registry import get_backend
     from infertune.cache import ArtifactCache
@@ -82,7 +95,7 @@ def _tool_call(method: str, model: Any, batch: int, threads: int) -> Any:
     from infertune.variants import parse_variant
 
     cfg = RunConfig()
-    variant = parse_variant(method.removeprefix(TOOL_PREFIX))
+    variant = parse_variant(variant_name)
     digest = LoadedModel(model, "resnet50", "random", "torchvision").digest()
     source, _ = resolve_source((3, 224, 224), seed=cfg.verify.seed, inputs=cfg.verify.inputs,
                                verify_count=cfg.verify.samples)  # the run's default inputs (shipped photos)
@@ -98,14 +111,7 @@ def _tool_call(method: str, model: Any, batch: int, threads: int) -> Any:
         log=lambda m: None,
     )
     runner = get_backend(variant.backend).prepare(ctx)
-    native = runner.to_native(ctx.example_input)
-
-    def call() -> Any:
-        out = runner(native)
-        runner.synchronize()
-        return out
-
-    return call
+    return runner, runner.to_native(ctx.example_input)
 
 
 # ---------------------------------------------------------------- parent side

@@ -95,6 +95,19 @@ class MemoryHogBackend(_Fault):
 
 
 @register_backend
+class KillParentBackend(_Fault):
+    """SIGKILLs the process that started its worker: under the Ray executor, the Ray worker running the job
+    (as Ray's memory monitor or a lost node would). Never run it under the process executor: that parent is
+    the run itself."""
+
+    name = "fault_kill_parent"
+
+    def fail(self, ctx: PrepareContext) -> None:
+        os.kill(os.getppid(), signal.SIGKILL)
+        time.sleep(30)  # dies with its parent (PR_SET_PDEATHSIG) before this ends
+
+
+@register_backend
 class RaiseBackend(_Fault):
     name = "fault_raise"
 

@@ -79,6 +79,35 @@ def broken_factory() -> nn.Module:
     raise TypeError("build() missing 1 required positional argument: 'depth'")
 
 
+class _TwoHeadsDict(_TwoHeads):
+    """The same two heads returned as a dict: outputs are matched by their keys."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        logits, features = super().forward(x)
+        return {"logits": logits, "features": features}
+
+
+def two_outputs_dict() -> nn.Module:
+    return _TwoHeadsDict().eval()
+
+
+class _FixedBatch(nn.Module):
+    """Right at every batch size in eager, but reads the batch as a Python int, which an exporter
+    cannot keep symbolic: the ONNX export of it has a static batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = tiny_convnet()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.inner[:-2](x)
+        return self.inner[-1](features.reshape(int(x.shape[0]), -1))
+
+
+def fixed_batch() -> nn.Module:
+    return _FixedBatch().eval()
+
+
 class _Broken(nn.Module):
     """The tiny model whose forward does ``action`` first (``crash_once``: only while a marker file is absent)."""
 
@@ -140,3 +169,30 @@ class _Branches(nn.Module):
 
 def branches_on_input() -> nn.Module:
     return _Branches().eval()
+
+
+class _Scaled(nn.Module):
+    """The tiny model's logits times ``scale``: 1e-13 is what random-init EfficientNet-B0 gives."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.inner = tiny_convnet()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) * self.scale
+
+
+def near_zero_logits() -> nn.Module:
+    return _Scaled(1e-13).eval()
+
+
+def tiny_vit() -> nn.Module:
+    """torchvision's VisionTransformer at toy size (32×32 inputs): class token expanded by the batch."""
+    from torchvision.models import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16,
+                              mlp_dim=32, num_classes=10)
+    nn.init.normal_(model.heads.head.weight, std=0.5)  # torchvision zero-initialises the head: logits all 0
+    return model.eval()

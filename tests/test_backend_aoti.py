@@ -67,6 +67,32 @@ def test_child_failure_reports_its_stderr(make_ctx, monkeypatch):
     assert not list(ctx.cache.root.rglob("manifest.json"))  # nothing committed: no false cache hit
 
 
+def test_a_package_that_crashes_its_loader_is_not_rebuilt_for_the_next_batch_size(make_ctx, monkeypatch):
+    """The child compiled, then died loading the package: the row says so; the next batch size of the same
+    variant fails at once with that reason instead of compiling again."""
+    import subprocess
+
+    from infertune.backends.aoti_build import COMPILED_MARKER
+
+    children = []
+
+    def crashing_child(cmd, **kwargs):
+        children.append(cmd)
+        return subprocess.CompletedProcess(cmd, -11, "", f"{COMPILED_MARKER}\nFatal Python error: Segmentation fault")
+
+    monkeypatch.setattr(aoti.subprocess, "run", crashing_child)
+    monkeypatch.setattr(aoti, "_LOAD_CRASHES", {})
+    with pytest.raises(RuntimeError, match=r"compiled, then crashed when loaded.*\(killed by SIGSEGV\)"):
+        get_backend("aoti").prepare(make_ctx("fp32", batch=2))
+    with pytest.raises(RuntimeError, match="not built again for batch 4: aoti: the package compiled, then crashed"):
+        get_backend("aoti").prepare(make_ctx("fp32", batch=4))
+    assert len(children) == 1
+    # other options are another package: built (and here crashing) on their own
+    with pytest.raises(RuntimeError, match="compiled, then crashed"):
+        get_backend("aoti").prepare(make_ctx("fp32", {"nofreeze": ""}, batch=4))
+    assert len(children) == 2
+
+
 def test_failure_message_names_the_signal():
     msg = aoti._failure_message(-11, "Fatal Python error: Segmentation fault\nsome warning")
     assert "(killed by SIGSEGV)" in msg and "Segmentation fault" in msg
@@ -117,3 +143,19 @@ def test_cuda_fp16_package(make_ctx):
     assert fid.ok, fid.failures
     assert runner.latency_scope == "device"
     assert len(samples) >= 3
+
+
+@pytest.mark.slow
+def test_every_output_of_a_dict_model_is_compared(tmp_path):
+    from infertune.verify import DEFAULT_TOLERANCES, compare
+    from tests import fixture_models
+    from tests.test_backend_onnxruntime import _model_ctx
+
+    model = fixture_models.two_outputs_dict()
+    runner = get_backend("aoti").prepare(_model_ctx(model, tmp_path / "cache", "fp32", batch=2))
+    x = np.random.default_rng(9).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    out = runner.to_numpy(runner(runner.to_native(x)))
+    assert list(out) == ["logits", "features"]
+    with torch.inference_mode():
+        fid = compare(out, model(torch.from_numpy(x)), DEFAULT_TOLERANCES["fp32"])
+    assert fid.ok and [o.name for o in fid.outputs] == ["logits", "features"]

@@ -200,3 +200,55 @@ def test_availability_reasons(ort):
 def test_default_variants(ort):
     assert ort.default_variants("cpu") == ["onnxruntime:fp32", "onnxruntime:int8"]
     assert ort.default_variants("cuda")[0] == "onnxruntime:fp32"
+
+
+# ---------------------------------------------------------------- every output; damaged artifacts
+
+
+def _model_ctx(model, root: Path, precision: str, batch: int = 3) -> PrepareContext:
+    return PrepareContext(model, np.random.default_rng(batch).standard_normal((batch, *TINY_SHAPE)).astype(np.float32),
+                          precision, {}, "cpu", 1, ArtifactCache(root, type(model).__name__),
+                          lambda n: np.random.default_rng(2).standard_normal((n, *TINY_SHAPE)).astype(np.float32),
+                          settings={"int8": {"calibration_samples": 8}})
+
+
+@pytest.mark.parametrize("factory", ["two_outputs", "two_outputs_dict"])
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_every_output_of_a_two_head_model_is_returned_and_compared(ort, tmp_path, factory, precision):
+    from infertune.verify import DEFAULT_TOLERANCES, compare
+    from tests import fixture_models
+
+    model = getattr(fixture_models, factory)()
+    ctx = _model_ctx(model, tmp_path / "cache", precision)
+    runner = ort.prepare(ctx)
+    x = np.random.default_rng(9).standard_normal((3, *TINY_SHAPE)).astype(np.float32)
+    out = runner.to_numpy(runner(runner.to_native(x)))
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(x))
+    names = ["logits", "features"] if factory == "two_outputs_dict" else ["output0", "output1"]
+    assert list(out) == names and runner.output_names == names  # the reference's names, in its order
+    fid = compare(out, ref, DEFAULT_TOLERANCES[precision])
+    assert fid.ok, fid.failures
+    assert [o.name for o in fid.outputs] == names
+    broken = {**dict(zip(names, out.values())), names[1]: -out[names[1]]}  # the second head alone is wrong
+    assert not compare(broken, ref, DEFAULT_TOLERANCES[precision]).ok
+
+
+def test_an_onnx_file_with_200_bytes_overwritten_is_rebuilt_not_reused(ort, make_ctx, caplog):
+    """The damaged INT8 session model used to be reused, and even passed (cosine 0.9985 instead of 0.99999)."""
+    first = ort.prepare(make_ctx("int8"))
+    x = make_ctx().example_input
+    good = _run(first, x)
+    for damaged in (first.artifact_path, first.source_path):  # the optimized session model, then the INT8 model
+        data = bytearray(damaged.read_bytes())
+        data[len(data) // 2: len(data) // 2 + 200] = bytes(200)
+        damaged.write_bytes(bytes(data))
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="infertune.cache"):
+            again = ort.prepare(make_ctx("int8"))
+        # the session model is rebuilt when it is the damaged one; it is intact when its source was
+        assert again.cache_hit == (damaged != first.artifact_path)
+        warnings = [r.getMessage() for r in caplog.records]
+        assert len(warnings) == 1 and f"{damaged.name} does not match its recorded SHA-256" in warnings[0]
+        np.testing.assert_array_equal(_run(again, x), good)
+    assert ort.prepare(make_ctx("int8")).cache_hit

@@ -106,3 +106,59 @@ def test_availability_and_defaults():
     defaults = backend.default_variants("cpu")
     assert defaults[0] == "openvino:fp32" and "openvino:int8" in defaults
     assert backend.default_variants("cuda") == []
+
+
+@pytest.mark.parametrize("factory", ["two_outputs", "two_outputs_dict"])
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_every_output_of_a_two_head_model_is_returned_and_compared(tmp_path, factory, precision):
+    if precision == "int8" and importlib.util.find_spec("nncf") is None:
+        pytest.skip("nncf is not installed")
+    import torch
+
+    from tests import fixture_models
+    from tests.test_backend_onnxruntime import _model_ctx
+
+    model = getattr(fixture_models, factory)()
+    runner = get_backend("openvino").prepare(_model_ctx(model, tmp_path / "cache", precision))
+    x = np.random.default_rng(9).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    out = runner.to_numpy(runner(runner.to_native(x)))
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(x))
+    names = ["logits", "features"] if factory == "two_outputs_dict" else ["output0", "output1"]
+    assert list(out) == names  # the IR's outputs carry the reference's names
+    fid = compare(out, ref, DEFAULT_TOLERANCES[precision])
+    assert fid.ok, fid.failures
+    assert [o.name for o in fid.outputs] == names
+
+
+def test_a_zeroed_weights_file_of_the_same_size_is_rebuilt(make_ctx, tmp_path, caplog):
+    root = tmp_path / "cache"
+    ctx = make_ctx("fp32", batch=2, cache_root=root)
+    first = get_backend("openvino").prepare(ctx)
+    good = first.to_numpy(first(first.to_native(ctx.example_input)))
+    weights = first.artifact_path / "model.bin"
+    weights.write_bytes(bytes(weights.stat().st_size))
+    with caplog.at_level("WARNING", logger="infertune.cache"):
+        again = get_backend("openvino").prepare(make_ctx("fp32", batch=2, cache_root=root))
+    assert not again.cache_hit
+    assert [r.getMessage() for r in caplog.records if "model.bin does not match" in r.getMessage()] != []
+    out = again.to_numpy(again(again.to_native(ctx.example_input)))
+    np.testing.assert_array_equal(out, good)
+    assert compare(out, reference_outputs(ctx.model, ctx.example_input), DEFAULT_TOLERANCES["fp32"]).ok
+
+
+def test_a_model_that_fixes_its_batch_gets_an_ir_per_batch_size_from_onnx(tmp_path):
+    from tests import fixture_models
+    from tests.test_backend_onnxruntime import _model_ctx
+
+    model = fixture_models.fixed_batch()
+    paths = set()
+    for batch in (1, 3):
+        ctx = _model_ctx(model, tmp_path / "cache", "fp32", batch=batch)
+        ctx.options = {"from_onnx": ""}
+        runner = get_backend("openvino").prepare(ctx)
+        assert "Constraints violated (batch)" in runner.notes[0] and f"for batch {batch} only" in runner.notes[0]
+        out = runner.to_numpy(runner(runner.to_native(ctx.example_input)))
+        assert compare(out, reference_outputs(model, ctx.example_input), DEFAULT_TOLERANCES["fp32"]).ok
+        paths.add(runner.artifact_path)
+    assert len(paths) == 2

@@ -85,3 +85,20 @@ def test_engine_builds_verifies_and_is_cached(make_ctx, tmp_path, precision):
     np.testing.assert_array_equal(
         runner.to_numpy(runner(runner.to_native(x))), again.to_numpy(again(again.to_native(x)))
     )
+
+
+def test_engine_io_lists_every_input_and_output_by_the_engine_s_names():
+    """The runner binds a buffer per output (no GPU here: an engine stand-in with TensorRT's I/O API)."""
+    from infertune.backends.tensorrt import engine_io
+
+    class Engine:
+        names = ["input", "logits", "features"]
+        num_io_tensors = 3
+
+        def get_tensor_name(self, i):
+            return self.names[i]
+
+        def get_tensor_mode(self, name):
+            return "IN" if name == "input" else "OUT"
+
+    assert engine_io(Engine(), "IN") == (["input"], ["logits", "features"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -98,6 +100,7 @@ def test_availability_and_defaults():
     assert backend.default_variants("cpu") == ["torch_compile:fp32"]
     assert backend.default_variants("cuda") == [
         "torch_compile:fp16:channels_last", "torch_compile:fp16:channels_last:cuda_graph",
+        "torch_compile:fp16:channels_last:cudnn_fused:cuda_graph",
     ]
     assert not backend.availability("cpu", "tf32").ok
     with pytest.raises(ConfigError, match="cannot be combined"):
@@ -111,3 +114,68 @@ def test_cuda_fp16_reduce_overhead(make_ctx):
     assert fid.ok, fid.failures
     assert runner.latency_scope == "device"
     assert len(samples) >= 3
+
+
+_PREPARE_IN_A_FRESH_PROCESS = """
+import json, sys
+import numpy as np
+from infertune.backends.base import PrepareContext
+from infertune.backends.registry import get_backend
+from infertune.cache import ArtifactCache
+from infertune.cell import configure_torch
+from infertune.testing import tiny_convnet
+configure_torch(1)
+x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+ctx = PrepareContext(model=tiny_convnet(), example_input=x, precision="fp32", options={opts!r}, device={device!r},
+                     threads=1, cache=ArtifactCache(sys.argv[1], "tiny"), calibration=None, log=lambda m: None)
+runner = get_backend("torch_compile").prepare(ctx)
+from torch._dynamo.utils import counters
+print(json.dumps({{"cache_hit": runner.cache_hit, "fx_hits": counters["inductor"]["fxgraph_cache_hit"]}}))
+"""
+
+
+def _prepare_in_fresh_process(models_dir, options: dict[str, str], device: str = "cpu") -> dict:
+    """Prepare the tiny model in a new interpreter (no in-memory compile caches), models dir ``models_dir``."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root)])}
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)  # the backend must choose the folder itself
+    code = _PREPARE_IN_A_FRESH_PROCESS.format(opts=options, device=device)
+    proc = subprocess.run([sys.executable, "-c", code, str(models_dir)], capture_output=True, text=True,
+                          env=env, cwd=root, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_a_second_run_is_served_by_the_fx_graph_cache_kept_in_the_models_dir(tmp_path):
+    # nofreeze: on the CPU a frozen graph holds oneDNN-packed weights, which Inductor's FX graph cache
+    # bypasses ('mkldnn tensors unpickleable'); its generated kernels are still reused from the folder
+    first = _prepare_in_fresh_process(tmp_path / "models", {"nofreeze": ""})
+    assert not first["cache_hit"] and first["fx_hits"] == 0
+    assert any((tmp_path / "models" / "inductor").rglob("*")), "Inductor's cache is not under the models dir"
+    second = _prepare_in_fresh_process(tmp_path / "models", {"nofreeze": ""})
+    assert second["fx_hits"] >= 1 and second["cache_hit"]
+    # another models dir starts cold again: the cache lives there, not in a global folder
+    assert _prepare_in_fresh_process(tmp_path / "other", {"nofreeze": ""})["fx_hits"] == 0
+
+
+def test_no_cache_switches_inductor_caches_off(tmp_path, monkeypatch):
+    from infertune.backends.torch_compile import configure_inductor_caches
+    from infertune.cache import ArtifactCache
+
+    monkeypatch.setattr(torch._inductor.config, "force_disable_caches", False)
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.delenv("TORCHINDUCTOR_FORCE_DISABLE_CACHES", raising=False)
+    folder = configure_inductor_caches(ArtifactCache(tmp_path / "models", "tiny"))
+    assert folder == (tmp_path / "models" / "inductor").resolve() and folder.is_dir()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(folder)
+    assert not torch._inductor.config.force_disable_caches
+    assert configure_inductor_caches(ArtifactCache(tmp_path / "models", "tiny", enabled=False)) is None
+    assert torch._inductor.config.force_disable_caches
+    assert os.environ["TORCHINDUCTOR_FORCE_DISABLE_CACHES"] == "1"

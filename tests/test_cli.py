@@ -23,7 +23,7 @@ TINY_CONFIG = {
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, *args], check=False, cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture
@@ -111,3 +111,33 @@ def test_backends_command_lists_every_backend_with_availability(tmp_path):
     assert proc.returncode == 0
     for name in list_backends():
         assert name in proc.stdout
+
+
+def test_infertune_alone_explains_itself_and_version_and_help_say_what_it_is(capsys):
+    from infertune import __version__
+    from infertune.cli import main
+
+    assert main([]) == 0  # prints help, runs nothing (benchmark_all.py is what runs the default job)
+    out = capsys.readouterr().out
+    assert out.startswith("usage: infertune") and "Find the fastest way to run a PyTorch model" in out
+    assert "Command-line interface" not in out and "argument parsing" not in out
+    for command in ("run", "verify", "report", "compare", "backends", "env"):
+        assert f"\n    {command} " in out
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"infertune {__version__}"
+
+
+def test_env_is_a_readable_table_and_json_on_request(capsys):
+    from infertune.cli import main
+    from infertune.env import capture
+
+    assert main(["env"]) == 0
+    table = capsys.readouterr().out
+    lines = table.splitlines()
+    assert lines[0].startswith("CPU ") and "{" not in table
+    assert any(ln.startswith("INT8 dot product (VNNI/AMX)") for ln in lines)
+    assert "Libraries" in lines and any(ln.split() == ["torch", capture()["libraries"]["torch"]] for ln in lines)
+    assert main(["env", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["cpu_model"] == capture()["cpu_model"] and "libraries" in doc

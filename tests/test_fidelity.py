@@ -13,7 +13,13 @@ import pytest
 from infertune.config import tolerances, validate_config
 from infertune.errors import ConfigError
 from infertune.inputs import InputSource, resolve_source
-from infertune.verify import BOUNDS, DEFAULT_TOLERANCES, Tolerance, compare
+from infertune.verify import (
+    BOUNDS,
+    DEFAULT_TOLERANCES,
+    Tolerance,
+    compare,
+    degenerate_reason,
+)
 from tests.faulty_backends import registered
 
 REPO = Path(__file__).resolve().parents[1]
@@ -296,3 +302,136 @@ def test_no_calibration_images_left_fails_only_the_int8_cells(tmp_path):
                log=lambda m: None, measure=False).rows
     assert rows[0].status == "ok" and rows[0].verify_inputs == f"folder {folder}: first 2 of 2 images"
     assert rows[1].status == "failed" and "no images left for INT8 calibration" in rows[1].error
+
+
+# ---------------------------------------------------------------- degenerate references
+
+
+@pytest.fixture(scope="module")
+def random_init_references():
+    """FP32 outputs of random-init torchvision models on four of the shipped photos (224×224)."""
+    import torch
+    import torchvision
+
+    source, _ = resolve_source((3, 224, 224), verify_count=4)
+    x = torch.from_numpy(source.verification(4))
+    refs = {}
+    for name in ("resnet18", "efficientnet_b0", "mobilenet_v3_large"):
+        torch.manual_seed(0)
+        with torch.inference_mode():
+            refs[name] = getattr(torchvision.models, name)(weights=None).eval()(x).numpy()
+    return refs
+
+
+def _as_fp16(values: np.ndarray) -> np.ndarray:
+    return values.astype(np.float16).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "mobilenet_v3_large"])
+def test_a_collapsed_random_init_reference_makes_the_verdict_unverifiable(random_init_references, name):
+    ref = random_init_references[name]
+    assert degenerate_reason(ref).endswith(", near zero")  # ~1e-13 and ~1e-9 logits
+    fid = compare(_as_fp16(ref), ref, DEFAULT_TOLERANCES["fp16"])  # fp16 rounds such logits to 0
+    assert fid.cosine_min < 0.5  # what used to read as a broken conversion
+    assert fid.unverifiable.startswith("the FP32 reference is degenerate (every value lies within ±")
+    assert "trained weights" in fid.unverifiable and "--weights" in fid.unverifiable
+    assert not fid.ok and fid.as_row_fields()["fidelity_ok"] is None
+    assert "cosine_min" in fid.failures[0]  # what the metrics showed is kept for the row
+
+
+def test_a_random_init_resnet_sends_every_input_to_one_class_yet_is_still_judged(random_init_references):
+    ref = random_init_references["resnet18"]
+    assert len(set(ref.argmax(axis=1))) == 1  # top-1 agreement proves nothing here (MEASUREMENT.md) ...
+    assert degenerate_reason(ref) == ""  # ... but its logits still vary, so cosine discriminates
+    assert compare(_as_fp16(ref), ref, DEFAULT_TOLERANCES["fp16"]).ok
+    shuffled = ref[:, np.random.default_rng(0).permutation(ref.shape[1])]  # the same class for all, wrong logits
+    fid = compare(shuffled, ref, DEFAULT_TOLERANCES["int8"])
+    assert not fid.ok and fid.unverifiable == "" and "cosine_min" in fid.failed_metrics
+
+
+def test_the_same_output_for_every_input_is_degenerate_and_zero_is_named():
+    rng = np.random.default_rng(5)
+    constant = np.tile(rng.standard_normal(10), (4, 1)) + 1e-6 * rng.standard_normal((4, 10))
+    assert degenerate_reason(constant).startswith("the same output for every input (it varies by")
+    assert "one top-1 class for every input" in degenerate_reason(constant)
+    assert degenerate_reason(np.zeros((4, 10))) == "every value is 0"  # a zero-initialised head (vit_b_16)
+    assert degenerate_reason(np.array([[1.0, np.nan], [2.0, np.inf]])) == "it holds 1 NaN and 1 inf of 4 values"
+    assert degenerate_reason(constant[:1]) == ""  # one sample cannot show input dependence
+
+
+def test_a_degenerate_head_is_left_out_and_the_others_are_judged():
+    rng = np.random.default_rng(6)
+    ref = {"logits": rng.standard_normal((4, 10)), "aux": np.zeros((4, 3))}
+    fid = compare({"logits": ref["logits"] * -1, "aux": np.ones((4, 3))}, ref, DEFAULT_TOLERANCES["fp32"])
+    assert fid.unverifiable == "" and not fid.ok and fid.failed_metrics == ("cosine_min", "max_rel_err")
+    assert fid.notes == ("not judged, degenerate reference output(s): aux: every value is 0",)
+
+
+def test_a_near_zero_model_is_unverifiable_through_the_pipeline(tmp_path):
+    from infertune.pipeline import run
+    from infertune.results import STATUSES
+
+    model = {**TINY, "name": "tests.fixture_models:near_zero_logits"}
+    rows = run(_cfg(tmp_path, ["pytorch:fp32", "onnxruntime:int8"], model=model), log=lambda m: None,
+               measure=False).rows
+    assert "unverifiable" in STATUSES
+    for row in rows:
+        assert row.status == "unverifiable" and row.fidelity_ok is None, (row.variant, row.error)
+        assert row.error.startswith("the FP32 reference is degenerate (every value lies within ±")
+        assert "--weights" in row.error
+    assert rows[0].cosine_min > 0.9999  # the metrics are still recorded
+
+
+# ---------------------------------------------------------------- notes, charts
+
+
+def test_notes_are_appended_never_overwritten(tmp_path):
+    from infertune.sink import annotate_int8
+    from infertune.results import ResultFiles, ResultRow
+
+    rows = [ResultRow("m", "onnxruntime:fp32", "onnxruntime", "fp32", "", 1, "cpu", latency_p50_ms=10.0),
+            ResultRow("m", "onnxruntime:int8", "onnxruntime", "int8", "", 1, "cpu", latency_p50_ms=12.0,
+                      note="ONNX export: the batch dimension cannot stay dynamic (...)")]
+    files = ResultFiles(tmp_path / "r.csv", tmp_path / "r.json", rows=rows)
+    annotate_int8(files)
+    assert rows[1].note.startswith("ONNX export: the batch dimension cannot stay dynamic (...); INT8 not faster than")
+    annotate_int8(files)  # again (a resumed run): the same note is not repeated
+    assert rows[1].note.count("INT8 not faster") == 1
+
+
+def test_the_accuracy_mode_pareto_chart_plots_top1_accuracy():
+    from infertune.report.charts import _Context, _fidelity_metric, _pareto
+    from infertune.results import ResultRow
+
+    rows = []
+    for variant, p50, acc in (("pytorch:fp32", 40.0, 0.76), ("onnxruntime:fp32", 20.0, 0.76),
+                              ("onnxruntime:int8", 10.0, 0.70)):
+        backend, precision = variant.split(":")
+        rows.append(ResultRow("m", variant, backend, precision, "", 1, "cpu", latency_p50_ms=p50,
+                              throughput_ips=1000 / p50, top1_agreement=1.0, cosine_min=0.99, top1_acc=acc,
+                              ref_top1_acc=0.76, fidelity_ok=True))
+    ctx = _Context("m", "cpu", rows, {})
+    assert _fidelity_metric(ctx)[0] == "top1_acc"
+    figure = _pareto(ctx)
+    assert figure.axes[0].get_ylabel().startswith("top-1 accuracy (%)")
+    ys = sorted(float(y) for ax in figure.axes for c in ax.collections for _, y in c.get_offsets())
+    assert ys[0] == pytest.approx(70.0) and ys[-1] == pytest.approx(76.0)
+
+
+def test_an_unverifiable_row_keeps_its_timing_in_reports_but_never_wins():
+    from infertune.report.view import (
+        best_variants,
+        fidelity_text,
+        is_measured,
+        reason_text,
+        status_word,
+    )
+    from infertune.results import ResultRow
+
+    row = ResultRow("m", "onnxruntime:int8", "onnxruntime", "int8", "", 1, "cpu", status="unverifiable",
+                    error="the FP32 reference is degenerate (every value is 0), so ...", latency_p50_ms=5.0,
+                    cosine_min=0.0)
+    assert is_measured(row) and best_variants([row]) == {}
+    assert fidelity_text(row) == "unverifiable: degenerate reference"
+    assert status_word(row) == "unverifiable"
+    assert reason_text(row).startswith("unverifiable: the FP32 reference is degenerate")

@@ -55,7 +55,9 @@ def test_cuda_default_ladder_has_the_gpu_rungs():
     names = [v.name for v in build_ladder(validate_config({"optimization": {"enable_tensorrt": True}}), "cuda")]
     for rung in ("pytorch:fp32", "pytorch:tf32", "pytorch:fp16:channels_last", "pytorch:bf16:channels_last",
                  "pytorch:fp16:channels_last:cuda_graph", "torchscript:fp16", "torch_compile:fp16:channels_last",
-                 "torch_compile:fp16:channels_last:cuda_graph", "aoti:fp16", "onnxruntime:fp32", "tensorrt:fp16"):
+                 "torch_compile:fp16:channels_last:cuda_graph", "cudnn_fused:fp16:channels_last:cuda_graph",
+                 "torch_compile:fp16:channels_last:cudnn_fused:cuda_graph", "aoti:fp16", "onnxruntime:fp32",
+                 "tensorrt:fp16"):
         assert rung in names
 
 

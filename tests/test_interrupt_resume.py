@@ -73,7 +73,8 @@ def test_sigint_then_resume_accounts_for_every_cell(tmp_path, fault_backends):
     variants = ["pytorch:fp32", "null:fp32", "fault_segfault:fp32", "fault_raise:fp32", "slow_once:fp32",
                 "fault_hang:fp32"]
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump(_config(tmp_path, variants, cell_timeout_s=4)))
+    # the timeout also covers a worker's start (importing torch: seconds on a busy machine)
+    config.write_text(yaml.safe_dump(_config(tmp_path, variants, cell_timeout_s=15)))
     code, out, err = _interrupt_when_started(_cli(["run", "-q", "--config", str(config)], tmp_path, fault_backends),
                                              fault_backends / "slow_once.1", signal.SIGINT)
 

@@ -107,3 +107,12 @@ def test_end_to_end_wraps_the_whole_host_to_host_trip():
     np.testing.assert_array_equal(e2e(np.ones(2)), np.full(2, 2.0))
     measure(e2e, np.ones(2), TimingPolicy(1, 3, 0.0))
     assert inner.calls == 1 + 1 + 3 and inner.syncs == 1 + 3  # the direct call was not synchronised
+
+
+def test_a_cell_whose_median_drifts_while_timed_is_noisy():
+    """Steady within each half (IQR small) but the second half 5% slower: a rerun could differ as much."""
+    steady = [10.0, 10.02, 9.98, 10.01] * 5
+    drifting = steady + [x * 1.05 for x in steady]
+    assert not summarize(steady * 2, 1).noisy
+    s = summarize(drifting, 1)
+    assert s.iqr_over_median < 0.10 and s.drift_over_median == pytest.approx(0.05, rel=0.1) and s.noisy

@@ -89,6 +89,8 @@ def test_rounds_pool_samples_per_cell(tmp_path):
     samples = read_samples(three.csv_path)[eager.cell_id]
     assert eager.iterations == len(samples) >= 3 * one.rows[0].iterations
     assert eager.latency_p50_ms == pytest.approx(float(np.median(samples)))
+    assert len(json.loads(eager.round_p50s_ms)) == 3  # each round's own median: compare's run-to-run spread
+    assert three.rows[1].role == "harness" and three.rows[1].speedup_vs_pytorch is None
 
 
 def test_python_api_runs_and_lists_backends(tmp_path):
@@ -106,3 +108,56 @@ def test_python_api_runs_and_lists_backends(tmp_path):
     df = infertune.load_results(result.csv_path)
     assert list(df["status"]) == ["ok"] and df.loc[0, "batch_size"] == 2
     assert isinstance(infertune.RunConfig(), infertune.RunConfig)
+
+
+def test_a_model_that_branches_on_its_input_is_judged_on_the_batches_it_really_sees(tmp_path):
+    """``if x.mean() > 0``: the reference must run exactly the variant's batches, or eager PyTorch itself fails."""
+    from infertune.inputs import InputSource
+
+    samples = InputSource(shape=(3, 32, 32)).verification(8)
+    means = samples.reshape(8, -1).mean(axis=1)
+    assert (means > 0).any() and (means <= 0).any()  # per sample, both branches are taken: batches matter
+    model = {**TINY, "name": "tests.fixture_models:branches_on_input"}
+    cfg = _cfg(tmp_path, model=model, variants=["pytorch:fp32", "torch_compile:fp32", "torchscript:fp32"])
+    cfg.verify.inputs, cfg.verify.samples = "synthetic", 8
+    rows = {(r.variant, r.batch_size): r for r in run(cfg, log=lambda m: None, measure=False).rows}
+    for variant in ("pytorch:fp32", "torch_compile:fp32"):
+        for batch in (1, 2):
+            row = rows[(variant, batch)]
+            assert row.status == "ok" and row.cosine_min > 0.9999, (variant, batch, row.status, row.error)
+    # tracing froze the branch its example batch took: the gate must see it (per-sample batches take both)
+    assert rows[("torchscript:fp32", 1)].status == "fidelity_failed"
+
+
+def test_runs_started_at_once_into_one_folder_each_keep_all_their_rows(tmp_path, monkeypatch):
+    import threading
+
+    from infertune import sink
+    from infertune.journal import read_journal
+
+    monkeypatch.setattr(sink, "timestamp", lambda: "20261130_120000")  # all in the same second, for sure
+    results: list = []
+    errors: list = []
+
+    def one_run(index: int) -> None:
+        try:
+            cfg = _cfg(tmp_path, batches=(1, index + 2))
+            results.append(run(cfg, log=lambda m: None))
+        except BaseException as err:  # noqa: BLE001 - reported by the assertion below
+            errors.append(err)
+
+    threads = [threading.Thread(target=one_run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert not errors, errors
+    assert len({r.csv_path for r in results}) == 4  # four runs, four sets of files
+    assert len(list((tmp_path / "results").glob("*.csv"))) == 4
+    for result in results:
+        own = {(r.variant, r.batch_size) for r in result.rows}
+        assert len(own) == 4
+        assert {(r.variant, r.batch_size) for r in read_rows(result.csv_path)} == own
+        journal = read_journal(result.journal_path)
+        assert {(rec.row["variant"], rec.row["batch_size"]) for rec in journal} == own
+        assert {rec.row["run_id"] for rec in journal} == {result.csv_path.stem.split("_results_")[1]}

@@ -76,8 +76,8 @@ def test_a_segfaulting_model_ends_the_run_with_one_line_exit_3_and_a_row_per_cel
     ("aborts_in_forward", "crashed", ["killed by SIGABRT"], {}),
     ("allocates_in_forward", "crashed", ["out of memory", "the model's forward at batch 1"], {}),
     ("allocates_in_forward", "crashed", ["out of memory"], {"memory_limit_mb": 1536}),
-    ("hangs_in_forward", "timeout", ["timed out", "ran longer than 5 s", "cell_timeout_s"], {"cell_timeout_s": 5}),
-    ("hangs_at_batch_3", "timeout", ["the model's forward at batch 3"], {"cell_timeout_s": 5}),
+    ("hangs_in_forward", "timeout", ["timed out", "ran longer than 10 s", "cell_timeout_s"], {"cell_timeout_s": 10}),
+    ("hangs_at_batch_3", "timeout", ["the model's forward at batch 3"], {"cell_timeout_s": 10}),
 ])
 def test_every_reference_fault_is_named_and_every_cell_has_a_row(tmp_path, model, status, words, bench):
     batches = (1, 3) if model.endswith("batch_3") else (1, 2)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import itertools
+import re
 from pathlib import Path
 
 import numpy as np
@@ -127,3 +129,73 @@ def test_frontier_keeps_only_points_nothing_beats_on_both():
     points = [(1.0, 120.0, "fp32"), (1.4, 118.0, "ts"), (1.2, 60.0, "dominated"), (5.0, 40.0, "int8"),
               (4.0, 35.0, "dominated too")]
     assert [p[2] for p in _frontier(points)] == ["fp32", "ts", "int8"]
+
+
+# ---------------------------------------------------------------- readable tick labels
+
+
+def _ladder_between(lo_ms: float, hi_ms: float, count: int = 8) -> list[tuple]:
+    """A ladder whose batch-1 medians run geometrically from ``hi_ms`` down to ``lo_ms``; the last fails fidelity."""
+    p50s = np.geomspace(hi_ms, lo_ms, count)
+    names = ["pytorch:fp32", "torchscript:fp32", "torch_compile:fp32", "aoti:fp32", "onnxruntime:fp32",
+             "openvino:fp32", "openvino:int8", "onnxruntime:int8"][:count]
+    return [(v, v.split(":")[0], v.split(":")[1], float(p), 0.99999 - 0.002 * i,
+             "fidelity_failed" if v == "onnxruntime:int8" else "ok", "", False)
+            for i, (v, p) in enumerate(zip(names, p50s))]
+
+
+def _tick_labels(fig, axis) -> list:
+    renderer = fig.canvas.get_renderer()
+    lo, hi = sorted(axis.get_view_interval())
+    labels = [t for t, loc in zip(axis.get_ticklabels(), axis.get_ticklocs())
+              if t.get_visible() and t.get_text() and lo <= loc <= hi]
+    return [(t.get_text(), t.get_window_extent(renderer)) for t in labels]
+
+
+@pytest.mark.parametrize(("lo_ms", "hi_ms"), [(0.1, 0.5), (0.1, 10_000), (1.0, 3.0), (50, 2000), (5000, 10_000)])
+def test_tick_labels_never_run_together_at_any_data_range(lo_ms, hi_ms):
+    """Latencies from 0.1 ms to 10 s, linear and log axes: on every axis of every chart each tick label is
+    drawn whole, apart from its neighbours, and a numeric axis has at least two of them."""
+    from infertune.report.charts import draw_charts
+
+    rows, samples = make_rows(batches=(1, 8, 64), ladder=_ladder_between(lo_ms, hi_ms))
+    figures = draw_charts(rows, samples)
+    assert {stem.removeprefix("resnet50_cpu_") for stem, _ in figures} == ALL_KINDS
+    for stem, fig in figures:
+        fig.canvas.draw()
+        for ax in fig.axes:
+            if not ax.get_visible():
+                continue
+            for axis in (ax.xaxis, ax.yaxis):
+                labels = _tick_labels(fig, axis)
+                horizontal = axis is ax.xaxis
+                boxes = sorted((b for _, b in labels), key=lambda b: b.x0 if horizontal else b.y0)
+                for a, b in itertools.pairwise(boxes):
+                    gap = b.x0 - a.x1 if horizontal else b.y0 - a.y1
+                    assert gap >= 2, (stem, [t for t, _ in labels])
+                texts = [t for t, _ in labels]
+                numeric = [t for t in texts if re.fullmatch(r"[−-]?[\d,]*\.?\d+", t)]
+                value_axis = horizontal and not stem.endswith("throughput") or not horizontal and \
+                    stem.endswith(("throughput", "pareto")) and ax is fig.axes[0]
+                if value_axis:
+                    assert len(numeric) >= 2, (stem, texts)
+
+
+def test_every_point_of_the_pareto_chart_is_named_and_labels_do_not_overlap():
+    """fp32 variants pile up at 100% agreement: each still gets its name, stacked with its neighbours'."""
+    from matplotlib.text import Text
+
+    from infertune.report.charts import draw_charts
+    from tests.report_fixtures import DEFAULT_CPU_LADDER
+
+    rows, samples = make_rows(batches=(1, 8, 64), ladder=DEFAULT_CPU_LADDER)
+    fig = dict(draw_charts(rows, samples))["resnet50_cpu_pareto"]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    plotted = {r.variant for r in rows if r.latency_p50_ms and r.backend != "null" and r.cosine_min is not None}
+    for ax in fig.axes:
+        names = [name for t in ax.texts for name in t.get_text().splitlines()]
+        assert sorted(names) == sorted(plotted)
+        boxes = [Text.get_window_extent(t, renderer) for t in ax.texts]  # the text, not its leader line
+        for a, b in itertools.combinations(boxes, 2):
+            assert not a.overlaps(b)

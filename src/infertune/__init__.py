@@ -4,12 +4,14 @@ Public API:
     run(config=None, **overrides) -> RunResult   benchmark a ladder of variants (see pipeline.run)
     verify_ladder(config=None, **overrides)      the same ladder, verified (and accuracy-gated) but not timed
     load_results(path) -> pandas.DataFrame       read a results CSV/JSON
+    load(folder) -> ExportedModel                open an export (`infertune export`) with only its runtime
     list_backends() -> list[str]                 registered backends
     RunConfig                                    the validated configuration model
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from infertune.results import load_results
@@ -42,6 +44,18 @@ def verify_ladder(config: str | None = None, log: Any = print, **overrides: Any)
     return _run(load_config(config, overrides), log=log, measure=False)
 
 
+def load(folder: str | os.PathLike[str], threads: int | None = None, check_hashes: bool = True) -> Any:
+    """Open an export folder (``infertune export RESULTS --to DIR``): a callable, numpy in, numpy out.
+
+    Needs only the artifact's runtime (an ONNX or OpenVINO export never imports torch); checks the files'
+    hashes, warns on another runtime version or a CPU without the features the numbers relied on.
+    See ``infertune.export.load.load``.
+    """
+    from infertune.export.load import load as _load
+
+    return _load(folder, threads=threads, check_hashes=check_hashes)
+
+
 def list_backends() -> list[str]:
     from infertune.backends.registry import list_backends as _list
 
@@ -56,4 +70,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-__all__ = ["RunConfig", "list_backends", "load_results", "run", "verify_ladder", "__version__"]
+__all__ = ["RunConfig", "__version__", "list_backends", "load", "load_results", "run", "verify_ladder"]

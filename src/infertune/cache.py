@@ -101,7 +101,10 @@ def entry_problem(path: Path | str) -> str:
     whose manifest has no hashes (written by an older infertune) cannot be trusted and says so.
     """
     path = Path(path)
-    entry_dir, only = (path.parent, path.name) if path.is_file() and path.name not in _BOOKKEEPING else (path, None)
+    entry_dir, only = path, None
+    if path.is_file() and path.name not in _BOOKKEEPING:  # the entry is the nearest folder with a manifest
+        entry_dir = next((d for d in path.parents if (d / MANIFEST).is_file()), path.parent)
+        only = path.relative_to(entry_dir).as_posix()
     manifest = _read_manifest(entry_dir)
     files = manifest.get("files") if manifest is not None else None
     if not isinstance(files, dict):
@@ -120,7 +123,7 @@ def entry_problem(path: Path | str) -> str:
         if size != recorded.get("size"):
             return f"{name} has {size} of {recorded.get('size')} bytes"
         if file_sha256(f) != recorded["sha256"]:
-            return f"{name} does not match its recorded SHA-256 (its content changed after it was cached)"
+            return f"{name} does not match its recorded SHA-256: its content changed after it was cached"
     return ""
 
 

@@ -227,6 +227,9 @@ def _calibration_text(calibration: _RecordedCalibration, row: ResultRow, job: Va
 def _run_cell(backend: Any, ctx: Any, row: ResultRow, verification: tuple[Any, Any, Any] | None,
               job: VariantJob, emit: Emit) -> list[float] | None:
     from infertune.cache import dir_size_mb
+    from infertune.export.artifact import artifact_ref
+    from infertune.measure.load import LoadMeter
+    from infertune.measure.load import row_fields as load_fields
     from infertune.measure.memory import MemoryProbe
     from infertune.measure.stats import summarize
     from infertune.measure.timer import measure, time_first_call
@@ -239,7 +242,8 @@ def _run_cell(backend: Any, ctx: Any, row: ResultRow, verification: tuple[Any, A
     t0 = time.perf_counter()
     runner = backend.prepare(ctx)
     row.update(convert_s=time.perf_counter() - t0, cache_hit=runner.cache_hit,
-               artifact_mb=dir_size_mb(runner.artifact_path), latency_scope=runner.latency_scope)
+               artifact_mb=dir_size_mb(runner.artifact_path), artifact=artifact_ref(runner.artifact_path, ctx.cache.root),
+               latency_scope=runner.latency_scope)
     policy = job.timing
     try:
         timed_input = runner.to_native(ctx.example_input)
@@ -251,9 +255,12 @@ def _run_cell(backend: Any, ctx: Any, row: ResultRow, verification: tuple[Any, A
         if policy is None:
             return None
         emit(StageEvent(job.job_id, batch, "measure"))
+        meter = LoadMeter()
+        meter.start()
         timing = measure(runner, timed_input, policy)
         row.update(**summarize(timing.samples_ms, batch).as_row_fields(), warmup_iterations=policy.warmup_iterations,
-                   measured_s=timing.wall_ns / 1e9, rounds=1)
+                   measured_s=timing.wall_ns / 1e9, rounds=1,
+                   **load_fields(meter.stop(ctx.threads), meter.load_avg_before))
         if runner.latency_scope == "device":
             row.update(**_end_to_end_fields(runner, ctx.example_input, policy, timing))
     finally:
@@ -284,7 +291,6 @@ def verify_step(runner: Any, verification: tuple[Any, Any, Any], batch: int, job
     """Compare with the reference at this batch size (and, in accuracy mode, gate on accuracy); fill the
     row's fidelity fields."""
     from infertune.accuracy import accuracy, gate
-    from infertune.results import joined_note
 
     inputs, reference, labels = verification
     tolerance = job.tolerance
@@ -300,7 +306,7 @@ def verify_step(runner: Any, verification: tuple[Any, Any, Any], batch: int, job
         if failure:
             failures.append(failure)
     for note in (*getattr(runner, "notes", ()), *fid.notes):
-        row.note = joined_note(row.note, note)
+        row.add_note(note)
     if fid.unverifiable:
         shown = f"; against it: {'; '.join(failures)}" if failures else ""
         row.update(status=Status.UNVERIFIABLE, error=f"{fid.unverifiable}{shown}")

@@ -1,9 +1,11 @@
-"""Command-line interface: argument parsing only; the work lives in pipeline, report and env.
+"""The ``infertune`` command: argument parsing and printing; the work lives in pipeline, report and env.
 
     infertune run [--config config.yaml] [--batch-size 1 4 8] [--variants ...] [--device cpu] ...
     infertune verify [same options] [--dataset labelled_folder/]   (fidelity/accuracy only, no timing)
     infertune report results/benchmark_results_<TS>.csv
     infertune backends | env | compare BASELINE CANDIDATE [--fail-on-regression PCT]
+    infertune scenario {single-stream,multi-stream,server,offline,all} [--latency-bound-ms 100] ...
+    infertune export results/benchmark_results_<TS>.json --to best/   (also: infertune run ... --export best/)
 
 A user-fixable problem (bad config, unknown model, missing file) prints one clear message and exits
 with status 2; it never shows a traceback.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +56,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=_int_arg("round count"),
                    help="measure the whole ladder this many times, interleaved, pooling samples per cell")
     p.add_argument("--output-dir", "-o", help="where result files go (default results/)")
-    p.add_argument("--isolation", choices=["process", "none"], help="run each variant in its own process (default)")
+    p.add_argument("--isolation", "--executor", dest="isolation", choices=["process", "none", "ray"],
+                   help="where jobs run: a worker process each (process, the default), here (none), a Ray cluster (ray)")
+    p.add_argument("--ray-address", metavar="ADDR", help="with --executor ray: a running cluster (default: a local instance)")
     p.add_argument("--no-cache", action="store_true", help="rebuild converted artifacts even if cached")
     p.add_argument("--report", action="store_true", help="also write charts, HTML and markdown after the run")
     p.add_argument("--resume", metavar="RUN",
@@ -85,11 +90,32 @@ def _int_arg(what: str, minimum: int = 1) -> Any:
     return parse
 
 
+#: what ``infertune --help`` opens with: what the tool does for its user.
+DESCRIPTION = ("Find the fastest way to run a PyTorch model on this machine without changing its predictions: "
+               "infertune converts the model to each runtime and precision it can (TorchScript, torch.compile, "
+               "AOTInductor, ONNX Runtime, OpenVINO, TensorRT; FP32, FP16, BF16, INT8), checks every variant's "
+               "outputs against FP32 eager, times each at every batch size, and reports the fastest that kept "
+               "the predictions.")
+EXAMPLES = """examples:
+  infertune run                                   benchmark the default ladder (./config.yaml if present)
+  infertune run --model resnet18 --batch-size 1 8 a model and batch sizes of your choice
+  infertune report results/benchmark_results_TIMESTAMP.csv   charts, HTML and markdown from a run
+  infertune compare A.json B.json --fail-on-regression 5     did B get slower than A?
+  infertune backends                              which runtimes can run here, and why not
+  infertune env                                   this machine as results record it"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="infertune", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command")
+    from infertune import __version__
+
+    parser = argparse.ArgumentParser(prog="infertune", description=textwrap.fill(DESCRIPTION, 79), epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"infertune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     run_p = sub.add_parser("run", help="benchmark the ladder (the default command)")
     _add_run_args(run_p)
+    run_p.add_argument("--export", metavar="DIR", help="after the run, export the fastest verified variant to DIR "
+                                                       "(as `infertune export`; the largest batch size measured)")
     ver_p = sub.add_parser("verify", help="fidelity (and, with --dataset, accuracy) of every variant; no timing")
     _add_run_args(ver_p)
     rep = sub.add_parser("report", help="charts, HTML and markdown from results CSV/JSON files")
@@ -98,21 +124,51 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", help="output folder (default: a folder named after the first file, beside it)")
     sub.add_parser("backends", help="list backends and whether they can run here").add_argument(
         "--device", default="cpu", choices=["cpu", "cuda"])
-    sub.add_parser("env", help="print the environment that results record")
+    env_p = sub.add_parser("env", help="this machine as results record it: CPU and its ISA flags, cores, GPU, "
+                                       "library versions")
+    env_p.add_argument("--json", action="store_true", help="print it as JSON (what a results file holds)")
     cmp_p = sub.add_parser(
-        "compare", help="p50/p99/throughput changes between two runs, tested on the raw samples",
-        description="Compare every cell of two runs: point changes of p50, p99 and throughput, a Mann-Whitney U "
-                    "test on the raw samples (adjusted across cells) and a bootstrap CI of the p50 change.",
+        "compare", help="p50/p99/throughput changes between runs, judged against run-to-run noise",
+        usage="infertune compare BASELINE CANDIDATE [options]\n"
+              "       infertune compare BASELINE_RUN... -- CANDIDATE_RUN... [options]",
+        description="Compare every cell of two runs: point changes of p50, p99 and throughput, and whether the "
+                    "p50 moved beyond the run-to-run noise. That noise is estimated from the rounds in the files "
+                    "(--rounds 3) and from several runs per side (A1 A2 -- B1 B2); with one run of one round per "
+                    "side, only changes larger than identical runs' drift can count (docs/measurement.md).",
         epilog="exit status: 0 no regression (or no --fail-on-regression), 1 regression beyond PCT, "
                "2 bad input (missing or malformed file, nothing in common)")
-    cmp_p.add_argument("baseline", help="the reference run's results CSV or JSON (the JSON holds the raw samples)")
-    cmp_p.add_argument("candidate", help="the run under test")
+    cmp_p.add_argument("runs", nargs="+", metavar="RUN",
+                       help="results CSV or JSON files (the JSON holds the raw samples): the baseline, then the "
+                            "candidate; several runs per side separated by --")
     cmp_p.add_argument("--fail-on-regression", type=_pct_arg, metavar="PCT",
                        help="exit 1 when a cell's p50 got slower by more than PCT%% and the change is significant "
                             "(or when a cell that passed now fails)")
-    cmp_p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    cmp_p.add_argument("--alpha", type=float, default=0.01,
+                       help="significance level, adjusted across cells (default 0.01: a CI gate should rarely cry wolf)")
     cmp_p.add_argument("--markdown", metavar="PATH", help="also write the comparison as markdown, e.g. for a PR")
+    from infertune.scenario.command import add_parser as add_scenario_parser
+
+    add_scenario_parser(sub, _int_arg)
+    _add_export_parser(sub)
     return parser
+
+
+def _add_export_parser(sub: Any) -> None:
+    exp = sub.add_parser(
+        "export", help="hand over the fastest verified variant: its artifact, infertune.json and a README",
+        description="Copy the fastest variant that kept the predictions (at the largest batch size measured, or "
+                    "--batch-size) out of the artifact cache into DIR, hash-checked, with a manifest and a README; "
+                    "then load it in a fresh process and re-verify it. Load it with infertune.load(DIR).",
+        epilog="exit status: 0 exported, 1 the round trip did not reproduce the verified outputs, 2 bad input "
+               "(nothing exportable, a missing or changed artifact)")
+    exp.add_argument("results", help="the run's results JSON (or the CSV beside it)")
+    exp.add_argument("--to", required=True, metavar="DIR", help="the export folder (an earlier export there is replaced)")
+    exp.add_argument("--batch-size", type=_int_arg("batch size"), metavar="N",
+                     help="pick the fastest at this batch size (default: the largest measured)")
+    exp.add_argument("--variant", metavar="V", help="export this variant instead of the fastest")
+    exp.add_argument("--force", action="store_true",
+                     help="export --variant even if it failed fidelity, failed or was not measured (the manifest says so)")
+    exp.add_argument("--models-dir", metavar="DIR", help="the artifact cache (default: the run's output.models_dir)")
 
 
 def _pct_arg(text: str) -> float:
@@ -136,6 +192,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
                       "rounds": args.rounds},
         "optimization": {"variants": args.variants},
         "output": {"dir": args.output_dir, "use_cache": False if args.no_cache else None},
+        "ray": {"address": args.ray_address},
         "verify": {"inputs": getattr(args, "inputs", None), "images": getattr(args, "images", None),
                    "dataset": getattr(args, "dataset", None), "samples": getattr(args, "samples", None),
                    "calibration_images": getattr(args, "calibration_images", None)},
@@ -192,7 +249,26 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         paths = build_report(result.csv_path)
         console.print(f"report: {paths.get('html')}")
+    if args.export:
+        return _export(result.json_path, args.export, console)
     return 0
+
+
+def _export(results: Any, to: str, console: Any, **choice: Any) -> int:
+    """Export and print what happened; a round trip that does not reproduce the outputs exits 1."""
+    from infertune.export.build import RoundTripError, export_run
+
+    try:
+        export_run(results, to, log=lambda m: console.print(m, markup=False, highlight=False), **choice)
+    except RoundTripError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    return _export(args.results, args.to, _console(), batch_size=args.batch_size, variant=args.variant,
+                   force=args.force, models_dir=args.models_dir)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -238,9 +314,12 @@ def _print_table(rows: list[Any], console: Any) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from infertune.report.build import build_report
     from infertune.report.data import load_report_data
+    from infertune.report.serving import is_scenario_file
 
     paths = build_report(args.results, args.out)
-    _print_table(load_report_data(args.results).rows, _console())  # small files: reading twice costs nothing
+    run_files = [p for p in args.results if not is_scenario_file(p)]
+    if run_files:
+        _print_table(load_report_data(run_files).rows, _console())  # small files: reading twice costs nothing
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0
@@ -261,11 +340,16 @@ def cmd_backends(args: argparse.Namespace) -> int:
 
 
 def cmd_env(args: argparse.Namespace) -> int:
-    import json
-
     from infertune.env import capture
+    from infertune.report.environment import text_lines
 
-    print(json.dumps(capture(), indent=2))
+    env = capture()
+    if args.json:
+        import json
+
+        print(json.dumps(env, indent=2))
+    else:
+        print("\n".join(text_lines(env)))
     return 0
 
 
@@ -277,7 +361,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print_comparison,
     )
 
-    comparison = compare_runs(args.baseline, args.candidate, alpha=args.alpha)
+    baseline, candidate = _compare_sides(args.runs)
+    comparison = compare_runs(baseline, candidate, alpha=args.alpha)
     print_comparison(comparison, args.fail_on_regression, _console())
     if args.markdown:
         Path(args.markdown).write_text(comparison_markdown(comparison, args.fail_on_regression), encoding="utf-8")
@@ -287,16 +372,46 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare_sides(runs: list[str]) -> tuple[list[str], list[str]]:
+    """``A B`` or ``A1 A2 -- B1 B2`` (main() turns the ``--`` that argparse would drop into ``_SIDES``)."""
+    if _SIDES in runs:
+        cut = runs.index(_SIDES)
+        baseline, candidate = runs[:cut], runs[cut + 1:]
+        if baseline and candidate and _SIDES not in candidate:
+            return baseline, candidate
+        raise InfertuneError("compare takes baseline runs, then --, then candidate runs, e.g. "
+                             "infertune compare A1.json A2.json -- B1.json B2.json")
+    if len(runs) != 2:
+        raise InfertuneError(f"compare got {len(runs)} files: pass two (BASELINE CANDIDATE), or separate several "
+                             "runs per side with --, e.g. infertune compare A1.json A2.json -- B1.json B2.json")
+    return [runs[0]], [runs[1]]
+
+
+#: the separator of ``compare``'s two sides, as argparse receives it.
+_SIDES = "‖"
+
 #: exit codes (see the module docstring): a finished run, bad input, the reference failed, Ctrl-C, SIGTERM.
 EXIT_OK, EXIT_BAD_INPUT, EXIT_RUN_FAILED, EXIT_SIGINT, EXIT_SIGTERM = 0, 2, 3, 130, 143
 
-COMMANDS = {"run": cmd_run, "verify": cmd_verify, "report": cmd_report, "backends": cmd_backends, "env": cmd_env, "compare": cmd_compare}
+def cmd_scenario(args: argparse.Namespace) -> int:
+    from infertune.scenario.command import cmd_scenario as run_scenario_command
+
+    return run_scenario_command(args, DEFAULT_CONFIG)
+
+
+COMMANDS = {"scenario": cmd_scenario, "run": cmd_run, "verify": cmd_verify, "report": cmd_report, "backends": cmd_backends,
+            "env": cmd_env, "compare": cmd_compare, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+    if not argv:  # `infertune` alone: say what it does (benchmark_all.py runs the default job)
+        build_parser().print_help()
+        return EXIT_OK
+    if argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv = ["run", *argv]  # `infertune --batch-size 1` means run
+    if argv[:1] == ["compare"]:
+        argv = [_SIDES if a == "--" else a for a in argv]  # compare A1 A2 -- B1 B2: keep the separator
     args = build_parser().parse_args(argv)
     if args.command is None:
         build_parser().print_help()

@@ -142,6 +142,9 @@ class BenchmarkConfig(_Section):
     #: cap on each worker's data memory (RLIMIT_DATA, MB; CPU runs only); None: no cap.
     memory_limit_mb: int | None = Field(None, ge=256)
     rounds: int = Field(1, ge=1)
+    #: time the baseline (pytorch:fp32) again at the end of the run; a drift beyond its noise flags the
+    #: speedups of that batch size (measure/load.py).
+    baseline_check: bool = True
 
     @field_validator("batch_sizes")
     @classmethod
@@ -256,6 +259,55 @@ class OutputConfig(_Section):
     use_cache: bool = True
 
 
+class ScenarioConfig(_Section):
+    """``infertune scenario``: MLPerf LoadGen scenarios and the SUT's dynamic batching (docs/serving.md).
+
+    The server scenario searches every combination of ``max_batch`` × ``max_delay_ms`` × ``instances``
+    for the highest QPS that LoadGen calls VALID at p99 <= ``latency_bound_ms`` (``server_qps`` fixes the
+    rate instead), within ``search_budget_s``. LoadGen runs each trial at least ``min_duration_s`` and
+    ``min_query_count`` queries (MLPerf's rules ask for 600 s; short runs are a preview).
+    """
+
+    latency_bound_ms: float = Field(100.0, gt=0)
+    min_duration_s: float = Field(10.0, gt=0)
+    min_query_count: int = Field(700, ge=1)
+    samples_per_query: int = Field(8, ge=1)
+    sample_count: int = Field(64, ge=1)
+    server_qps: float | None = Field(None, gt=0)
+    max_batch: list[int] = Field(default_factory=lambda: [1, 4, 8, 16])
+    max_delay_ms: list[float] = Field(default_factory=lambda: [2.0, 10.0])
+    instances: list[int] = Field(default_factory=lambda: [1, 2])
+    search_budget_s: float | None = Field(1800.0, gt=0)
+    search_tolerance: float = Field(0.05, gt=0, lt=1)
+    price_per_hour: float | None = Field(None, ge=0)
+
+    @field_validator("max_batch", "instances")
+    @classmethod
+    def _positive_ints(cls, v: list[int]) -> list[int]:
+        if not v or any(x < 1 for x in v):
+            raise ValueError(f"give one or more whole numbers >= 1, got {v}")
+        return list(dict.fromkeys(v))
+
+    @field_validator("max_delay_ms")
+    @classmethod
+    def _delays(cls, v: list[float]) -> list[float]:
+        if not v or any(x < 0 for x in v):
+            raise ValueError(f"give one or more delays >= 0 ms, got {v}")
+        return list(dict.fromkeys(v))
+
+
+class RayConfig(_Section):
+    """``benchmark.isolation: ray``: where the Ray cluster is and how the ladder is spread (docs/ray.md)."""
+
+    #: a running cluster (``ray://host:10001``, ``host:6379`` or ``auto``); None: a local Ray instance
+    #: starts with the run's variant jobs and stops after them.
+    address: str | None = None
+    #: CPUs of the local instance (None: this machine's usable cores); ignored with an address.
+    num_cpus: int | None = Field(None, ge=1)
+    #: GPUs of the local instance (None: every visible GPU); ignored with an address.
+    num_gpus: int | None = Field(None, ge=0)
+
+
 class RunConfig(_Section):
     """The whole run; ``load_config`` builds it from YAML and CLI overrides."""
 
@@ -264,6 +316,8 @@ class RunConfig(_Section):
     optimization: OptimizationConfig = Field(default_factory=OptimizationConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    scenario: ScenarioConfig = Field(default_factory=ScenarioConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
 
     @model_validator(mode="after")
     def _variant_lists(self) -> RunConfig:

@@ -12,6 +12,7 @@ with ``RunFailed`` (exit 3). An interrupt (Ctrl-C, SIGTERM) marks the cells in p
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,9 +29,12 @@ from infertune.executors.base import (
     Job,
     JobFailedEvent,
     ReferenceEvent,
+    RowEvent,
+    StageEvent,
     make_executor,
 )
 from infertune.journal import Journal
+from infertune.ladder import BASELINE
 from infertune.plan import Plan, make_plan
 from infertune.reference import Reference
 from infertune.results import ResultFiles, ResultRow, Status, journal_path_for
@@ -93,7 +97,7 @@ def _run(cfg: RunConfig, log: Log, progress: Any, resume: ResumeState | None, me
     sink = _open_sink(plan, stem, environment, resume, log, progress)
     executor = make_executor(cfg.benchmark.isolation, ExecutorSettings(
         cell_timeout_s=cfg.benchmark.cell_timeout_s, variant_timeout_s=cfg.benchmark.variant_timeout_s,
-        log_path=f"{stem}.log"))
+        log_path=f"{stem}.log", config=cfg))
     result = RunResult(sink.files.rows, sink.files.csv_path, sink.files.json_path, Path(f"{stem}.config.yaml"),
                        Path(f"{stem}.log"), environment, sink.notices, journal_path=sink.journal.path)
     tmp = Path(tempfile.mkdtemp(prefix="infertune-"))
@@ -108,9 +112,11 @@ def _run(cfg: RunConfig, log: Log, progress: Any, resume: ResumeState | None, me
             raise
         sink.finish()
     except RunFailed as failed:
+        result.rows = sink.files.rows
         failed.result = result
         raise
     finally:
+        executor.close()
         if progress:
             progress.stop()
         _rm_tree(tmp)
@@ -218,6 +224,28 @@ def _variants(plan: Plan, executor: Executor, sink: Sink, reference: Reference, 
         if sink.progress and skipped:
             sink.progress.advance(skipped)
         _execute(executor, plan.variant_jobs(reference, sink.run_id, round_index, todo), sink, round_index)
+    if plan.cfg.benchmark.baseline_check:
+        _recheck_baseline(plan, executor, sink, reference)
+
+
+def _recheck_baseline(plan: Plan, executor: Executor, sink: Sink, reference: Reference) -> None:
+    """Time the baseline again at the end of the run: a machine that changed during the run shows as the
+    baseline's drift, and every speedup of that batch size says so (``measure.load.speedup_caveats``)."""
+    jobs = plan.variant_jobs(reference, sink.run_id, 0, lambda v, b: v.name == BASELINE)
+    if plan.timing is None or not jobs:
+        return
+    job = dataclasses.replace(jobs[0], job_id=f"{BASELINE}@recheck")
+    rows: list[ResultRow] = []
+    events = executor.run([job])
+    try:
+        for event in events:
+            if isinstance(event, RowEvent):
+                rows.append(event.row)
+            elif isinstance(event, StageEvent) and sink.progress:
+                sink.progress.stage(f"{BASELINE} (end-of-run check)", event.batch or "", event.stage)
+    finally:
+        events.close()
+    sink.recheck(rows)
 
 
 def _execute(executor: Executor, jobs: Sequence[Job], sink: Sink, round_index: int = 0) -> list[Event]:

@@ -87,7 +87,7 @@ class ReferenceJob(Job):
     job_id: str = REFERENCE_JOB_ID
     device: str = "cpu"  # the reference is FP32 eager on the CPU, with TF32 off, whatever the run's device
     modules: tuple[str, ...] = ()
-    unit: ClassVar[str] = "the FP32 reference"
+    unit: ClassVar[str] = "the stage"
     whole_job_timeout: ClassVar[bool] = False
 
     @property

@@ -14,9 +14,9 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +28,12 @@ class Status(str, Enum):
 
     OK = "ok"
     FIDELITY_FAILED = "fidelity_failed"
+    UNVERIFIABLE = "unverifiable"
     UNAVAILABLE = "unavailable"
     FAILED = "failed"
     CRASHED = "crashed"
     TIMEOUT = "timeout"
     INTERRUPTED = "interrupted"
-    UNVERIFIABLE = "unverifiable"
 
     def __str__(self) -> str:
         return self.value
@@ -49,6 +49,10 @@ def joined_note(note: str, addition: str) -> str:
     if len(parts) == 2 and parts[1] in parts[0].split("; "):
         return parts[0]
     return "; ".join(parts)
+
+
+#: backends whose row measures the harness itself (MLPerf's null backend), not a way to run the model.
+HARNESS_BACKENDS = frozenset({"null"})
 
 
 @dataclass
@@ -88,18 +92,35 @@ class ResultRow:
     e2e_latency_p99_ms: float | None = None
     e2e_throughput_ips: float | None = None
     speedup_vs_pytorch: float | None = None
+    #: why this row's speedup is not to be trusted ("" when nothing is known against it): the machine was
+    #: busy while this row or the baseline was timed, or the baseline drifted during the run (measure/load.py).
+    speedup_flag: str = ""
     cv: float | None = None
     iqr_over_median: float | None = None
+    drift_over_median: float | None = None
     noisy: bool | None = None
     iterations: int | None = None
     rounds: int | None = None
+    #: each round's own p50 (JSON list, ms) when rounds > 1: the run-to-run spread ``compare`` judges changes by.
+    round_p50s_ms: str = ""
     warmup_iterations: int | None = None
     measured_s: float | None = None
     threads: int | None = None
+    # the machine while the timed loop ran (measure/load.py): other processes' CPU use in cores, the share of
+    # the time the hypervisor stole, the 1-minute load average before and after, and the busy verdict
+    other_cpu_cores: float | None = None
+    cpu_steal_pct: float | None = None
+    load_avg_1m_before: float | None = None
+    load_avg_1m_after: float | None = None
+    machine_busy: bool | None = None
+    #: the baseline's p50 re-measured at the end of the run (baseline rows only): drift shows in speedup_flag.
+    recheck_p50_ms: float | None = None
     # one-off costs
     convert_s: float | None = None
     first_inference_ms: float | None = None
     artifact_mb: float | None = None
+    #: the converted artifact, relative to ``output.models_dir`` ("" when there is none, e.g. eager); read by export.
+    artifact: str = ""
     peak_host_mb: float | None = None
     peak_device_mb: float | None = None
     cache_hit: bool | None = None
@@ -125,6 +146,16 @@ class ResultRow:
     reference: str = ""
     calibration_inputs: str = ""
     note: str = ""
+    #: "variant", or "harness" for the null backend's row: the tool's own cost, never a speedup or a winner.
+    role: str = "variant"
+    # where the cell ran on a Ray cluster (docs/ray.md); empty in local runs, whose JSON holds the environment
+    node: str = ""
+    node_cpu: str = ""
+    node_isa: str = ""
+    node_gpu: str = ""
+    #: when the cell held its node's measurement slot (Unix seconds; Ray runs): no two overlap on one node
+    measure_start_unix_s: float | None = None
+    measure_end_unix_s: float | None = None
 
     def __post_init__(self) -> None:
         self.status = Status(self.status)  # a status no reader knows is an error here, not a mystery later
@@ -138,6 +169,10 @@ class ResultRow:
             setattr(self, key, value)
         self.status = Status(self.status)
 
+    def add_note(self, text: str) -> None:
+        """Append ``text`` to ``note`` (see ``joined_note``)."""
+        self.note = joined_note(self.note, text)
+
     @property
     def cell_id(self) -> str:
         return cell_id(self.model, self.variant, self.batch_size, self.device)
@@ -147,10 +182,6 @@ def cell_id(model: str, variant: str, batch_size: int, device: str) -> str:
     """A cell's key in the files (``samples_ms``, the journal): ``resnet50|onnxruntime:int8|8|cpu``."""
     return f"{model}|{variant}|{batch_size}|{device}"
 
-    def add_note(self, text: str) -> None:
-        """Append ``text`` to ``note`` (see ``joined_note``)."""
-        self.note = joined_note(self.note, text)
-
 
 FIELD_NAMES = [f.name for f in fields(ResultRow)]
 _FIELD_SET = frozenset(FIELD_NAMES)
@@ -158,14 +189,25 @@ _FIELD_TYPES = {f.name: f.type for f in fields(ResultRow)}
 
 
 def fill_speedups(rows: list[ResultRow]) -> None:
-    """Set ``speedup_vs_pytorch`` = p50 of the ``pytorch:fp32`` row of the same model/batch/device over this row's p50."""
-    base: dict[tuple[str, int, str], float] = {}
+    """Set ``speedup_vs_pytorch`` = p50 of the baseline (``pytorch:fp32``) row of the same model/batch/device
+    over this row's p50.
+
+    The harness's own row (the null backend) gets ``role`` "harness" and no speedup: its "speedup" of a
+    million would otherwise top any ``df.speedup_vs_pytorch.idxmax()``.
+    """
+    from infertune.ladder import BASELINE
+    from infertune.measure.load import speedup_caveats
+
+    base: dict[tuple[str, int, str], ResultRow] = {}
     for r in rows:
-        if r.variant == "pytorch:fp32" and r.latency_p50_ms:
-            base[(r.model, r.batch_size, r.device)] = r.latency_p50_ms
+        if r.variant == BASELINE and r.latency_p50_ms:
+            base[(r.model, r.batch_size, r.device)] = r
     for r in rows:
+        r.role = "harness" if r.backend in HARNESS_BACKENDS else "variant"
         ref = base.get((r.model, r.batch_size, r.device))
-        r.speedup_vs_pytorch = (ref / r.latency_p50_ms) if (ref and r.latency_p50_ms) else None
+        measured = ref is not None and r.latency_p50_ms and r.role == "variant"
+        r.speedup_vs_pytorch = (ref.latency_p50_ms / r.latency_p50_ms) if measured else None  # type: ignore[union-attr, operator]
+        r.speedup_flag = "; ".join(speedup_caveats(r, ref)) if measured else ""
 
 
 @dataclass
@@ -243,6 +285,7 @@ def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _FILE_MODE)  # mkstemp's 0600 would make results unreadable to colleagues
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -252,6 +295,17 @@ def _atomic_write(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _file_mode() -> int:
+    """0644 under the usual umask: what ``open()`` would have created (the other outputs' mode). Read
+    once, at import: ``os.umask`` can only be read by setting it, which must not race with other threads."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()
 
 
 #: the files of one run, beside its stem (``results/benchmark_results_<TS>``); the journal is its identity.

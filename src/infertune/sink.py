@@ -132,6 +132,8 @@ class Sink:
         The first measured round's one-off costs (conversion, first call, size) stay: later rounds load
         from the cache. A later round that fails keeps the earlier numbers and says so in ``note``.
         """
+        import json
+
         from infertune.measure.stats import summarize
 
         files = self.files
@@ -139,17 +141,19 @@ class Sink:
         pooled = files.samples_ms.get(row.cell_id) if earlier is not None else None
         if earlier is None or (not pooled and samples is not None):
             row.rounds = 1 if samples is not None else None
+            row.round_p50s_ms = json.dumps([row.latency_p50_ms]) if samples is not None else ""
             if earlier is None:
                 files.add(row, samples)
             else:  # earlier rounds failed; this one measured, so it becomes the row
                 files.update(row, samples)
             return
         if samples is None:
-            earlier.note = f"{earlier.note} round {round_index + 1} {row.status}: {row.error}".strip()[:500]
+            earlier.add_note(f"round {round_index + 1} {row.status}: {row.error}"[:300])
             files.update(earlier, None)
             return
         merged = summarize(list(pooled or []), row.batch_size).merge(summarize(samples, row.batch_size))
         earlier.update(**merged.as_row_fields(), rounds=(earlier.rounds or 1) + 1,
+                       round_p50s_ms=json.dumps([*json.loads(earlier.round_p50s_ms or "[]"), row.latency_p50_ms]),
                        measured_s=(earlier.measured_s or 0.0) + (row.measured_s or 0.0))
         files.update(earlier, list(merged.samples_ms))
 
@@ -197,6 +201,15 @@ class Sink:
         stop.summary = (f"{progress}{in_progress}; results in {files.csv_path} (+ .json, .jsonl); finish the run "
                         f"with: infertune run --resume {files.csv_path}")
 
+    def recheck(self, rows: list[ResultRow]) -> None:
+        """The baseline timed again at the end of the run: each p50 goes beside the first on the baseline's row
+        (not journaled: a resumed run times its own end-of-run check)."""
+        for row in rows:
+            first = self.files.find(row.cell_id)
+            if first is not None and row.status == Status.OK and row.latency_p50_ms:
+                first.recheck_p50_ms = row.latency_p50_ms
+        self.files.write()
+
     def finish(self) -> None:
         annotate_int8(self.files)
         self.files.run["status"] = "complete"
@@ -223,7 +236,7 @@ def annotate_int8(files: ResultFiles) -> None:
             note = (f"INT8 not faster than {parent.variant} ({r.latency_p50_ms:.1f} vs {parent.latency_p50_ms:.1f} ms): "
                     f"{cause}")
             if note not in r.note:  # notes are appended, never overwritten
-                r.note = f"{r.note}; {note}" if r.note else note
+                r.add_note(note)
                 changed = True
     if changed:
         files.write()

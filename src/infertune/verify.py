@@ -240,7 +240,7 @@ def degenerate_reason(reference: np.ndarray) -> str:
         return f"it holds {bad}"
     scale = float(np.abs(ref).max())
     if scale <= DEGENERATE_ABS_MAX:
-        return "every value is 0" if scale == 0 else f"every value lies within ±{scale:.1e} (near zero)"
+        return "every value is 0" if scale == 0 else f"every value lies within ±{scale:.1e}, near zero"
     if len(ref) >= 2:
         variation = float(np.abs(ref - ref.mean(axis=0)).max())
         if variation <= DEGENERATE_REL_VARIATION * scale:
@@ -283,6 +283,7 @@ def _metrics(name: str, outputs: np.ndarray, reference: np.ndarray) -> tuple[Out
     cos = np.where(norms > 0, (out * ref).sum(axis=1) / np.where(norms > 0, norms, 1.0),
                    np.where((norm_out == 0) & (norm_ref == 0), 1.0, 0.0))
     noise = float((diff**2).sum())
+    signal = float((ref**2).sum())
     classes = np.ndim(reference) == 2 and np.shape(reference)[1] > 1
     return OutputMetrics(
         name=name,
@@ -290,7 +291,7 @@ def _metrics(name: str, outputs: np.ndarray, reference: np.ndarray) -> tuple[Out
         mean_abs_err=float(np.abs(diff).mean()) if diff.size else 0.0,
         max_rel_err=max_abs / (spread or 1.0),
         cosine_min=float(cos.min()) if cos.size else 1.0,
-        sqnr_db=float(10 * np.log10((ref**2).sum() / noise)) if noise > 0 else float("inf"),
+        sqnr_db=(float(10 * np.log10(signal / noise)) if signal > 0 else -np.inf) if noise > 0 else np.inf,
         top1_agreement=float((out.argmax(axis=1) == ref.argmax(axis=1)).mean()) if classes else None,
         top5_overlap=topk_overlap(out, ref, 5) if classes else None,
     ), ""
@@ -333,12 +334,3 @@ def _fmt(metric: str, value: float) -> str:
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in d.items()}
 
-
-def tolerance_for(tolerances: Mapping[str, Any], precision: str) -> Tolerance:
-    """The tolerance of ``precision`` from a {precision: dict or Tolerance} map (defaults if absent)."""
-    tol = tolerances.get(precision)
-    if isinstance(tol, Tolerance):
-        return tol
-    if tol is None:
-        return DEFAULT_TOLERANCES.get(precision, Tolerance())
-    return Tolerance(**tol)

@@ -40,8 +40,12 @@ package is built once (25 s) and reused by every batch size (prepare 0.2 s at ba
 static shapes), so static shapes stay the default.
 
 CUDA (one H200, torch 2.11): the package compiles in the child (41-68 s for fp16 ResNet50), but
-``aoti_load_package`` segfaulted there, also for a tiny model and in the process that compiled it,
-so no CUDA numbers; the child's trial run turns that crash into an error row.
+``aoti_load_package`` segfaults there, also for a tiny model and in the process that compiled it,
+so no CUDA numbers; the child's trial run turns that crash into an error row, which names the cause
+found (``KNOWN_LOAD_CRASHES``; the backtrace is in docs/results/h200.md). A package that compiled
+and then crashed its loader is not rebuilt for the worker's next batch sizes (same torch, precision
+and options: the same loader): those rows fail at once with the same reason, instead of spending a
+minute each compiling a package that cannot be loaded.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from infertune.backends.aoti_build import COMPILED_MARKER
 from infertune.backends.base import PrepareContext, Runner
 from infertune.backends.registry import register_backend
 from infertune.backends.torch_common import (
@@ -68,17 +73,30 @@ from infertune.backends.torch_compile import (
     CompileOptions,
     InductorBackend,
     check_options,
+    configure_inductor_caches,
     parse_options,
 )
 from infertune.errors import ConfigError
 
-#: torch_compile's options less CUDA graphs (a package has no such runtime).
+#: torch_compile's options less CUDA graphs (a package has no such runtime) and the cuDNN fusion pass
+#: (AOTInductor's C++ wrapper has no shim for the fused cuDNN calls).
 AOTI_OPTIONS: dict[str, tuple[str, ...]] = {
-    **{k: v for k, v in ALLOWED_OPTIONS.items() if k != "reduce-overhead"},
+    **{k: v for k, v in ALLOWED_OPTIONS.items() if k not in ("reduce-overhead", "cudnn_fused")},
     "mode": ("default", "max-autotune"),
 }
 #: how long the child may compile before it is killed (max-autotune on CUDA can take minutes).
 DEFAULT_BUILD_TIMEOUT_S = 3600
+#: what was found about packages that compile and then crash when loaded, by torch minor version.
+KNOWN_LOAD_CRASHES = {
+    "2.11": (
+        "cause found on torch 2.11 + CUDA 13 (H200 image, cuda-gdb backtrace in docs/results/h200.md): the "
+        "package's wrapper.so carries its own static libstdc++ (no libstdc++.so in its ldd); its constructor "
+        "(AOTInductorModel -> parse_device_str) builds a std::regex, whose locale lookup mixes that copy with "
+        "the process's libstdc++.so.6 and jumps into codecvt<char16_t>::do_unshift"
+    ),
+}
+#: this worker's packages that compiled and then crashed their loader: crash key -> the row's reason.
+_LOAD_CRASHES: dict[str, str] = {}
 
 
 def parse_aoti_options(options: dict[str, str], device: str) -> CompileOptions:
@@ -109,6 +127,8 @@ class AotiBackend(InductorBackend):
         self.check(ctx.device, ctx.precision)
         import torch
 
+        configure_inductor_caches(ctx.cache)  # the build child inherits the folder
+
         entry = ctx.cache.entry(
             "aoti",
             torch=torch.__version__,
@@ -121,10 +141,13 @@ class AotiBackend(InductorBackend):
             **({"inputs": ctx.input_signature} if isinstance(ctx.example_input, dict) else {}),
         )
         package = entry.file("model.pt2")
+        crash_key = json.dumps([torch.__version__, ctx.precision, ctx.device, dataclasses.asdict(opts)])
         if entry.hit:
             ctx.log(f"aoti: reusing cached package {package}")
+        elif crash_key in _LOAD_CRASHES:
+            raise RuntimeError(f"aoti: not built again for batch {ctx.batch_size}: {_LOAD_CRASHES[crash_key]}")
         else:
-            meta = _build_package(ctx, opts, entry.path, package)
+            meta = _build_package(ctx, opts, entry.path, package, crash_key)
             entry.commit(meta)
         loaded = torch._inductor.aoti_load_package(str(package))
         runner = TorchRunner(loaded, ctx.device, torch_dtype(ctx.precision), opts.channels_last)
@@ -135,8 +158,10 @@ class AotiBackend(InductorBackend):
         return runner
 
 
-def _build_package(ctx: PrepareContext, opts: CompileOptions, workdir: Path, package: Path) -> dict[str, Any]:
-    """Export in this process, compile in a child; return the manifest metadata."""
+def _build_package(ctx: PrepareContext, opts: CompileOptions, workdir: Path, package: Path,
+                   crash_key: str) -> dict[str, Any]:
+    """Export in this process, compile in a child; return the manifest metadata. A package that compiled
+    and then crashed the child's trial load is remembered under ``crash_key`` (see the module docstring)."""
     exported = workdir / "exported_program.pt2"
     start = time.perf_counter()
     _export(ctx, opts, exported)
@@ -153,7 +178,11 @@ def _build_package(ctx: PrepareContext, opts: CompileOptions, workdir: Path, pac
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_child_env(), timeout=timeout, check=False)
     exported.unlink(missing_ok=True)
     if proc.returncode != 0 or not package.is_file():
-        raise RuntimeError(_failure_message(proc.returncode, (proc.stderr or proc.stdout or "").strip()))
+        output = (proc.stderr or proc.stdout or "").strip()
+        message = _failure_message(proc.returncode, output)
+        if proc.returncode < 0 and COMPILED_MARKER in output:
+            _LOAD_CRASHES[crash_key] = message.splitlines()[0]
+        raise RuntimeError(message)
     meta = json.loads(meta_path.read_text())
     ctx.log(f"aoti: exported in {export_s:.1f} s, compiled in a child process (pid {meta['builder_pid']}) "
             f"in {meta['compile_s']:.1f} s")
@@ -170,8 +199,16 @@ def _failure_message(returncode: int, output: str) -> str:
     else:
         last = output.splitlines()[-1] if output else "no output"
         summary = f"exit status {returncode}: {last}"
+    if returncode < 0 and COMPILED_MARKER in output:
+        import torch
+
+        known = KNOWN_LOAD_CRASHES.get(".".join(torch.__version__.split(".")[:2]), "")
+        first = f"aoti: the package compiled, then crashed when loaded in the build child ({summary})"
+        first += f"; {known}" if known else ""
+    else:
+        first = f"aoti: building the package in a child process failed ({summary})"
     return (
-        f"aoti: building the package in a child process failed ({summary})\n"
+        f"{first}\n"
         f"--- the child's stderr (last 4000 characters) ---\n{output[-4000:]}"
     )
 

@@ -18,9 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
+
+#: printed on stderr once the package is compiled, before the trial load (the parent looks for it).
+COMPILED_MARKER = "aoti_build: package compiled; loading it for a trial run"
 
 
 def build(exported: Path, package: Path, configs: dict[str, Any], threads: int) -> dict[str, Any]:
@@ -35,6 +39,7 @@ def build(exported: Path, package: Path, configs: dict[str, Any], threads: int) 
     with torch.no_grad():
         torch._inductor.aoti_compile_and_package(program, package_path=str(package), inductor_configs=configs)
     compile_s = time.perf_counter() - start
+    print(COMPILED_MARKER, file=sys.stderr, flush=True)  # a crash from here on is the loader's, not the compiler's
     start = time.perf_counter()
     _trial_run(package, program)
     return {

@@ -191,7 +191,8 @@ def graph_inputs(path: Path) -> list[tuple[str, list[int | str]]]:
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _SUMMARY = re.compile(r"## Exception summary\s*\n(.*?)(?:\n\s*\n|\Z)", re.DOTALL)
 _CALL = re.compile(r"The following call raised this error:\s*\n\s*(File .*?)\n\s*(\S.*?)\n", re.DOTALL)
-_TORCH_ADVICE = re.compile(r"For more information, run with TORCH_LOGS=\S+\.?")
+#: torch's generic advice inside an error (how to get more logs, which API to call instead), not the cause.
+_TORCH_ADVICE = re.compile(r"For more information, run with TORCH_LOGS=\S+\.?|If you're using [^.]*\.")
 _CONSTRAINT = re.compile(r"(Constraints violated \([^)]*\)!?[^\n]*(?:\n\s*- [^\n]+)*)")
 
 

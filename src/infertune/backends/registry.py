@@ -21,6 +21,7 @@ BACKEND_MODULES = (
     "pytorch",
     "torchscript",
     "torch_compile",
+    "cudnn_fused",
     "aoti",
     "onnxruntime",
     "openvino",

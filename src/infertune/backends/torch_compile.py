@@ -20,6 +20,15 @@ Options (``torch_compile:fp32:max-autotune``, ``torch_compile:fp16:mode=reduce-o
 - ``cuda_graph``: capture the compiled forward pass in one CUDA graph ourselves
   (``torch_common.CudaGraphCall``) and replay it: H200 batch 1, 2.11 ms -> 0.43 ms. It composes with
   freezing and the default mode; ``reduce-overhead`` is Inductor's own CUDA-graph mode.
+- ``cudnn_fused`` (CUDA): run the ``cudnn_fusion`` pass first (BatchNorm folded, conv+bias(+add)+ReLU as
+  cuDNN's fused calls), then compile: Inductor keeps the cuDNN calls as extern kernels and fuses what is
+  left (pooling, the stem's padding, the head). H200, ResNet50 fp16 channels_last in a CUDA graph:
+  44,423 img/s at batch 1024 and 0.367 ms at batch 1, against 32,740 and 0.417 ms without the pass, in
+  one run (docs/results/h200.md); it also compiles 3-4x faster (fewer Triton kernels to generate).
+
+Inductor's on-disk caches (FX graph cache, autotuning results, generated kernels) are kept in the run's
+models dir (``configure_inductor_caches``), so a rerun, and another variant compiling the same graph,
+skip code generation; ``--no-cache`` switches them off.
 
 How freezing is switched on, and why twice: Inductor reads ``torch._inductor.config.freezing`` when
 it compiles, but dynamo reads it too, earlier, when it traces (``is_parameter_freezing``: only then
@@ -40,9 +49,10 @@ torch 2.14.1; p50 of 8 interleaved rounds in one process, another user's job som
     bf16, batch 1  eager 39.4   compiled 23.0 (fp32 eager 60.5 in that run: 2.63x; cosine 0.99999)
 
 Compile (prepare) time: freezing on 21 s at batch 1 in a fresh process with an empty Inductor
-cache, 8-10 s once Inductor's on-disk cache holds the generated kernels (a graph with frozen
-weights is never served whole by the FX graph cache: Inductor bypasses it, so ``cache_hit`` stays
-False); freezing off 14.7 s cold, 1.7 s warm (FX graph cache hit). ``dynamic`` compiles in 6-13 s
+cache, 8-10 s once Inductor's on-disk cache holds the generated kernels (on the CPU a graph with
+frozen weights is never served whole by the FX graph cache: its oneDNN-packed weights are "mkldnn
+tensors unpickleable" to Inductor, which bypasses the cache, so ``cache_hit`` stays False; on CUDA
+there are no such weights); freezing off 14.7 s cold, 1.7 s warm (FX graph cache hit). ``dynamic`` compiles in 6-13 s
 and runs 6% slower at batch 8; at batch 1 it recompiles a static graph anyway. Since each cell is
 prepared on its own, a dynamic graph saves nothing unless one process serves several batch sizes,
 so static shapes stay the default. max-autotune was not timed on this CPU (on the Zen 3 reference
@@ -62,8 +72,10 @@ compiled for 270 s and ran at 29,007 img/s against the default mode's 30,805 img
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from infertune.backends.base import Backend, PrepareContext, Runner
@@ -78,6 +90,8 @@ from infertune.backends.torch_common import (
 from infertune.errors import ConfigError
 
 MODES = ("default", "max-autotune", "reduce-overhead")
+#: Inductor's cache folder inside the models dir (see ``configure_inductor_caches``).
+INDUCTOR_CACHE_DIR = "inductor"
 #: option -> allowed values ("" = a bare word).
 ALLOWED_OPTIONS: dict[str, tuple[str, ...]] = {
     "mode": MODES,
@@ -87,6 +101,7 @@ ALLOWED_OPTIONS: dict[str, tuple[str, ...]] = {
     "dynamic": ("",),
     "channels_last": ("",),
     "cuda_graph": ("",),
+    "cudnn_fused": ("",),
 }
 
 
@@ -99,6 +114,7 @@ class CompileOptions:
     dynamic: bool = False
     channels_last: bool = False
     cuda_graph: bool = False
+    cudnn_fused: bool = False
 
     def inductor_options(self) -> dict[str, Any]:
         """Inductor config for ``torch.compile(options=...)``: the mode's settings plus freezing."""
@@ -143,8 +159,13 @@ def parse_options(backend: str, options: dict[str, str], device: str) -> Compile
             f"{backend}: option 'cuda_graph' captures one static graph itself; it cannot be combined with "
             "'reduce-overhead' (Inductor's own CUDA graphs) or 'dynamic'"
         )
+    if "cudnn_fused" in options and device != "cuda":
+        raise ConfigError(
+            f"{backend}: option 'cudnn_fused' calls cuDNN's fused convolutions, which exist only on CUDA "
+            f"(this run is on {device}); leave it out")
     freeze = "nofreeze" not in options
-    return CompileOptions(mode, freeze, "dynamic" in options, "channels_last" in options, cuda_graph)
+    return CompileOptions(mode, freeze, "dynamic" in options, "channels_last" in options, cuda_graph,
+                          "cudnn_fused" in options)
 
 
 class InductorBackend(Backend):
@@ -164,12 +185,14 @@ class InductorBackend(Backend):
 class TorchCompileBackend(InductorBackend):
     name = "torch_compile"
     label = "torch.compile"
-    description = "torch.compile (Inductor) on CPU or CUDA; compiled in prepare, freezing on by default; cuda_graph option."
+    description = ("torch.compile (Inductor) on CPU or CUDA; compiled in prepare, freezing on by default; cuda_graph and "
+                   "cudnn_fused (CUDA) options.")
 
     def default_variants(self, device: str) -> list[str]:
         # max-autotune is not in the default ladder: on CUDA it takes minutes per batch size.
         if device == "cuda":
-            return ["torch_compile:fp16:channels_last", "torch_compile:fp16:channels_last:cuda_graph"]
+            return ["torch_compile:fp16:channels_last", "torch_compile:fp16:channels_last:cuda_graph",
+                    "torch_compile:fp16:channels_last:cudnn_fused:cuda_graph"]
         return ["torch_compile:fp32"]
 
     def validate_options(self, options: dict[str, str], device: str, precision: str) -> None:
@@ -180,7 +203,15 @@ class TorchCompileBackend(InductorBackend):
         self.check(ctx.device, ctx.precision)
         import torch
 
-        model = model_copy(ctx.model, ctx.device, ctx.precision, opts.channels_last)
+        configure_inductor_caches(ctx.cache)
+        source = ctx.model
+        if opts.cudnn_fused:
+            from infertune.backends.cudnn_fused import fuse_model
+            from infertune.backends.cudnn_fusion import register_shape_functions
+
+            register_shape_functions()
+            source = fuse_model(ctx, self.name)
+        model = model_copy(source, ctx.device, ctx.precision, opts.channels_last)
         # dynamic=False: no automatic dynamic shapes; with option 'dynamic' only the batch dimension
         # is made dynamic, by mark_dynamic below (which dynamic=False still honours).
         compiled = torch.compile(model, backend="inductor", options=opts.inductor_options(), dynamic=False)
@@ -207,6 +238,26 @@ class TorchCompileBackend(InductorBackend):
             f"{' (no new code generated: cache hit)' if runner.cache_hit else ''}"
         )
         return runner
+
+
+def configure_inductor_caches(cache: Any) -> Path | None:
+    """Keep Inductor's on-disk caches (FX graph cache, autotuning results, generated kernels, Triton's
+    binaries) in ``<models dir>/inductor`` so that a rerun reuses them; returns that folder.
+
+    Set in the worker before anything compiles (Inductor reads ``TORCHINDUCTOR_CACHE_DIR`` on each
+    use; a build child inherits it). With the artifact cache off (``--no-cache``) Inductor's caches
+    are switched off too, so every compile is cold.
+    """
+    import torch
+
+    if not cache.enabled:
+        os.environ["TORCHINDUCTOR_FORCE_DISABLE_CACHES"] = "1"  # for a build child
+        torch._inductor.config.force_disable_caches = True
+        return None
+    folder = Path(cache.root).resolve() / INDUCTOR_CACHE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    return folder
 
 
 class FreezingCall:

@@ -20,6 +20,7 @@ still owed), so an executor only decides where and when jobs run.
 from __future__ import annotations
 
 import importlib
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, ClassVar, TypeVar
 from infertune.errors import ConfigError
 
 if TYPE_CHECKING:
+    from infertune.config import RunConfig
     from infertune.reference import Reference
     from infertune.results import ResultRow, Status
 
@@ -177,6 +179,8 @@ class ExecutorSettings:
     variant_timeout_s: float | None = None
     #: the run's ``.log``: workers' stdout/stderr and ``LogEvent`` lines go there (None: nowhere).
     log_path: str | None = None
+    #: the run's whole configuration, for an executor with a section of its own (``ray``); None in tests.
+    config: RunConfig | None = None
 
 
 class Executor(ABC):
@@ -184,11 +188,12 @@ class Executor(ABC):
 
     #: the ``benchmark.isolation`` value that selects this executor.
     name: ClassVar[str]
-    #: whether jobs run in other processes (a crash, hang or OOM then becomes rows, not the end of the run).
-    isolates: ClassVar[bool] = True
 
     def __init__(self, settings: ExecutorSettings) -> None:
         self.settings = settings
+
+    def close(self) -> None:
+        """The run is over: release what the executor started for it (a local Ray instance). Nothing by default."""
 
     @abstractmethod
     def run(self, jobs: Sequence[Job]) -> Iterator[Event]:
@@ -216,7 +221,7 @@ def register_executor(cls: E) -> E:
 
 def executor_class(name: str) -> type[Executor]:
     """The executor called ``name``, importing its module on first use; ConfigError naming the known ones."""
-    if name not in _EXECUTORS:
+    if name not in _EXECUTORS and re.fullmatch(r"[a-z][a-z0-9_]*", name):  # a config value names a module here
         module = _MODULES.get(name, f"infertune.executors.{name}")
         try:
             importlib.import_module(module)

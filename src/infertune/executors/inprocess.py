@@ -27,7 +27,6 @@ class InProcessExecutor(Executor):
     """Runs each job in this process, one after the other."""
 
     name = "none"
-    isolates = False
 
     def run(self, jobs: Sequence[Job]) -> Iterator[Event]:
         for job in jobs:

@@ -2,7 +2,10 @@
 
 Percentiles use linear interpolation (numpy's default) over the raw samples, which are kept in the
 JSON so any other statistic can be recomputed later. A cell is flagged ``noisy`` when the
-interquartile range exceeds 10% of the median, the rule torch.utils.benchmark uses.
+interquartile range exceeds 10% of the median (the rule torch.utils.benchmark uses), or when the
+medians of the first and second half of its samples lie more than 2% apart: a machine that drifts
+while one cell is timed drifts between runs too, so a rerun's median can differ by as much
+(docs/measurement.md, "When is a cell noisy").
 """
 
 from __future__ import annotations
@@ -12,6 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 NOISE_IQR_OVER_MEDIAN = 0.10
+#: halves' medians further apart than this (a fraction of the median) flag the cell as noisy.
+NOISE_DRIFT_OVER_MEDIAN = 0.02
+#: fewer samples than this and the two halves say nothing about drift.
+_MIN_SAMPLES_FOR_DRIFT = 4
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,7 @@ class LatencyStats:
     throughput_ips: float
     cv: float
     iqr_over_median: float
+    drift_over_median: float
     noisy: bool
     iterations: int
     batch_size: int = 1
@@ -54,6 +62,7 @@ class LatencyStats:
             "throughput_ips": self.throughput_ips,
             "cv": self.cv,
             "iqr_over_median": self.iqr_over_median,
+            "drift_over_median": self.drift_over_median,
             "noisy": self.noisy,
             "iterations": self.iterations,
         }
@@ -70,6 +79,7 @@ def summarize(samples_ms: list[float], batch_size: int) -> LatencyStats:
     mean = float(a.mean())
     std = float(a.std(ddof=1)) if a.size > 1 else 0.0
     iqr_over_median = float((p75 - p25) / p50) if p50 > 0 else 0.0
+    drift = half_drift(a, float(p50))
     return LatencyStats(
         mean_ms=mean,
         std_ms=std,
@@ -82,8 +92,17 @@ def summarize(samples_ms: list[float], batch_size: int) -> LatencyStats:
         throughput_ips=batch_size * 1000.0 / float(p50) if p50 > 0 else float("inf"),
         cv=std / mean if mean > 0 else 0.0,
         iqr_over_median=iqr_over_median,
-        noisy=iqr_over_median > NOISE_IQR_OVER_MEDIAN,
+        drift_over_median=drift,
+        noisy=iqr_over_median > NOISE_IQR_OVER_MEDIAN or drift > NOISE_DRIFT_OVER_MEDIAN,
         iterations=int(a.size),
         batch_size=batch_size,
         samples_ms=tuple(float(s) for s in samples_ms),
     )
+
+
+def half_drift(samples_ms: np.ndarray, p50: float) -> float:
+    """|median of the second half - median of the first half| / median, samples in time order (0 below 4 samples)."""
+    if samples_ms.size < _MIN_SAMPLES_FOR_DRIFT or p50 <= 0:
+        return 0.0
+    half = samples_ms.size // 2
+    return float(abs(np.median(samples_ms[half:]) - np.median(samples_ms[:half])) / p50)

@@ -31,6 +31,14 @@ def build_report(results: Path | str | Sequence[Path | str], out_dir: Path | str
     Raises:
         InfertuneError: a file is missing, empty or not an infertune results file.
     """
+    from infertune.report.serving import build_serving_report, is_scenario_file
+
+    paths = [results] if isinstance(results, (str, Path)) else list(results)
+    scenario_files = [p for p in paths if is_scenario_file(p)]
+    if scenario_files:  # `infertune scenario` results: the serving report (report/serving.py)
+        rest = [p for p in paths if p not in scenario_files]
+        serving = build_serving_report(scenario_files, None if rest else out_dir)
+        return serving if not rest else {**{f"serving_{k}": v for k, v in serving.items()}, **build_report(rest, out_dir)}
     data = load_report_data(results)
     out = Path(out_dir) if out_dir is not None else default_out_dir(data)
     out.mkdir(parents=True, exist_ok=True)

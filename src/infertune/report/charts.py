@@ -34,7 +34,7 @@ from infertune.report.view import (
 )
 from infertune.results import ResultRow
 
-__all__ = ["CAPTIONS", "DPI", "WIDTH_PX", "caption_for", "write_charts"]
+__all__ = ["CAPTIONS", "DPI", "WIDTH_PX", "caption_for", "draw_charts", "write_charts"]
 
 #: every chart is this many pixels wide (12 in at 100 dpi): the width of the HTML page's content.
 DPI = 100
@@ -84,23 +84,30 @@ def write_charts(rows: Iterable[ResultRow], samples: dict[str, list[float]] | No
     Returns:
         The PNG paths written, in a stable order.
     """
-    rows = list(rows)
-    samples = samples or {}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    for stem, fig in draw_charts(rows, samples):
+        path = out / f"{stem}.png"
+        fig.savefig(path, dpi=DPI)
+        written.append(path)
+    return written
+
+
+def draw_charts(rows: Iterable[ResultRow], samples: dict[str, list[float]] | None) -> list[tuple[str, Any]]:
+    """(file stem, matplotlib Figure) for every chart ``write_charts`` would write, in the same order."""
+    rows = list(rows)
+    samples = samples or {}
+    figures: list[tuple[str, Any]] = []
     for (model, device), subset in _by_model_device(rows).items():
         ctx = _Context(model, device, [r for r in subset if not is_overhead(r)], samples)
         if not ctx.measured:
             continue
         for name, draw in _CHARTS:
             fig = draw(ctx)
-            if fig is None:
-                continue
-            path = out / f"{_slug(model)}_{_slug(device)}_{name}.png"
-            fig.savefig(path, dpi=DPI)
-            written.append(path)
-    return written
+            if fig is not None:
+                figures.append((f"{_slug(model)}_{_slug(device)}_{name}", fig))
+    return figures
 
 
 class _Context:
@@ -202,7 +209,7 @@ def _throughput(ctx: _Context) -> Any:
     ax.minorticks_off()
     if values and max(values) / max(min(values), 1e-12) > 30:
         ax.set_yscale("log")
-        _plain_log_ticks(ax.yaxis)
+    _readable_ticks(ax.yaxis)
     ax.set_xlabel("batch size (images per call)")
     ax.set_ylabel("images per second (at p50 latency)")
     ax.grid(alpha=0.3, which="both")
@@ -245,11 +252,11 @@ def _distribution(ctx: _Context) -> Any:
         hi = max(float(np.percentile(d, 99)) for d in data)
         if lo > 0 and hi / lo > 30:  # batch 1 of INT8 next to FP32 eager: a linear axis hides the fast ones
             ax.set_xscale("log")
-            _plain_log_ticks(ax.xaxis)
         for pos, values in zip(positions, data):
             ax.annotate(f"n={len(values)}", (float(np.percentile(values, 99)), pos), textcoords="offset points",
                         xytext=(4, -3), fontsize=7, color=_MUTED)
         ax.set_xlim(right=_pad_right(ax, hi))
+        _readable_ticks(ax.xaxis)
         ax.set_xlabel("ms per batch")
         ax.set_title(f"batch {batch}", fontsize=10)
         ax.grid(axis="x", alpha=0.3)
@@ -293,21 +300,71 @@ def _pareto(ctx: _Context) -> Any:
         if len(frontier) > 1:
             ax.plot([p[0] for p in frontier], [p[1] for p in frontier], linestyle="--", color=_MUTED,
                     linewidth=1, zorder=2)
-        for i, (x, y, row) in enumerate(frontier):
-            ax.annotate(row.variant, (x, y), textcoords="offset points", xytext=(5, 6 if i % 2 else -11),
-                        fontsize=7, bbox={"boxstyle": "round,pad=0.15", "fc": "white", "alpha": 0.8, "lw": 0})
         if use_speedup:
             ax.axvline(1.0, color="black", linewidth=0.8, linestyle=":")
+        _readable_ticks(ax.xaxis)
+        _readable_ticks(ax.yaxis)
         ax.set_xlabel(f"speedup over {BASELINE_VARIANT} (×)" if use_speedup else "images per second")
         ax.set_title(f"batch {batch}", fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(label)
-    if name == "cosine_min":
-        axes[0].ticklabel_format(axis="y", useOffset=False)
     fig.legend(list(drawn.values()), list(drawn), loc="outside lower center", ncols=min(len(drawn), 5),
                fontsize=8, title="variant (o passed its fidelity check, X failed it)", title_fontsize=8)
     fig.suptitle(ctx.title("speed vs fidelity (up and right is better)") + (f"\n{why}" if why else ""))
+    fig.canvas.draw()  # settle the layout first: labels are placed by where the points really are
+    for ax, (_, points) in zip(axes, panels):
+        _label_points(ax, [(x, y, row.variant) for row, x, y in points])
     return fig
+
+
+#: points closer than this (pixels) share one label, their names stacked.
+_LABEL_CLUSTER_PX = 20
+#: where a label may go relative to its point (points), nearest first, tried until one overlaps nothing.
+_LABEL_OFFSETS = tuple((sx * d, sy * d) for d in (7, 20, 35, 55, 80, 110)
+                       for sx, sy in ((1, -1), (1, 1), (-1, -1), (-1, 1)))
+
+
+def _label_points(ax: Any, points: list[tuple[float, float, str]]) -> None:
+    """Name every point: points that pile up share one label (names stacked), and each label goes to the
+    first nearby spot that overlaps no point, no other label and stays inside the panel."""
+    renderer = ax.figure.canvas.get_renderer()
+    pixels = ax.transData.transform([(x, y) for x, y, _ in points])
+    clusters: list[list[int]] = []
+    for i, p in enumerate(pixels):
+        near = next((c for c in clusters if min(np.hypot(*(pixels[j] - p)) for j in c) < _LABEL_CLUSTER_PX), None)
+        if near is None:
+            clusters.append([i])
+        else:
+            near.append(i)
+    taken = [(p[0] - 7, p[1] - 7, p[0] + 7, p[1] + 7) for p in pixels]  # the markers
+    inside = ax.get_window_extent(renderer)
+    for cluster in sorted(clusters, key=lambda c: -len(c)):
+        members = sorted(cluster, key=lambda j: pixels[j][0])
+        anchor = (float(np.mean([points[j][0] for j in members])), float(np.mean([points[j][1] for j in members])))
+        text = "\n".join(points[j][2] for j in members)
+        chosen, chosen_box = _LABEL_OFFSETS[0], None
+        for dx, dy in _LABEL_OFFSETS:
+            probe = _point_label(ax, text, anchor, dx, dy, leader=False)
+            box = probe.get_window_extent(renderer).padded(3)  # the text and its white box
+            probe.remove()
+            fits = (box.x0 >= inside.x0 + 4 and box.x1 <= inside.x1 - 4 and box.y0 >= inside.y0 + 4
+                    and box.y1 <= inside.y1 - 4
+                    and not any(box.x0 < t[2] and box.x1 > t[0] and box.y0 < t[3] and box.y1 > t[1] for t in taken))
+            if fits:
+                chosen, chosen_box = (dx, dy), box
+                break
+        label = _point_label(ax, text, anchor, *chosen, leader=abs(chosen[0]) > 10)
+        label.set_in_layout(False)
+        if chosen_box is not None:
+            taken.append((chosen_box.x0, chosen_box.y0, chosen_box.x1, chosen_box.y1))
+
+
+def _point_label(ax: Any, text: str, anchor: tuple[float, float], dx: float, dy: float, leader: bool) -> Any:
+    """A variant's name ``(dx, dy)`` points from its marker, in a white box; a thin line back to it when far."""
+    return ax.annotate(text, anchor, xytext=(dx, dy), textcoords="offset points", fontsize=7,
+                       ha="left" if dx > 0 else "right", va="bottom" if dy > 0 else "top",
+                       bbox={"boxstyle": "round,pad=0.15", "fc": "white", "alpha": 0.85, "lw": 0},
+                       arrowprops={"arrowstyle": "-", "color": _MUTED, "lw": 0.5} if leader else None)
 
 
 _CHARTS: list[tuple[str, Callable[[_Context], Any]]] = [
@@ -377,7 +434,6 @@ def _hbars(ax: Any, ctx: _Context, batch: int,
     base = 0.0
     if log:
         ax.set_xscale("log")
-        _plain_log_ticks(ax.xaxis)
         base = min(v for _, _, v, _ in bars) / 2
     ends = []
     for i, row, v, whisker in bars:
@@ -393,6 +449,7 @@ def _hbars(ax: Any, ctx: _Context, batch: int,
         ax.annotate(("★ " if best else "") + label(v), (end, i), textcoords="offset points",
                     xytext=(4, 0), va="center", fontsize=8, fontweight="bold" if best else "normal")
     ax.set_xlim(base, _pad_right(ax, max(ends)))
+    _readable_ticks(ax.xaxis)
     ax.grid(axis="x", alpha=0.3)
 
 
@@ -425,13 +482,84 @@ def _pad_right(ax: Any, end: float) -> float:
     return end * (3.0 if ax.get_xscale() == "log" else 1.25)
 
 
-def _plain_log_ticks(axis: Any) -> None:
-    """Log axes labelled 2, 5, 10, 20 ... instead of 2×10⁰, 5×10⁰, 10¹."""
-    from matplotlib.ticker import FuncFormatter, LogLocator
+def _readable_ticks(axis: Any) -> None:
+    """Tick labels that never run together: as many 1-2-5 steps as the axis's length in pixels holds,
+    plain numbers with thousands separators (``0.1``, ``50``, ``2,000``), on linear and log axes alike."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter, NullLocator
 
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:.3g}"))
-    axis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    axis.set_major_locator(_FittedLocator())
+    axis.set_major_formatter(FuncFormatter(lambda v, _: tick_label(v)))
+    axis.set_minor_locator(NullLocator())
+    axis.set_minor_formatter(NullFormatter())
+
+
+def tick_label(value: float) -> str:
+    """A tick's text: ``0``, ``0.25``, ``50``, ``2,000``, ``10,000``."""
+    if value == 0:
+        return "0"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.6g}"
+
+
+def _fitted_locator_class() -> type:
+    from matplotlib import rcParams
+    from matplotlib.axis import XAxis
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.ticker import Locator, MaxNLocator
+
+    class FittedLocator(Locator):  # type: ignore[misc]
+        """The densest of a few tick sets whose labels fit the axis's length: 1, 2 and 5 per decade down
+        to one label every few decades on a log axis; 1-2-2.5-5 steps of fewer and fewer bins on a linear one."""
+
+        def __call__(self) -> Any:
+            vmin, vmax = sorted(self.axis.get_view_interval())
+            return self.tick_values(vmin, vmax)
+
+        def tick_values(self, vmin: float, vmax: float) -> Any:
+            horizontal = isinstance(self.axis, XAxis)
+            box = self.axis.axes.bbox
+            length = box.width if horizontal else box.height
+            log = self.axis.get_scale() == "log"
+            size = rcParams["xtick.labelsize" if horizontal else "ytick.labelsize"]
+            em = FontProperties(size=size).get_size_in_points() * self.axis.axes.figure.dpi / 72
+            last: list[float] = []
+            for ticks in (self._log_sets(vmin, vmax) if log else self._linear_sets(vmin, vmax, MaxNLocator)):
+                inside = [t for t in ticks if vmin <= t <= vmax]
+                if len(inside) >= 2:
+                    last = ticks
+                    if self._fits(inside, vmin, vmax, length, log, horizontal, em):
+                        return np.asarray(ticks)
+            return np.asarray(last)
+
+        @staticmethod
+        def _log_sets(vmin: float, vmax: float) -> list[list[float]]:
+            lo, hi = math.floor(math.log10(max(vmin, 1e-300))), math.ceil(math.log10(max(vmax, 1e-300)))
+            sets = [[m * 10.0**e for e in range(lo, hi + 1) for m in subs] for subs in ((1, 2, 5), (1, 3), (1,))]
+            sets += [[10.0**e for e in range(lo, hi + 1) if e % stride == 0] for stride in (2, 3, 5, 10)]
+            return sets
+
+        @staticmethod
+        def _linear_sets(vmin: float, vmax: float, max_n: Any) -> list[list[float]]:
+            return [list(max_n(nbins=n, steps=[1, 2, 2.5, 5, 10]).tick_values(vmin, vmax)) for n in range(10, 0, -1)]
+
+        @staticmethod
+        def _fits(ticks: list[float], vmin: float, vmax: float, length: float, log: bool, horizontal: bool,
+                  em: float) -> bool:
+            def position(v: float) -> float:
+                if log:
+                    return length * (math.log(v) - math.log(vmin)) / (math.log(vmax) - math.log(vmin))
+                return length * (v - vmin) / (vmax - vmin)
+
+            sizes = [(len(tick_label(t)) * 0.62 * em if horizontal else 1.2 * em) for t in ticks]
+            return all(position(b) - position(a) >= (sa + sb) / 2 + 0.8 * em
+                       for a, b, sa, sb in zip(ticks, ticks[1:], sizes, sizes[1:]))
+
+    return FittedLocator
+
+
+def _FittedLocator() -> Any:
+    return _fitted_locator_class()()
 
 
 def _horizontal() -> dict[str, Any]:

@@ -83,6 +83,18 @@ def versions(env: dict[str, Any]) -> list[tuple[str, str]]:
     return sorted((str(k), _text(v)) for k, v in found.items())
 
 
+def text_lines(env: dict[str, Any]) -> list[str]:
+    """The environment as aligned ``label  value`` lines, then the library versions: ``infertune env``."""
+    facts = summary(env)
+    width = max((len(label) for label, _ in facts), default=0)
+    lines = [f"{label:<{width}}  {value}" for label, value in facts]
+    libraries = versions(env)
+    if libraries:
+        name_width = max(len(name) for name, _ in libraries)
+        lines += ["", "Libraries", *(f"  {name:<{name_width}}  {version}" for name, version in libraries)]
+    return lines
+
+
 def flatten(env: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
     """Every recorded key as ``a.b = value``: nothing the run wrote is hidden by the summary."""
     out: list[tuple[str, str]] = []

@@ -23,6 +23,7 @@ from infertune.report import environment
 from infertune.report.charts import caption_for
 from infertune.report.data import ReportData
 from infertune.report.view import (
+    DRIFT_THRESHOLD,
     NOISE_THRESHOLD,
     GroupView,
     LineView,
@@ -32,7 +33,8 @@ from infertune.report.view import (
     fmt_pct,
     fmt_speedup,
     is_measured,
-    short_error,
+    noise_reason,
+    status_word,
 )
 from infertune.results import ResultRow
 
@@ -99,6 +101,7 @@ def _context(data: ReportData, charts: list[Path]) -> dict[str, Any]:
         "config_json": json.dumps(data.config, indent=2, default=str) if data.config else "",
         "settings": _settings(data.config),
         "noise_threshold": fmt_pct(NOISE_THRESHOLD),
+        "drift_threshold": fmt_pct(DRIFT_THRESHOLD),
     }
 
 
@@ -169,12 +172,13 @@ def _table_row(view: GroupView, line: LineView, columns: list[_Column]) -> dict[
         "variant": (line.variant + (" ★" if line.kind == "best" else ""), line.variant, row.label),
         "status": (_status_cell(row), _STATUS_RANK.get(row.status, len(_STATUS_RANK)), row.error),
         "p50": (line.latency + (" †" if line.noisy else ""), _num(row.latency_p50_ms, measured),
-                f"IQR/median {fmt_pct(row.iqr_over_median)}" if line.noisy else ""),
+                noise_reason(row) if line.noisy else ""),
         "p99": (line.p99, _num(row.latency_p99_ms, measured), ""),
         "throughput": (line.throughput, _num(row.throughput_ips, measured), ""),
         "e2e": (fmt_ms(row.e2e_latency_p50_ms), _num(row.e2e_latency_p50_ms, measured), ""),
         "device_mem": (fmt_ms(row.peak_device_mb), _num(row.peak_device_mb, True), ""),
-        "speedup": (line.speedup, _num(row.speedup_vs_pytorch, measured) if line.speedup != "—" else "", ""),
+        "speedup": (line.speedup, _num(row.speedup_vs_pytorch, measured) if line.speedup != "—" else "",
+                    row.speedup_flag),
         "fidelity": (line.fidelity, _num(row.cosine_min, True), row.error if "FAILED" in line.fidelity else ""),
         "top1": (fmt_pct(row.top1_agreement), _num(row.top1_agreement, True), ""),
         "convert": (line.convert, _num(row.convert_s, True), ""),
@@ -191,12 +195,8 @@ def _table_row(view: GroupView, line: LineView, columns: list[_Column]) -> dict[
 
 
 def _status_cell(row: ResultRow) -> str:
-    if row.status == "ok":
-        return "ok"
-    if row.status == "fidelity_failed":
-        return "✗ fidelity"
-    reason = short_error(row.error, 60)
-    return f"{row.status}: {reason}" if reason else row.status
+    """A short word, as in the terminal: the full reason is the cell's tooltip and is under Failures."""
+    return status_word(row)
 
 
 def _num(value: float | None, keep: bool) -> Any:
@@ -205,8 +205,10 @@ def _num(value: float | None, keep: bool) -> Any:
 
 
 def _footnotes(views: list[GroupView]) -> list[tuple[str, str]]:
-    """(where, text) under the table: noise per group, and each run note once with every group it is in."""
+    """(where, text) under the table: noise and untrusted speedups per group, and each run note once with
+    every group it is in."""
     out = [(v.title, v.noise_footnote()) for v in views if v.noisy_lines]
+    out += [(v.title, v.flag_footnote()) for v in views if v.flagged_lines]
     notes: dict[str, list[str]] = {}
     for view in views:
         for note in view.notes:

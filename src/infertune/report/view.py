@@ -12,19 +12,19 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from infertune.results import ResultRow
+# the variant every speedup is measured against (the seed's "PyTorch | 1.0x" line)
+from infertune.ladder import BASELINE as BASELINE_VARIANT
+from infertune.results import HARNESS_BACKENDS, ResultRow
 
-#: the variant every speedup is measured against (the seed's "PyTorch | 1.0x" line).
-BASELINE_VARIANT = "pytorch:fp32"
+#: statuses whose rows carry no timings. Any other status with a p50 is shown as measured (a fidelity
+#: failure is measured, just not trusted; an unverifiable row is measured, but its reference was too
+#: degenerate to judge it).
+UNMEASURED_STATUSES = frozenset({"unavailable", "failed", "crashed", "timeout", "interrupted"})
 
-#: statuses whose rows carry timings (a fidelity failure is still measured, just not trusted).
-MEASURED_STATUSES = frozenset({"ok", "fidelity_failed"})
-
-#: backends that measure the harness, not a way to run the model: never "the fastest variant".
-OVERHEAD_BACKENDS = frozenset({"null"})
-
-#: the noise rule used by ``measure.stats`` (torch.utils.benchmark's): IQR over median above 10%.
+#: the noise rules used by ``measure.stats``: IQR over median above 10% (torch.utils.benchmark's), or the
+#: medians of the first and second half of the samples more than 2% apart (drift while timed).
 NOISE_THRESHOLD = 0.10
+DRIFT_THRESHOLD = 0.02
 
 GroupKey = tuple[str, str, int]  # (model, device, batch_size)
 
@@ -48,11 +48,12 @@ def group_rows(rows: Iterable[ResultRow]) -> dict[GroupKey, list[ResultRow]]:
 
 
 def is_measured(row: ResultRow) -> bool:
-    return row.status in MEASURED_STATUSES and _finite(row.latency_p50_ms)
+    return row.status not in UNMEASURED_STATUSES and _finite(row.latency_p50_ms)
 
 
 def is_overhead(row: ResultRow) -> bool:
-    return row.backend in OVERHEAD_BACKENDS
+    """The harness's own row (null backend): its latency is the tool's cost, not a way to run the model."""
+    return row.role == "harness" or row.backend in HARNESS_BACKENDS  # files written before ``role`` existed
 
 
 def keeps_predictions(row: ResultRow) -> bool:
@@ -86,8 +87,11 @@ def fastest_passing(group: list[ResultRow]) -> ResultRow | None:
 
 
 def speedup(row: ResultRow, group: list[ResultRow]) -> float | None:
-    """Speedup over ``pytorch:fp32`` in the same group: the stored value, else computed from the p50s."""
-    if not is_measured(row):
+    """Speedup over ``pytorch:fp32`` in the same group: the stored value, else computed from the p50s.
+
+    None for the harness's row: a null call is not a faster way to run the model.
+    """
+    if not is_measured(row) or is_overhead(row):
         return None
     if _finite(row.speedup_vs_pytorch):
         return row.speedup_vs_pytorch
@@ -157,8 +161,10 @@ def fidelity_text(row: ResultRow) -> str:
     if row.status == "fidelity_failed" or row.fidelity_ok is False:
         reason = short_error(row.error, 80) or (f"cos {row.cosine_min:.4f}" if _finite(row.cosine_min) else "")
         return f"FAILED: {reason}" if reason else "FAILED"
-    if row.status not in MEASURED_STATUSES:
+    if not is_measured(row):
         return "—"
+    if row.status == "unverifiable":
+        return "unverifiable: degenerate reference"
     if is_overhead(row):
         return "n/a (no outputs)"
     if _finite(row.cosine_min):
@@ -170,13 +176,51 @@ def fidelity_text(row: ResultRow) -> str:
     return "not verified"
 
 
-def status_text(row: ResultRow) -> str:
+def status_word(row: ResultRow) -> str:
+    """One or two words for a table cell: ``ok``, ``harness``, ``✗ fidelity``, ``unavailable``...
+
+    A status this version does not know is shown as written (underscores as spaces), never dropped.
+    """
     if row.status == "ok":
-        return "ok (harness overhead)" if is_overhead(row) else "ok"
+        return "harness" if is_overhead(row) else "ok"
     if row.status == "fidelity_failed":
         return "✗ fidelity"
-    reason = short_error(row.error)
-    return f"{row.status}: {reason}" if reason else row.status
+    return row.status.replace("_", " ") or "—"
+
+
+#: the note under a table for the harness's row.
+HARNESS_NOTE = ("measures the harness itself (a call that does no work): its p50 is the tool's own overhead "
+                "per call, included in every other latency; it is not a variant and has no speedup")
+
+
+def reason_text(row: ResultRow, limit: int = 300) -> str:
+    """Why a row is not a plain ``ok``, in full (first line of the error), for a numbered note; empty if none."""
+    if is_overhead(row) and row.status == "ok":
+        return HARNESS_NOTE
+    if row.status == "ok":
+        return ""
+    reason = short_error(row.error, limit)
+    if row.status == "fidelity_failed":
+        cos = f"cosine {row.cosine_min:.4f}" if _finite(row.cosine_min) else ""
+        return f"fidelity failed: {reason or cos or 'outside tolerance'}"
+    return f"{status_word(row)}: {reason}" if reason else ""
+
+
+def fidelity_word(row: ResultRow) -> str:
+    """The fidelity cell without the reason (which goes to a note): ``cos 0.9991``, ``✗ cos 0.9100``."""
+    if row.status == "fidelity_failed" or row.fidelity_ok is False:
+        return f"✗ cos {row.cosine_min:.4f}" if _finite(row.cosine_min) else "✗ failed"
+    return fidelity_text(row)
+
+
+def noise_reason(row: ResultRow) -> str:
+    """Which noise rule flagged the row: ``IQR/median 12%`` and/or ``halves 3.1% apart``."""
+    parts = []
+    if _finite(row.iqr_over_median) and row.iqr_over_median > NOISE_THRESHOLD:  # type: ignore[operator]
+        parts.append(f"IQR/median {fmt_pct(row.iqr_over_median)}")
+    if _finite(row.drift_over_median) and row.drift_over_median > DRIFT_THRESHOLD:  # type: ignore[operator]
+        parts.append(f"halves {100 * row.drift_over_median:.1f}% apart")  # type: ignore[operator]
+    return ", ".join(parts) or "flagged noisy"
 
 
 #: markdown punctuation that could turn text from a result file into emphasis, code, links or a strikethrough.
@@ -216,7 +260,6 @@ class LineView:
     speedup: str
     p95: str
     fidelity: str
-    status: str
     kind: str  # "ok", "best", "fidelity_failed", "error", "overhead"
     noisy: bool
     samples: int | None = None
@@ -243,19 +286,36 @@ class GroupView:
     def noisy_lines(self) -> list[LineView]:
         return [ln for ln in self.lines if ln.noisy]
 
+    @property
+    def flagged_lines(self) -> list[LineView]:
+        """Lines whose speedup carries a caveat (busy machine, drifted baseline: ``ResultRow.speedup_flag``)."""
+        return [ln for ln in self.lines if ln.row.speedup_flag and ln.speedup != "—"]
+
+    def flag_footnote(self) -> str:
+        """In words: which speedups are not to be trusted, and why."""
+        reasons: dict[str, list[str]] = {}
+        for ln in self.flagged_lines:
+            for reason in ln.row.speedup_flag.split("; "):
+                reasons.setdefault(reason, []).append(ln.variant)
+        parts = [f"{reason} ({', '.join(variants)})" for reason, variants in reasons.items()]
+        return ("⚠ speedups not to be trusted: " + "; ".join(parts) + ". The numbers measure a machine that was "
+                "shared or changing, not only the variants: rerun on a quiet machine (or with --rounds 3)")
+
     def fastest_sentence(self, sign: str = "×") -> str:
         """"fastest that keeps predictions: X (Y× vs PyTorch)", or why there is none."""
         if self.best is None:
             return "fastest that keeps predictions: none (no variant both ran and passed fidelity)"
         if self.best_speedup is None:
             return f"fastest that keeps predictions: {self.best.variant} (no {BASELINE_VARIANT} row to compare with)"
+        caveat = " ⚠ see below" if self.best.speedup_flag else ""
         return (f"fastest that keeps predictions: {self.best.variant} "
-                f"({fmt_speedup(self.best_speedup, sign)} vs PyTorch)")
+                f"({fmt_speedup(self.best_speedup, sign)} vs PyTorch{caveat})")
 
     def noise_footnote(self) -> str:
-        parts = [f"{ln.variant} {fmt_pct(ln.row.iqr_over_median)}" for ln in self.noisy_lines]
-        return (f"† noisy: IQR/median above {fmt_pct(NOISE_THRESHOLD)} ({', '.join(parts)}); "
-                "differences of this size may be noise: rerun with more iterations or a quieter machine")
+        parts = [f"{ln.variant} {noise_reason(ln.row)}" for ln in self.noisy_lines]
+        return (f"† noisy: IQR/median above {fmt_pct(NOISE_THRESHOLD)}, or the medians of the first and second "
+                f"half of the samples more than {fmt_pct(DRIFT_THRESHOLD)} apart ({'; '.join(parts)}): a rerun "
+                "may differ by that much; use --rounds 3, more iterations or a quieter machine")
 
 
 def build_views(rows: Iterable[ResultRow], samples: dict[str, list[float]] | None = None) -> list[GroupView]:
@@ -295,11 +355,10 @@ def _line(row: ResultRow, group: list[ResultRow], is_best: bool, samples: list[f
         row=row,
         variant=row.variant,
         latency=fmt_ms(row.latency_p50_ms) if measured else "—",
-        throughput=fmt_ips(row.throughput_ips) if measured else "—",
-        speedup="—" if is_overhead(row) else fmt_speedup(speedup(row, group)),
+        throughput=fmt_ips(row.throughput_ips) if measured and not is_overhead(row) else "—",
+        speedup=_flagged(fmt_speedup(speedup(row, group)), row),
         p95=fmt_ms(row.latency_p95_ms) if measured else "—",
         fidelity=fidelity_text(row),
-        status=status_text(row),
         kind=kind,
         noisy=bool(row.noisy) and measured,
         samples=len(samples) if samples is not None else None,
@@ -308,6 +367,10 @@ def _line(row: ResultRow, group: list[ResultRow], is_best: bool, samples: list[f
         memory=fmt_mb(row.peak_host_mb),
         p99=fmt_ms(row.latency_p99_ms) if measured else "—",
     )
+
+
+def _flagged(text: str, row: ResultRow) -> str:
+    return f"{text} ⚠" if row.speedup_flag and text != "—" else text
 
 
 def _finite(value: float | None) -> bool:

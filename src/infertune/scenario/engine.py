@@ -1,0 +1,89 @@
+"""One serving instance: a prepared runner per bucket size, fed padded batches, its outputs trimmed.
+
+A formed batch of n samples runs on the smallest prepared bucket >= n (``BatchPolicy.buckets``): its
+inputs are gathered from the sample library into that bucket's own host buffer, the rows past n keep
+real samples from earlier batches (finite, in-range values; never read back), and only the first n
+output rows are returned, row i for sample i. Every runtime, static shapes or not, thus sees only
+shapes it was prepared for and answers each sample with its own output.
+
+On a GPU the host buffers are pinned (page-locked), so the copy to the device is a direct DMA, and
+each instance issues its work on its own CUDA stream, so instances overlap copies and kernels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager as ContextManager
+from typing import Any
+
+import numpy as np
+
+from infertune.backends.base import Runner
+
+
+class BucketedInstance:
+    """``__call__(indices) -> outputs``: the ``InferBatch`` of one executor thread.
+
+    Args:
+        runners: bucket size -> a runner prepared for exactly that batch size (owned by this instance).
+        samples: the sample library, shape (N, *sample_shape), float32.
+        device: ``cpu`` or ``cuda``: on cuda, pinned host buffers and a CUDA stream of its own.
+    """
+
+    def __init__(self, runners: dict[int, Runner], samples: np.ndarray, device: str = "cpu") -> None:
+        self.runners = dict(sorted(runners.items()))
+        self.samples = samples
+        self._stream: Callable[[], ContextManager[Any]] = contextlib.nullcontext
+        allocate: Callable[[tuple[int, ...]], np.ndarray] = lambda shape: np.empty(shape, np.float32)
+        if device == "cuda":
+            allocate, self._stream = _cuda_stream_and_pinned()
+        self.buffers: dict[int, np.ndarray] = {}
+        for size in self.runners:
+            buf = allocate((size, *samples.shape[1:]))
+            buf[:] = samples[np.arange(size) % len(samples)]
+            self.buffers[size] = buf
+
+    def bucket_for(self, n: int) -> int:
+        for size in self.runners:
+            if size >= n:
+                return size
+        raise ValueError(f"a batch of {n} samples exceeds the largest prepared bucket ({max(self.runners)})")
+
+    def __call__(self, indices: list[int]) -> np.ndarray:
+        n = len(indices)
+        size = self.bucket_for(n)
+        buf = self.buffers[size]
+        np.take(self.samples, indices, axis=0, out=buf[:n])
+        runner = self.runners[size]
+        with self._stream():
+            out = runner.to_numpy(runner(runner.to_native(buf)))
+        return per_sample_rows(out, n)
+
+    def close(self) -> None:
+        for runner in self.runners.values():
+            runner.close()
+
+
+def per_sample_rows(outputs: Any, n: int) -> np.ndarray:
+    """The first ``n`` rows of a model's output(s) as one float32 (n, k) array; several output tensors
+    are flattened per sample and concatenated (sample i's outputs are row i)."""
+    from infertune.verify import output_list
+
+    named = output_list(outputs)
+    if len(named) == 1:
+        return np.ascontiguousarray(named[0][1][:n], dtype=np.float32)
+    return np.concatenate([arr[:n].reshape(n, -1) for _, arr in named], axis=1).astype(np.float32, copy=False)
+
+
+def _cuda_stream_and_pinned() -> tuple[Callable[[tuple[int, ...]], np.ndarray], Callable[[], ContextManager[Any]]]:
+    """A pinned host allocator and a ``with`` context that makes this instance's CUDA stream current."""
+    import torch
+
+    stream = torch.cuda.Stream()
+
+    def pinned(shape: tuple[int, ...]) -> np.ndarray:
+        # the array holds a reference to its tensor, so the pinned memory lives as long as the view
+        return torch.empty(shape, dtype=torch.float32, pin_memory=True).numpy()
+
+    return pinned, lambda: torch.cuda.stream(stream)
