@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import traceback
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -93,6 +94,15 @@ class ReferenceJob(Job):
     @property
     def label(self) -> str:
         return "FP32 reference"
+
+    @cached_property
+    def specs(self) -> tuple[InputSpec, ...]:
+        """The model's inputs: the plan's, or (a job built elsewhere, e.g. by export) resolved here from the config."""
+        if self.inputs:
+            return self.inputs
+        from infertune.models import input_specs
+
+        return input_specs(self.model, self.batches, warn=lambda m: None)
 
     def run(self, emit: Emit) -> None:
         where = [LOAD_STAGE, None]  # the stage and batch in progress, for a failure's message
@@ -189,7 +199,7 @@ class ReferenceJob(Job):
             source, note = resolve_source(
                 seed=v.seed, inputs=v.inputs, images=v.images, dataset=v.dataset, verify_count=v.samples,
                 calibration_images=v.calibration_images, mean=v.mean if v.mean is not None else pre.get("mean"),
-                std=v.std if v.std is not None else pre.get("std"), num_classes=num_classes, specs=self.inputs)
+                std=v.std if v.std is not None else pre.get("std"), num_classes=num_classes, specs=self.specs)
             if note:
                 emit(NoticeEvent(self.job_id, f"warning: {note}"))
             return source, source.verification(v.samples), source.labels()
@@ -213,7 +223,7 @@ class ReferenceJob(Job):
         from infertune import preflight
 
         try:
-            with preflight.input_shape_check(self.model, self.inputs):
+            with preflight.input_shape_check(self.model, self.specs):
                 return forward()
         except InfertuneError as err:
             raise _Stop.bad_input_at(describe_stage(FORWARD_STAGE, None), err) from None
@@ -223,7 +233,7 @@ class ReferenceJob(Job):
         from infertune.inputs import synthetic_batch
         from infertune.verify import output_list
 
-        sample = synthetic_batch(self.inputs, 1, 0)
+        sample = synthetic_batch(self.specs, 1, 0)
         first = self._shape_checked(lambda: output_list(loaded.forward(sample)))[0][1]
         return int(first.shape[1]) if first.ndim == 2 else None
 
