@@ -78,7 +78,7 @@ class VariantJob(Job):
         """A row with the identity fields every row of this job carries."""
         return identity_row(self.variant, batch, model=self.model_label, device=self.device,
                             requested_device=self.requested_device, weights=self.reference.weights_tag,
-                            run_id=self.run_id, threads=self.threads)
+                            run_id=self.run_id, threads=self.threads, reference=self.reference.description)
 
     def run(self, emit: Emit) -> None:
         run_variant(self, emit)
@@ -97,7 +97,7 @@ class VariantJob(Job):
 
 
 def identity_row(variant: Variant, batch: int, *, model: str, device: str, requested_device: str, weights: str,
-                 run_id: str, threads: int) -> ResultRow:
+                 run_id: str, threads: int, reference: str = "") -> ResultRow:
     """A cell's row before anything happened to it: who, what, where (the worker fills in the rest)."""
     from infertune.backends.registry import get_backend
 
@@ -105,6 +105,7 @@ def identity_row(variant: Variant, batch: int, *, model: str, device: str, reque
         model=model, variant=variant.name, backend=variant.backend, precision=variant.precision,
         options=",".join(variant.options), batch_size=batch, device=device, requested_device=requested_device,
         weights=weights, run_id=run_id, label=get_backend(variant.backend).label, threads=threads,
+        reference=reference,
     )
 
 
@@ -123,12 +124,15 @@ def configure_torch(threads: int) -> None:
 
 
 def rebuild_model(model: ModelConfig, weights_path: str) -> Any:
-    """Rebuild the architecture without downloading, then load the reference worker's exact weights."""
+    """Rebuild the architecture without downloading, then load the reference worker's exact weights
+    (an ONNX file is its own weights)."""
     import torch
 
     from infertune.models import load_model
 
     loaded = load_model(model.name, pretrained=False, weights=None, seed=model.seed, warn=lambda m: None)
+    if loaded.kind != "torch":
+        return loaded.module
     state = torch.load(weights_path, map_location="cpu", weights_only=True)
     loaded.module.load_state_dict(state)
     return loaded.module.eval()
@@ -203,7 +207,7 @@ class _RecordedCalibration:
     def used(self) -> bool:
         return bool(self.description)
 
-    def __call__(self, n: int) -> np.ndarray:
+    def __call__(self, n: int) -> Any:
         samples = self.source.calibration(n)
         self.description = self.source.describe_calibration(n)
         return samples
@@ -220,7 +224,7 @@ def _calibration_text(calibration: _RecordedCalibration, row: ResultRow, job: Va
     return ""
 
 
-def _run_cell(backend: Any, ctx: Any, row: ResultRow, verification: tuple[np.ndarray, Any, Any] | None,
+def _run_cell(backend: Any, ctx: Any, row: ResultRow, verification: tuple[Any, Any, Any] | None,
               job: VariantJob, emit: Emit) -> list[float] | None:
     from infertune.cache import dir_size_mb
     from infertune.export.artifact import artifact_ref
@@ -266,13 +270,14 @@ def _run_cell(backend: Any, ctx: Any, row: ResultRow, verification: tuple[np.nda
     return timing.samples_ms
 
 
-def _end_to_end_fields(runner: Any, host_batch: np.ndarray, policy: TimingPolicy, device_timing: Any) -> dict[str, float]:
+def _end_to_end_fields(runner: Any, host_batch: Any, policy: TimingPolicy, device_timing: Any) -> dict[str, float]:
     """For a device-latency runner: the synchronised host time of the device loop (a check on the CUDA
     events) and a second loop timed end to end, host array in and host array out."""
+    from infertune.inputs import batch_size
     from infertune.measure.stats import summarize
     from infertune.measure.timer import EndToEnd, measure
 
-    e2e = summarize(measure(EndToEnd(runner), host_batch, policy).samples_ms, len(host_batch))
+    e2e = summarize(measure(EndToEnd(runner), host_batch, policy).samples_ms, batch_size(host_batch))
     return {
         "host_latency_p50_ms": float(np.median(device_timing.host_samples_ms)),
         "e2e_latency_p50_ms": e2e.p50_ms,
@@ -281,7 +286,7 @@ def _end_to_end_fields(runner: Any, host_batch: np.ndarray, policy: TimingPolicy
     }
 
 
-def verify_step(runner: Any, verification: tuple[np.ndarray, Any, Any], batch: int, job: VariantJob,
+def verify_step(runner: Any, verification: tuple[Any, Any, Any], batch: int, job: VariantJob,
                 row: ResultRow) -> None:
     """Compare with the reference at this batch size (and, in accuracy mode, gate on accuracy); fill the
     row's fidelity fields."""
@@ -309,27 +314,30 @@ def verify_step(runner: Any, verification: tuple[np.ndarray, Any, Any], batch: i
         row.update(status=Status.FIDELITY_FAILED, fidelity_ok=False, error="; ".join(failures))
 
 
-def batched_outputs(call: Callable[[np.ndarray], list[tuple[str, np.ndarray]]], inputs: np.ndarray,
+def batched_outputs(call: Callable[[Any], list[tuple[str, np.ndarray]]], inputs: Any,
                     batch: int) -> list[tuple[str, np.ndarray]]:
-    """``call`` on the samples in batches of exactly ``batch``; the outputs per tensor, one row per sample.
+    """``call`` on the samples (one array, or {input name: array}) in batches of exactly ``batch``; the
+    outputs per tensor, one row per sample.
 
     The last chunk wraps around to the first samples so static-shape artifacts see their own shape;
     only the real samples are kept. The FP32 reference and every variant go through this one function,
     so each is judged on exactly the batches the other saw.
     """
-    n = len(inputs)
+    from infertune.inputs import batch_size, take
+
+    n = batch_size(inputs)
     chunks: list[list[tuple[str, np.ndarray]]] = []
     for start in range(0, n, batch):
         idx = [(start + i) % n for i in range(batch)]
-        chunks.append([(name, arr[: min(batch, n - start)]) for name, arr in call(inputs[idx])])
+        chunks.append([(name, arr[: min(batch, n - start)]) for name, arr in call(take(inputs, idx))])
     return [(name, np.concatenate([c[i][1] for c in chunks])) for i, (name, _) in enumerate(chunks[0])]
 
 
-def run_outputs(runner: Any, inputs: np.ndarray, batch: int) -> list[tuple[str, np.ndarray]]:
+def run_outputs(runner: Any, inputs: Any, batch: int) -> list[tuple[str, np.ndarray]]:
     """Run the verification samples through ``runner`` in batches of exactly ``batch`` (``batched_outputs``)."""
     from infertune.verify import output_list
 
-    def call(chunk: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    def call(chunk: Any) -> list[tuple[str, np.ndarray]]:
         out = output_list(runner.to_numpy(runner(runner.to_native(chunk))))
         runner.synchronize()
         return out

@@ -39,11 +39,15 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    metavar="N", help="batch sizes to benchmark, e.g. 1 4 8 (overrides benchmark.batch_sizes)")
     p.add_argument("--variants", nargs="+", metavar="V",
                    help="explicit ladder, e.g. pytorch:fp32 onnxruntime:int8 openvino:int8")
-    p.add_argument("--model", "-m", help="torchvision/timm name or package.module:factory (overrides model.name)")
+    p.add_argument("--model", "-m", help="torchvision/timm name, package.module:factory, path/to/model.onnx or "
+                                          "hf:<name or folder> (overrides model.name)")
     p.add_argument("--weights", help="local state_dict file (overrides model.weights)")
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                    help="download library weights when online (offline: random weights, noted in results)")
-    p.add_argument("--input-shape", type=_int_arg("dimension"), nargs=4, metavar=("B", "C", "H", "W"))
+    p.add_argument("--input-shape", type=_int_arg("dimension"), nargs="+", metavar="N",
+                   help="one input's shape, batch first: 1 3 224 224 for images, 1 64 for 64 features")
+    p.add_argument("--sequence-length", type=_int_arg("sequence length"), metavar="S",
+                   help="tokens per sample of a text model such as hf:bert-base-uncased (default 128)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=_int_arg("thread count"), help="intra-op threads for every runtime")
     p.add_argument("--warmup", type=_int_arg("warmup count", minimum=0), help="warmup iterations per cell")
@@ -181,7 +185,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """CLI flags as a config fragment; flags left unset are None and do not override the file."""
     return {
         "model": {"name": args.model, "weights": args.weights, "pretrained": args.pretrained,
-                  "input_shape": args.input_shape},
+                  "input_shape": args.input_shape, "sequence_length": args.sequence_length},
         "benchmark": {"batch_sizes": args.batch_sizes, "device": args.device, "threads": args.threads,
                       "warmup_iterations": args.warmup, "benchmark_iterations": args.iterations,
                       "min_time_s": args.min_time, "isolation": args.isolation,

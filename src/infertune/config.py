@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from types import UnionType
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -32,29 +33,79 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class InputConfig(_Section):
+    """One model input (``model.inputs``): its name, shape (the batch first, as in ``input_shape``), dtype,
+    and the range ``[low, high)`` its synthetic verification, calibration and timing values come from
+    (token ids: ``[0, vocab_size)``; a mask of ones: ``[1, 2)``; none: N(0, 1) for floats, 0/1 otherwise)."""
+
+    name: str
+    shape: list[int]
+    dtype: Literal["float32", "float16", "int64", "int32", "bool"] = "float32"
+    range: list[float] | None = None
+
+    @field_validator("shape")
+    @classmethod
+    def _shape(cls, v: list[int]) -> list[int]:
+        return _check_shape(v, "shape")
+
+    @field_validator("range")
+    @classmethod
+    def _range(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (len(v) != 2 or not v[1] > v[0]):
+            raise ValueError(f"range must be two numbers [low, high) with high > low, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _bool_range(self) -> InputConfig:
+        if self.dtype == "bool" and self.range is not None and (self.range[0] < 0 or self.range[1] > 2):
+            raise ValueError(f"input {self.name!r}: a bool input's range lies within [0, 2), got {self.range}")
+        return self
+
+
+def _check_shape(v: list[int], key: str) -> list[int]:
+    if not v:
+        raise ValueError(f"{key} is empty: give the batch first, then one sample's dimensions, e.g. "
+                         "[1, 3, 224, 224] for images or [1, 64] for 64 features")
+    if any(d < 1 for d in v):
+        raise ValueError(f"every {key} dimension must be >= 1, got {v}")
+    return v
+
+
 class ModelConfig(_Section):
     """Which model to load and how.
 
     ``name`` is a torchvision name (``resnet50``), ``timm:<name>`` (or a bare timm name when timm is
-    installed), ``package.module:factory`` (a callable returning an ``nn.Module``), or a path to an
-    ``.onnx`` file.
+    installed), ``package.module:factory`` (a callable returning an ``nn.Module``), a path to an
+    ``.onnx`` file, or ``hf:<name or save_pretrained folder>`` (a Hugging Face transformers model).
+
+    ``input_shape`` is a single input's shape, batch first, of any rank (``[1, 3, 224, 224]``,
+    ``[1, 64]``); ``inputs`` names several inputs (or one of another dtype) instead, in the order the
+    model takes them. ``sequence_length`` is the token count of text models (``hf:bert-base-uncased``).
     """
 
     name: str = "resnet50"
     pretrained: bool = True
     input_shape: list[int] = Field(default_factory=lambda: [1, 3, 224, 224])
+    inputs: list[InputConfig] | None = None
+    sequence_length: int = Field(128, ge=1)
     weights: str | None = None
     seed: int = 0
 
     @field_validator("input_shape")
     @classmethod
     def _shape(cls, v: list[int]) -> list[int]:
-        if len(v) != 4:
-            raise ValueError(
-                f"input_shape must have 4 numbers [batch, channels, height, width], got {len(v)}: {v}"
-            )
-        if any(d < 1 for d in v):
-            raise ValueError(f"every input_shape dimension must be >= 1, got {v}")
+        return _check_shape(v, "input_shape")
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs(cls, v: list[InputConfig] | None) -> list[InputConfig] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("inputs is empty: name at least one input, or drop the key to use input_shape")
+            names = [i.name for i in v]
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                raise ValueError(f"input names must be unique; repeated: {', '.join(repeated)}")
         return v
 
     @field_validator("name")
@@ -283,8 +334,10 @@ def _section_fields(path: tuple[Any, ...]) -> list[str]:
     while parts:
         field = model.model_fields.get(str(parts.pop(0)))
         ann = getattr(field, "annotation", None) if field else None
-        if getattr(ann, "__origin__", None) is dict and parts:  # e.g. verify.tolerances.<precision>
-            ann = ann.__args__[1]
+        if get_origin(ann) in (Union, UnionType):  # X | None -> X
+            ann = next(a for a in get_args(ann) if a is not type(None))
+        if get_origin(ann) in (dict, list) and parts:  # verify.tolerances.<precision>, model.inputs.<index>
+            ann = get_args(ann)[-1]
             parts.pop(0)
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             model = ann

@@ -8,7 +8,14 @@ Sources (``InputSource.kind``):
   the rest calibrate.
 - ``dataset``: a labelled ImageFolder tree (``verify.dataset``, accuracy mode): every image verifies
   and carries a label; calibration comes from ``verify.calibration_images`` or the shipped photos.
-- ``synthetic``: standard normal noise, seeded; calibration uses a different seed.
+- ``synthetic``: seeded data of each input's dtype and range (``InputSpec``): standard normal noise
+  for a float input without a range, uniform values in ``[low, high)`` otherwise (token ids in
+  ``[0, vocab)``, a mask of ones in ``[1, 2)``); calibration uses a different seed.
+
+A model has one or several inputs (``InputSpec``: name, the shape of one sample, dtype, value range).
+A batch (``Batch``) is one array for a single-input model, as it always was, and a ``{name: array}``
+mapping, in the model's input order, when there are several. The image sources need a single image
+input (1 or 3 channels); any other model verifies on synthetic data, and every row says which.
 
 Images get the standard ImageNet preprocessing: resize the short side to 256/224 of the input size
 (bilinear), centre-crop, scale to [0, 1], normalise with the model's mean/std (ImageNet's unless the
@@ -21,7 +28,8 @@ were used.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -37,13 +45,127 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 CALIBRATION_SEED_OFFSET = 1_000_003
 TIMED_SEED_OFFSET = 2_000_003
 KINDS = ("photos", "folder", "dataset", "synthetic")
+#: dtypes an input may have (numpy names).
+DTYPES = ("float32", "float16", "int64", "int32", "bool")
+FLOAT_DTYPES = ("float32", "float16")
+#: a batch of inputs: one array (a single-input model) or {input name: array} in the model's input order.
+Batch = np.ndarray | dict[str, np.ndarray]
+#: the name a single input gets when nothing names it (a torch model's one argument).
+DEFAULT_INPUT_NAME = "input"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input: its name, the shape of one sample (no batch dimension), its dtype, and the
+    range synthetic values are drawn from.
+
+    ``low``/``high`` bound synthetic values to ``[low, high)`` (integers: ``low`` .. ``high - 1``);
+    without them a float input gets standard normal noise and an integer or bool input ``0`` or ``1``.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    low: float | None = None
+    high: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"input {self.name!r}: dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if any(int(d) < 1 for d in self.shape):
+            raise ConfigError(f"input {self.name!r}: every dimension must be >= 1, got {list(self.shape)}")
+        if (self.low is None) != (self.high is None):
+            raise ConfigError(f"input {self.name!r}: give both ends of the range [low, high) or neither")
+        if self.low is not None and self.high is not None and not self.high > self.low:
+            raise ConfigError(f"input {self.name!r}: range [{self.low}, {self.high}) is empty: high must exceed low")
+        if self.dtype == "bool" and self.low is not None and (self.low < 0 or self.high > 2):  # type: ignore[operator]
+            raise ConfigError(f"input {self.name!r}: a bool input's range lies within [0, 2), got "
+                              f"[{self.low}, {self.high})")
+
+    @property
+    def is_image(self) -> bool:
+        """A float (C, H, W) input with 1 or 3 channels: images can feed it."""
+        return self.dtype in FLOAT_DTYPES and len(self.shape) == 3 and self.shape[0] in (1, 3)
+
+    @property
+    def bytes_per_sample(self) -> int:
+        count = 1
+        for d in self.shape:
+            count *= int(d)
+        return count * np.dtype(self.dtype).itemsize
+
+    def synthetic(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` samples of this input's dtype and range, drawn from ``rng``."""
+        shape = (n, *self.shape)
+        if self.dtype in FLOAT_DTYPES:
+            if self.low is None:
+                values = rng.standard_normal(shape)
+            else:
+                values = rng.uniform(self.low, self.high, shape)
+            return values.astype(self.dtype)
+        low, high = (0, 2) if self.low is None else (int(np.ceil(self.low)), int(np.ceil(self.high)))  # type: ignore[arg-type]
+        return rng.integers(low, high, shape).astype(self.dtype)
+
+    def describe(self) -> str:
+        """``input_ids int64[128] in [0, 30522)``: what a row says this input was fed."""
+        dims = ",".join(str(d) for d in self.shape)
+        if self.low is None:
+            values = "~ N(0,1)" if self.dtype in FLOAT_DTYPES else "in {0, 1}"
+        elif self.dtype not in FLOAT_DTYPES and int(np.ceil(self.high)) - int(np.ceil(self.low)) == 1:  # type: ignore[arg-type]
+            values = f"= {int(np.ceil(self.low))}"
+        else:
+            values = f"in [{_number(self.low)}, {_number(self.high)})"
+        return f"{self.name} {self.dtype}[{dims}] {values}"
+
+
+def _number(value: float | None) -> str:
+    return str(int(value)) if value is not None and float(value).is_integer() else str(value)
+
+
+def batch_size(batch: Batch) -> int:
+    """How many samples ``batch`` holds."""
+    if isinstance(batch, dict):
+        return len(next(iter(batch.values())))
+    return len(batch)
+
+
+def take(batch: Batch, index: Any) -> Batch:
+    """The samples at ``index`` (a slice or a list of positions) of every input."""
+    if isinstance(batch, dict):
+        return {name: arr[index] for name, arr in batch.items()}
+    return batch[index]
+
+
+def concat(batches: Sequence[Batch]) -> Batch:
+    """Batches joined along the batch dimension."""
+    if isinstance(batches[0], dict):
+        return {name: np.concatenate([b[name] for b in batches]) for name in batches[0]}  # type: ignore[index]
+    return np.concatenate(batches)  # type: ignore[arg-type]
+
+
+def named(batch: Batch, name: str = DEFAULT_INPUT_NAME) -> dict[str, np.ndarray]:
+    """The batch as {input name: array}; a single array is the one input ``name``."""
+    return dict(batch) if isinstance(batch, dict) else {name: batch}
+
+
+def synthetic_batch(specs: Sequence[InputSpec], n: int, seed: int) -> Batch:
+    """``n`` seeded samples of every input; one input gives one array (the same draw as always)."""
+    rng = np.random.default_rng(seed)
+    arrays = {spec.name: spec.synthetic(n, rng) for spec in specs}
+    return next(iter(arrays.values())) if len(arrays) == 1 else arrays
+
+
+def describe_specs(specs: Sequence[InputSpec]) -> str:
+    return "; ".join(spec.describe() for spec in specs)
 
 
 @dataclass(frozen=True)
 class InputSource:
-    """Where samples come from; ``shape`` excludes the batch. Picklable: workers rebuild it from a dict.
+    """Where samples come from, for the model's inputs (``specs``). Picklable: it travels to workers.
 
     Attributes:
+        specs: the model's inputs; empty means one float32 input of ``shape``.
+        shape: one sample of a single-input model, without the batch (filled from ``specs`` when they give it).
         kind: one of ``KINDS``; empty means ``folder`` when ``images`` is set, else ``synthetic``.
         images: the folder (``folder``) or the ImageFolder root (``dataset``).
         verify_count: how many images of a ``folder`` verify; calibration images start after them.
@@ -52,7 +174,7 @@ class InputSource:
         num_classes: the model's number of outputs, to map a dataset's class folders.
     """
 
-    shape: tuple[int, ...]
+    shape: tuple[int, ...] = ()
     seed: int = 0
     images: str | None = None
     verify_count: int = 0
@@ -61,6 +183,13 @@ class InputSource:
     mean: tuple[float, ...] = tuple(float(v) for v in IMAGENET_MEAN)
     std: tuple[float, ...] = tuple(float(v) for v in IMAGENET_STD)
     num_classes: int | None = None
+    specs: tuple[InputSpec, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.specs:
+            object.__setattr__(self, "specs", (InputSpec(DEFAULT_INPUT_NAME, tuple(self.shape)),))
+        elif len(self.specs) == 1:
+            object.__setattr__(self, "shape", tuple(self.specs[0].shape))
 
     @property
     def source_kind(self) -> str:
@@ -68,7 +197,7 @@ class InputSource:
 
     # ------------------------------------------------------------------ verification
 
-    def verification(self, n: int) -> np.ndarray:
+    def verification(self, n: int) -> Batch:
         """The samples every variant is compared on (a ``dataset`` gives all its images, whatever ``n``)."""
         kind = self.source_kind
         if kind == "photos":
@@ -85,7 +214,7 @@ class InputSource:
             return self._load([(f, "plain") for f in files[:n]], seed=self.seed)
         if kind == "dataset":
             return self._load([(f, "plain") for f in self.dataset.files], seed=self.seed)
-        return _synthetic(n, self.shape, self.seed)
+        return synthetic_batch(self.specs, n, self.seed)
 
     def labels(self) -> np.ndarray | None:
         """Class indices of the verification samples (``dataset`` only), else None."""
@@ -110,15 +239,15 @@ class InputSource:
             return f"folder {self.images}: first {n} of {len(self._folder_files())} images"
         if kind == "dataset":
             return self.dataset.description
-        return f"synthetic: N(0,1) noise, seed {self.seed}"
+        return f"synthetic, seed {self.seed}: {describe_specs(self.specs)}"
 
     # ------------------------------------------------------------------ calibration
 
-    def calibration(self, n: int) -> np.ndarray:
+    def calibration(self, n: int) -> Batch:
         """``n`` calibration samples, never drawn from a verification image."""
         files = self._calibration_files()
         if files is None:
-            return _synthetic(n, self.shape, self.seed + CALIBRATION_SEED_OFFSET)
+            return synthetic_batch(self.specs, n, self.seed + CALIBRATION_SEED_OFFSET)
         # first pass over the files as they are, then seeded random crops/flips of them
         views = [(files[i % len(files)], "plain" if i < len(files) else "augment") for i in range(n)]
         return self._load(views, seed=self.seed + CALIBRATION_SEED_OFFSET)
@@ -126,7 +255,7 @@ class InputSource:
     def describe_calibration(self, n: int) -> str:
         files = self._calibration_files()
         if files is None:
-            return f"synthetic: N(0,1) noise, seed {self.seed + CALIBRATION_SEED_OFFSET}"
+            return f"synthetic, seed {self.seed + CALIBRATION_SEED_OFFSET}: {describe_specs(self.specs)}"
         augmented = f", {n} samples (crops/flips beyond the first {len(files)})" if n > len(files) else ""
         if self.calibration_images:
             where = f"folder {self.calibration_images}: {len(files)} images"
@@ -143,7 +272,7 @@ class InputSource:
         """A short digest of what calibration would read (part of INT8 artifact cache keys), so a
         cached INT8 model calibrated on other data is never reused."""
         files = self._calibration_files()
-        h = hashlib.sha256(f"{self.source_kind}|{self.seed}|{self.mean}|{self.std}".encode())
+        h = hashlib.sha256(f"{self.source_kind}|{self.seed}|{self.mean}|{self.std}|{describe_specs(self.specs)}".encode())
         for f in files or []:
             stat = f.stat()
             h.update(f"{f.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
@@ -194,9 +323,9 @@ class InputSource:
 
     # ------------------------------------------------------------------ timing
 
-    def timed_batch(self, batch_size: int) -> np.ndarray:
+    def timed_batch(self, batch_size: int) -> Batch:
         """The batch the timed loop feeds (synthetic: content does not change dense-model speed)."""
-        return _synthetic(batch_size, self.shape, self.seed + TIMED_SEED_OFFSET)
+        return synthetic_batch(self.specs, batch_size, self.seed + TIMED_SEED_OFFSET)
 
     # ------------------------------------------------------------------ loading
 
@@ -208,18 +337,24 @@ class InputSource:
         out = np.empty((len(views), *self.shape), dtype=np.float32)
         for i, (path, view) in enumerate(views):
             out[i] = preprocess(open_image(path, self.shape[0]), self.shape, self.mean, self.std, view, rng)
-        return out
+        return out.astype(self.specs[0].dtype, copy=False)
 
 
-def resolve_source(shape: tuple[int, ...], seed: int = 0, inputs: str = "photos", images: str | None = None,
+def resolve_source(shape: tuple[int, ...] = (), seed: int = 0, inputs: str = "photos", images: str | None = None,
                    dataset: str | None = None, verify_count: int = 8, calibration_images: str | None = None,
-                   mean: Any = None, std: Any = None, num_classes: int | None = None) -> tuple[InputSource, str]:
+                   mean: Any = None, std: Any = None, num_classes: int | None = None,
+                   specs: Sequence[InputSpec] = ()) -> tuple[InputSource, str]:
     """Pick the source the config asks for; returns it and a note when it had to fall back.
 
-    ``dataset`` wins over ``images``, which wins over ``inputs`` (``photos`` or ``synthetic``). Shipped
-    photos fall back to synthetic inputs, with a note saying why, when scikit-image is missing or the
-    model does not take 1- or 3-channel images.
+    ``specs`` are the model's inputs (default: one float32 input of ``shape``). ``dataset`` wins over
+    ``images``, which wins over ``inputs`` (``photos`` or ``synthetic``). The image sources need a
+    single image input: a model with other inputs (token ids, a feature vector, several inputs)
+    verifies on synthetic data of each input's dtype and range; shipped photos also fall back to
+    synthetic inputs, with a note saying why, when scikit-image is missing or a (C, H, W) input has
+    neither 1 nor 3 channels.
     """
+    specs = tuple(specs) or (InputSpec(DEFAULT_INPUT_NAME, tuple(shape)),)
+    image = specs[0] if len(specs) == 1 and specs[0].is_image else None
     note = ""
     if dataset:
         kind = "dataset"
@@ -230,23 +365,27 @@ def resolve_source(shape: tuple[int, ...], seed: int = 0, inputs: str = "photos"
     if kind == "photos":
         from infertune import photos
 
-        reason = photos.photos_available() or ("" if shape[0] in (1, 3) else
-                                               f"the model takes {shape[0]}-channel inputs, not images")
-        if reason:
-            kind, note = "synthetic", f"verification uses synthetic inputs: the shipped photos are unusable ({reason})"
-    elif kind in ("folder", "dataset") and shape[0] not in (1, 3):
-        raise ConfigError(f"verify.{kind if kind == 'dataset' else 'images'}: the model takes {shape[0]}-channel "
-                          "inputs; images give 1 or 3 channels")
-    channels = shape[0]
+        if image is None:
+            kind = "synthetic"
+            if len(specs) == 1 and len(specs[0].shape) == 3:  # image-shaped, but not 1 or 3 channels
+                note = ("verification uses synthetic inputs: the shipped photos are unusable (the model takes "
+                        f"{specs[0].shape[0]}-channel inputs, not images)")
+        elif photos.photos_available():
+            kind = "synthetic"
+            note = f"verification uses synthetic inputs: the shipped photos are unusable ({photos.photos_available()})"
+    elif kind in ("folder", "dataset") and image is None:
+        key = "verify.dataset" if kind == "dataset" else "verify.images"
+        raise ConfigError(f"{key}: images feed a model with one 1- or 3-channel (C, H, W) float input; this model "
+                          f"takes {describe_specs(specs)}: drop {key} (its inputs are then synthetic)")
     mean_t = tuple(float(v) for v in (mean if mean is not None else IMAGENET_MEAN))
     std_t = tuple(float(v) for v in (std if std is not None else IMAGENET_STD))
-    if channels == 3 and (len(mean_t) != 3 or len(std_t) != 3):
+    if image is not None and image.shape[0] == 3 and (len(mean_t) != 3 or len(std_t) != 3):
         raise ConfigError(f"verify.mean/verify.std need 3 values for RGB inputs, got {list(mean_t)} / {list(std_t)}")
     if any(s <= 0 for s in std_t):
         raise ConfigError(f"verify.std values must be > 0, got {list(std_t)}")
-    source = InputSource(shape=tuple(shape), seed=seed, images=dataset or images, verify_count=verify_count,
-                         kind=kind, calibration_images=calibration_images, mean=mean_t, std=std_t,
-                         num_classes=num_classes)
+    source = InputSource(seed=seed, images=dataset or images, verify_count=verify_count, kind=kind,
+                         calibration_images=calibration_images, mean=mean_t, std=std_t, num_classes=num_classes,
+                         specs=specs)
     return source, note
 
 
@@ -254,10 +393,6 @@ def _photo_view(i: int, count: int) -> str:
     """Photo sample ``i``: each photo as is, then mirrored, then random crops."""
     rounds = i // count
     return "plain" if rounds == 0 else ("mirror" if rounds == 1 else "augment")
-
-
-def _synthetic(n: int, shape: tuple[int, ...], seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((n, *shape)).astype(np.float32)
 
 
 def _image_files(folder: str | Path, key: str) -> list[Path]:

@@ -1,5 +1,10 @@
 """Model sources: torchvision and timm names, ``package.module:factory`` callables, local weights,
-and models whose weights ship in a pip package (``infertune.zoo``: ``efficientnet_lite0``).
+models whose weights ship in a pip package (``infertune.zoo``: ``efficientnet_lite0``), Hugging Face
+transformers (``hf:<name or folder>``, ``infertune.models_hf``) and ONNX files (``infertune.models_onnx``).
+
+``input_specs`` says what a model takes (name, one sample's shape, dtype, value range per input) from
+the config and cheap metadata alone (an ONNX file's graph inputs, a transformers config), so the parent
+never builds the model to know its inputs; ``LoadedModel.forward`` runs the FP32 reference on a batch.
 
 Every loaded model says which weights it carries (``imagenet``, ``random``, ``file:<sha256 prefix>``,
 ``imagenet:<package>``) so that every result row can say it too, and which input normalisation it
@@ -22,19 +27,29 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from infertune.errors import ModelError
+
+if TYPE_CHECKING:
+    from infertune.inputs import Batch, InputSpec
 
 #: seconds to wait for the weights server before deciding we are offline.
 DOWNLOAD_TIMEOUT_S = 10.0
 TORCHVISION_HOST = "download.pytorch.org"
 TIMM_HOST = "huggingface.co"
+#: what the rows of a torch model say their outputs were compared with.
+TORCH_REFERENCE = "pytorch:fp32 eager cpu"
 
 
 @dataclass
 class LoadedModel:
-    """An FP32 ``nn.Module`` in eval mode plus what it is and which weights it holds."""
+    """An FP32 ``nn.Module`` in eval mode (or, for an ONNX file, an ``OnnxModel``) plus what it is and
+    which weights it holds.
+
+    ``kind`` is what backends start from: ``torch`` (a module) or ``onnx`` (a file; only backends whose
+    ``Backend.sources`` include it can take it). ``reference`` says how the FP32 reference runs it.
+    """
 
     module: Any
     name: str
@@ -43,9 +58,24 @@ class LoadedModel:
     warning: str = ""
     #: {"mean": (...), "std": (...)} the inputs were normalised with in training; None = ImageNet's.
     preprocessing: dict[str, tuple[float, ...]] | None = None
+    kind: str = "torch"
+    reference: str = TORCH_REFERENCE
+
+    def forward(self, batch: Batch) -> Any:
+        """The FP32 reference outputs on ``batch`` (one array, or {input name: array} in input order)."""
+        if self.kind == "onnx":
+            return self.module.forward(batch if isinstance(batch, dict) else {self.module.inputs[0].name: batch})
+        import numpy as np
+        import torch
+
+        arrays = list(batch.values()) if isinstance(batch, dict) else [batch]
+        with torch.inference_mode():
+            return self.module(*(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays))
 
     def digest(self) -> str:
-        """A short hash of the parameters and buffers: part of every artifact cache key."""
+        """A short hash of the parameters and buffers (an ONNX file's bytes): part of every artifact cache key."""
+        if self.kind == "onnx":
+            return self.module.digest()
         h = hashlib.sha256()
         for key, tensor in sorted(self.module.state_dict().items()):
             h.update(key.encode())
@@ -64,18 +94,23 @@ def load_model(name: str, pretrained: bool = True, weights: str | None = None, s
         seed: seed for random initialisation.
         warn: where the one-line offline warning goes.
     """
+    from infertune.models_onnx import is_onnx_path
+
+    if is_onnx_path(name):
+        return _from_onnx(name, weights)
     import torch
 
-    if name.endswith(".onnx"):
-        raise ModelError(
-            f"{name}: ONNX files as the model source are not supported yet; give a torchvision/timm "
-            "name or a package.module:factory that returns a torch nn.Module"
-        )
     from infertune.zoo import SHIPPED_MODELS
 
     torch.manual_seed(seed)
     use_pretrained = pretrained and not weights
-    if name in SHIPPED_MODELS:
+    preprocessing = None
+    if name.startswith("hf:"):
+        from infertune.models_hf import load_hf
+
+        module, tag, preprocessing = load_hf(name, use_pretrained, seed, warn)
+        source = "transformers"
+    elif name in SHIPPED_MODELS:
         module, source = SHIPPED_MODELS[name](pretrained=use_pretrained), "package"
         tag = getattr(module, "infertune_weights", "random")
     elif ":" in name and not name.startswith("timm:"):
@@ -90,7 +125,66 @@ def load_model(name: str, pretrained: bool = True, weights: str | None = None, s
     if weights:
         tag = _load_weights(module, weights)
     return LoadedModel(module=module.eval().float(), name=name, weights=tag, source=source,
-                       preprocessing=_preprocessing(module))
+                       preprocessing=preprocessing or _preprocessing(module))
+
+
+def _from_onnx(name: str, weights: str | None) -> LoadedModel:
+    from infertune.models_onnx import REFERENCE, read_onnx
+
+    if weights:
+        raise ModelError(f"model.weights is for torch models; {name} holds its own weights: drop model.weights")
+    model = read_onnx(name)
+    return LoadedModel(module=model, name=name, weights=f"file:{model.digest()[:12]}", source="onnx", kind="onnx",
+                       reference=REFERENCE)
+
+
+def model_kind(name: str) -> str:
+    """What backends start from for the model ``name``: ``onnx`` for an ``.onnx`` file, else ``torch``."""
+    from infertune.models_onnx import is_onnx_path
+
+    return "onnx" if is_onnx_path(name) else "torch"
+
+
+def model_label(name: str) -> str:
+    """What rows call the model: a timm or hf name without its prefix; an ONNX file or a model folder by its name."""
+    if model_kind(name) == "onnx":
+        return Path(name).name
+    bare = name.split(":", 1)[-1] if name.startswith(("timm:", "hf:")) else name
+    return Path(bare).name if name.startswith("hf:") and Path(bare).is_dir() else bare
+
+
+def input_specs(model_cfg: Any, batch_sizes: list[int] | tuple[int, ...] = (1,),
+                warn: Callable[[str], None] = print) -> tuple[InputSpec, ...]:
+    """What the model of ``model_cfg`` (the config's ``model`` section) takes, without building it.
+
+    ONNX files: the graph's inputs (``models_onnx.onnx_input_specs``); ``hf:`` models: their tokens or
+    pixels (``models_hf.input_specs``); torch models: ``model.inputs``, else one float32 input of
+    ``model.input_shape`` (batch first).
+    """
+    from infertune.inputs import DEFAULT_INPUT_NAME, InputSpec
+    from infertune.models_onnx import is_onnx_path, onnx_input_specs, read_onnx
+
+    name = model_cfg.name
+    if is_onnx_path(name):
+        given = "input_shape" in model_cfg.model_fields_set  # the default shape is not the user's
+        specs, notes = onnx_input_specs(read_onnx(name), model_cfg.input_shape if given else None, model_cfg.inputs,
+                                        model_cfg.sequence_length, batch_sizes)
+        for note in notes:
+            warn(f"note: {note}")
+        return specs
+    given = tuple(InputSpec(i.name, tuple(i.shape[1:]), i.dtype, *(i.range or (None, None)))
+                  for i in model_cfg.inputs or ())
+    if name.startswith("hf:"):
+        from infertune.errors import ConfigError
+        from infertune.models_hf import input_specs as hf_specs
+
+        length = given[0].shape[0] if given and given[0].shape else model_cfg.sequence_length  # inputs win
+        own = hf_specs(name, length, model_cfg.pretrained and not model_cfg.weights)
+        if given and [s.name for s in given] != [s.name for s in own]:
+            raise ConfigError(f"model.inputs names {', '.join(s.name for s in given)}, but {name} takes "
+                              f"{', '.join(s.name for s in own)}, in that order")
+        return given or own
+    return given or (InputSpec(DEFAULT_INPUT_NAME, tuple(model_cfg.input_shape[1:])),)
 
 
 def _preprocessing(module: Any) -> dict[str, tuple[float, ...]] | None:

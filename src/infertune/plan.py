@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from infertune.backends.base import Availability
 from infertune.cell import VariantJob, identity_row
 from infertune.config import RunConfig
+from infertune.inputs import InputSpec
 from infertune.measure.timer import TimingPolicy
 from infertune.reference import Reference, ReferenceJob
 from infertune.results import ResultRow, cell_id
@@ -42,6 +44,8 @@ class Plan:
     memory_limit_mb: int | None
     #: variant name -> whether its backend can run here (a ``no`` becomes ``unavailable`` rows, no worker).
     availability: dict[str, Availability]
+    #: the model's inputs (name, one sample's shape, dtype, value range), known without building the model.
+    inputs: tuple[InputSpec, ...] = ()
 
     @property
     def measure(self) -> bool:
@@ -53,9 +57,10 @@ class Plan:
 
     @property
     def model_label(self) -> str:
-        """The rows' ``model``: the config's name, a timm name without its ``timm:`` prefix."""
-        name = self.cfg.model.name
-        return name.split(":")[-1] if name.startswith("timm:") else name
+        """The rows' ``model`` (``models.model_label``)."""
+        from infertune.models import model_label
+
+        return model_label(self.cfg.model.name)
 
     def row_order(self, row: ResultRow) -> tuple[int, int]:
         """Where a row sits in the files: the ladder's order, then the batch sizes' (rows arrive in any order)."""
@@ -77,6 +82,7 @@ class Plan:
         """The job that loads the model and computes its FP32 outputs at every batch size, in a worker."""
         return ReferenceJob(
             model=self.cfg.model, verify=self.cfg.verify, workdir=workdir, batches=self.batches, threads=self.threads,
+            inputs=self.inputs,
             needs_calibration_id=any(v.precision == "int8" for v in self.ladder), memory_limit_mb=self.memory_limit_mb,
         )
 
@@ -114,11 +120,14 @@ def make_plan(cfg: RunConfig, measure: bool, log: Log) -> Plan:
     from infertune.backends.registry import get_backend
     from infertune.config import tolerances
     from infertune.ladder import build_ladder
+    from infertune.models import input_specs, model_kind
 
     device = resolve_device(cfg.benchmark.device, log)
     ladder = tuple(build_ladder(cfg, device))
     preflight.check_output(cfg)
-    preflight.check_input_memory(cfg)
+    inputs = input_specs(cfg.model, cfg.benchmark.batch_sizes, log)
+    preflight.check_input_memory(cfg, inputs)
+    kind = model_kind(cfg.model.name)
     b = cfg.benchmark
     timing = TimingPolicy(warmup_iterations=b.warmup_iterations, min_iterations=b.benchmark_iterations,
                           min_time_s=b.min_time_s, max_iterations=b.max_iterations,
@@ -127,8 +136,15 @@ def make_plan(cfg: RunConfig, measure: bool, log: Log) -> Plan:
         cfg=cfg, device=device, threads=b.threads or envmod.usable_cores(), ladder=ladder,
         batches=tuple(b.batch_sizes), rounds=b.rounds, timing=timing, tolerances=tolerances(cfg),
         memory_limit_mb=_memory_limit(cfg, device, log),
-        availability={v.name: get_backend(v.backend).availability(device, v.precision) for v in ladder},
+        availability={v.name: _availability(get_backend(v.backend), device, v.precision, kind) for v in ladder},
+        inputs=inputs,
     )
+
+
+def _availability(backend: Any, device: str, precision: str, kind: str) -> Availability:
+    """Whether ``backend`` runs here, and can start from a model of ``kind`` (torch rungs cannot take an ONNX file)."""
+    here = backend.availability(device, precision)
+    return backend.accepts(kind) if here.ok else here
 
 
 def resolve_device(requested: str, log: Log) -> str:

@@ -9,11 +9,10 @@ cannot fit in memory, an input shape the model cannot take.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,27 +71,28 @@ def check_artifact_space(cfg: Any, ladder: list[Any], weights_mb: float) -> None
     free_space(cfg.output.models_dir, "output.models_dir", MODELS_MIN_FREE_MB + converting * weights_mb)
 
 
-def check_input_memory(cfg: Any) -> None:
-    """The largest timed batch's input must fit in half of this machine's memory, with room for the model."""
+def check_input_memory(cfg: Any, specs: Sequence[Any]) -> None:
+    """The largest timed batch's inputs must fit in half of this machine's memory, with room for the model."""
     import psutil
 
     batch = max(cfg.benchmark.batch_sizes)
-    per_sample = math.prod(cfg.model.input_shape[1:])
-    need = batch * per_sample * 4
+    need = batch * sum(spec.bytes_per_sample for spec in specs)
     total = psutil.virtual_memory().total
     if need > total / 2:
+        what = (f"{list(specs[0].shape)} {specs[0].dtype} inputs" if len(specs) == 1
+                else f"inputs ({', '.join(s.describe() for s in specs)})")
         raise ConfigError(
-            f"batch size {batch} of {cfg.model.input_shape[1:]} float32 inputs needs {need / 1e9:.3g} GB for the "
-            f"input alone; this machine has {total / 1e9:.1f} GB of memory: lower benchmark.batch_sizes "
-            "or model.input_shape"
+            f"batch size {batch} of {what} needs {need / 1e9:.3g} GB for the input alone; this machine has "
+            f"{total / 1e9:.1f} GB of memory: lower benchmark.batch_sizes or the input shape"
         )
 
 
 @contextlib.contextmanager
-def input_shape_check(model: Any) -> Iterator[None]:
-    """Wrap the model's first FP32 forward pass (in the reference worker): a model that cannot take
-    ``model.input_shape`` raises inside it, and that becomes one ModelError naming the shape and the
-    fix instead of a traceback. A failed allocation is not a shape problem and passes through."""
+def input_shape_check(model: Any, specs: Sequence[Any]) -> Iterator[None]:
+    """Wrap the model's first FP32 forward pass (in the reference worker): a model that cannot take its
+    inputs (``specs``, from ``model.input_shape`` or ``model.inputs``) raises inside it, and that becomes
+    one ModelError naming the inputs and the fix instead of a traceback. A failed allocation is not a
+    shape problem and passes through."""
     from infertune.cell import is_out_of_memory
 
     try:
@@ -104,7 +104,13 @@ def input_shape_check(model: Any) -> Iterator[None]:
             raise
         text = f"{type(err).__name__}: {err}".replace("\n", " ")
         text = text if len(text) <= 240 else text[:237] + "..."
-        raise ModelError(
-            f"{model.name} cannot take inputs of shape {list(model.input_shape)} ({text}): set "
-            "model.input_shape (or --input-shape B C H W) to the shape the model expects"
-        ) from None
+        if len(specs) == 1 and specs[0].dtype == "float32" and not model.inputs:
+            shape = [model.input_shape[0], *specs[0].shape]
+            raise ModelError(
+                f"{model.name} cannot take inputs of shape {shape} ({text}): set model.input_shape (or "
+                "--input-shape, batch first: B C H W for images, B F for F features) to the shape the model expects"
+            ) from None
+        shown = "; ".join(s.describe() for s in specs)
+        raise ModelError(f"{model.name} cannot take its inputs ({shown}) ({text}): set model.inputs to the "
+                         "names, shapes (batch first), dtypes and value ranges the model expects, in its "
+                         "argument order") from None

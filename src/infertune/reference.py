@@ -1,4 +1,4 @@
-"""The reference job: load the user's model and compute its FP32 eager outputs, in a worker, once per run.
+"""The reference job: load the user's model and compute its FP32 outputs, in a worker, once per run.
 
 Everything that runs the user's model code for the reference happens here, never in the parent:
 loading (download, factory, weights file), the weights digest, the input-shape check, the number of
@@ -10,13 +10,15 @@ the verification samples cut in chunks of b, the last partial chunk wrapped arou
 samples (``cell.batched_outputs``, shared with every variant). A model whose forward depends on its
 batch (``if x.mean() > 0``, batch statistics) is then judged against what it really computes.
 Outputs are stored per batch size in one ``.npz``; the exact weights go beside it so every variant
-worker rebuilds the same model.
+worker rebuilds the same model. An ONNX file has no eager form: its reference is ONNX Runtime fp32 on
+the CPU with every graph optimization off (``models_onnx``), and the file itself is its weights.
 """
 
 from __future__ import annotations
 
 import traceback
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -38,7 +40,7 @@ from infertune.results import Status
 if TYPE_CHECKING:
     from infertune.accuracy import Accuracy
     from infertune.config import ModelConfig, VerifyConfig
-    from infertune.inputs import InputSource
+    from infertune.inputs import Batch, InputSource, InputSpec
 
 REFERENCE_JOB_ID = "reference"
 LOAD_STAGE = "load model"
@@ -65,6 +67,8 @@ class Reference:
     accuracy: dict[int, Accuracy] | None = None
     #: the INT8 cache keys' calibration identity (None when no INT8 variant is planned).
     calibration_id: str | None = None
+    #: how the reference ran the model (``LoadedModel.reference``): every row says it.
+    description: str = ""
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,8 @@ class ReferenceJob(Job):
     #: whether INT8 variants are planned (their cache keys need the calibration set's identity).
     needs_calibration_id: bool = False
     memory_limit_mb: int | None = None
+    #: the model's inputs (``models.input_specs``, resolved by the plan).
+    inputs: tuple[InputSpec, ...] = ()
     job_id: str = REFERENCE_JOB_ID
     device: str = "cpu"  # the reference is FP32 eager on the CPU, with TF32 off, whatever the run's device
     modules: tuple[str, ...] = ()
@@ -88,6 +94,15 @@ class ReferenceJob(Job):
     @property
     def label(self) -> str:
         return "FP32 reference"
+
+    @cached_property
+    def specs(self) -> tuple[InputSpec, ...]:
+        """The model's inputs: the plan's, or (a job built elsewhere, e.g. by export) resolved here from the config."""
+        if self.inputs:
+            return self.inputs
+        from infertune.models import input_specs
+
+        return input_specs(self.model, self.batches, warn=lambda m: None)
 
     def run(self, emit: Emit) -> None:
         where = [LOAD_STAGE, None]  # the stage and batch in progress, for a failure's message
@@ -123,6 +138,7 @@ class ReferenceJob(Job):
         import torch
 
         from infertune.cell import configure_torch
+        from infertune.inputs import batch_size
         from infertune.models import load_model
 
         configure_torch(self.threads)
@@ -134,16 +150,19 @@ class ReferenceJob(Job):
             raise _Stop.bad_input_at(describe_stage(LOAD_STAGE, None), err) from None
         workdir = Path(self.workdir)
         weights_path = workdir / "weights.pt"
-        state = loaded.module.state_dict()
-        torch.save(state, weights_path)
-        weights_mb = sum(t.numel() * t.element_size() for t in state.values()) / 1e6
+        if loaded.kind == "torch":
+            state = loaded.module.state_dict()
+            torch.save(state, weights_path)
+            weights_mb = sum(t.numel() * t.element_size() for t in state.values()) / 1e6
+        else:  # an ONNX file is its own weights: variant workers read it
+            weights_mb = Path(loaded.module.path).stat().st_size / 1e6
         source, inputs, labels = self._inputs(loaded, emit)
         outputs: dict[int, list[tuple[str, np.ndarray]]] = {}
         failed: dict[int, str] = {}
         for i, batch in enumerate(self.batches):
             emit(StageEvent(self.job_id, batch, FORWARD_STAGE))
             try:
-                outputs[batch] = self._forward(loaded.module, inputs, batch, shape_check=i == 0)
+                outputs[batch] = self._forward(loaded, inputs, batch, shape_check=i == 0)
             except _Stop:
                 raise
             except Exception as err:
@@ -161,44 +180,42 @@ class ReferenceJob(Job):
             accuracy = {b: score(out[0][1], labels) for b, out in outputs.items()}
         return Reference(
             path=str(path), weights_path=str(weights_path), weights_tag=loaded.weights, digest=loaded.digest(),
-            weights_mb=weights_mb, source=source, verify_description=source.describe_verification(len(inputs)),
+            weights_mb=weights_mb, source=source, verify_description=source.describe_verification(batch_size(inputs)),
             failed_batches=failed, accuracy=accuracy, calibration_id=self._calibration_id(source),
+            description=loaded.reference,
         )
 
-    def _inputs(self, loaded: Any, emit: Emit) -> tuple[InputSource, np.ndarray, np.ndarray | None]:
+    def _inputs(self, loaded: Any, emit: Emit) -> tuple[InputSource, Batch, np.ndarray | None]:
         """The input source, the verification samples and their labels (accuracy mode) or None."""
         from infertune.accuracy import require_trained_weights
         from infertune.inputs import resolve_source
 
         v = self.verify
-        shape = tuple(self.model.input_shape[1:])
         pre = loaded.preprocessing or {}
         try:
             if v.dataset:
                 require_trained_weights(loaded.weights, v.dataset)
-            num_classes = self._num_classes(loaded.module, shape) if v.dataset else None
+            num_classes = self._num_classes(loaded) if v.dataset else None
             source, note = resolve_source(
-                shape, seed=v.seed, inputs=v.inputs, images=v.images, dataset=v.dataset, verify_count=v.samples,
+                seed=v.seed, inputs=v.inputs, images=v.images, dataset=v.dataset, verify_count=v.samples,
                 calibration_images=v.calibration_images, mean=v.mean if v.mean is not None else pre.get("mean"),
-                std=v.std if v.std is not None else pre.get("std"), num_classes=num_classes)
+                std=v.std if v.std is not None else pre.get("std"), num_classes=num_classes, specs=self.specs)
             if note:
                 emit(NoticeEvent(self.job_id, f"warning: {note}"))
             return source, source.verification(v.samples), source.labels()
         except InfertuneError as err:
             raise _Stop.bad_input_at("reading the verification inputs", err) from None
 
-    def _forward(self, module: Any, inputs: np.ndarray, batch: int, shape_check: bool) -> list[tuple[str, np.ndarray]]:
-        """FP32 eager outputs on ``inputs`` in batches of exactly ``batch``; the first call checks the shape."""
-        import torch
-
+    def _forward(self, loaded: Any, inputs: Batch, batch: int, shape_check: bool) -> list[tuple[str, np.ndarray]]:
+        """FP32 reference outputs (``LoadedModel.forward``) on ``inputs`` in batches of exactly ``batch``;
+        the first call checks the model takes its inputs."""
         from infertune.cell import batched_outputs
         from infertune.verify import output_list
 
-        def call(chunk: np.ndarray) -> list[tuple[str, np.ndarray]]:
-            with torch.inference_mode():
-                if not shape_check:
-                    return output_list(module(torch.from_numpy(chunk)))
-                return self._shape_checked(lambda: output_list(module(torch.from_numpy(chunk))))
+        def call(chunk: Batch) -> list[tuple[str, np.ndarray]]:
+            if not shape_check:
+                return output_list(loaded.forward(chunk))
+            return self._shape_checked(lambda: output_list(loaded.forward(chunk)))
 
         return batched_outputs(call, inputs, batch)
 
@@ -206,19 +223,18 @@ class ReferenceJob(Job):
         from infertune import preflight
 
         try:
-            with preflight.input_shape_check(self.model):
+            with preflight.input_shape_check(self.model, self.specs):
                 return forward()
         except InfertuneError as err:
             raise _Stop.bad_input_at(describe_stage(FORWARD_STAGE, None), err) from None
 
-    def _num_classes(self, module: Any, shape: tuple[int, ...]) -> int | None:
-        """The width of the model's first output on one zero sample (to map a dataset's class folders)."""
-        import torch
-
+    def _num_classes(self, loaded: Any) -> int | None:
+        """The width of the model's first output on one synthetic sample (to map a dataset's class folders)."""
+        from infertune.inputs import synthetic_batch
         from infertune.verify import output_list
 
-        with torch.inference_mode():
-            first = self._shape_checked(lambda: output_list(module(torch.zeros((1, *shape)))))[0][1]
+        sample = synthetic_batch(self.specs, 1, 0)
+        first = self._shape_checked(lambda: output_list(loaded.forward(sample)))[0][1]
         return int(first.shape[1]) if first.ndim == 2 else None
 
     def _calibration_id(self, source: InputSource) -> str | None:
@@ -255,9 +271,10 @@ def describe_stage(stage: str, batch: int | None) -> str:
     return stage
 
 
-def save_reference(path: Path, inputs: np.ndarray, outputs: dict[int, list[tuple[str, np.ndarray]]],
+def save_reference(path: Path, inputs: Batch, outputs: dict[int, list[tuple[str, np.ndarray]]],
                    labels: np.ndarray | None = None) -> None:
-    """Save the verification inputs, each batch size's output tensors (``output_list`` pairs) and the labels."""
+    """Save the verification inputs (one array, or {name: array}), each batch size's output tensors
+    (``output_list`` pairs) and the labels."""
     arrays: dict[str, np.ndarray] = {}
     names: list[str] = []
     for batch, pairs in outputs.items():
@@ -265,16 +282,21 @@ def save_reference(path: Path, inputs: np.ndarray, outputs: dict[int, list[tuple
         for i, (_, arr) in enumerate(pairs):
             arrays[f"b{batch}_output_{i}"] = arr
     extra = {"labels": labels} if labels is not None else {}
-    np.savez(path, inputs=inputs, output_names=np.array(names), batches=np.array(sorted(outputs), dtype=np.int64),
-             **arrays, **extra)
+    named = inputs if isinstance(inputs, dict) else {"": inputs}  # "": a single unnamed array
+    feeds = {f"input_{i}": arr for i, arr in enumerate(named.values())}
+    np.savez(path, input_names=np.array(list(named)), output_names=np.array(names),
+             batches=np.array(sorted(outputs), dtype=np.int64), **feeds, **arrays, **extra)
 
 
-def load_reference(path: str | Path, batch: int) -> tuple[np.ndarray, Any, np.ndarray | None]:
-    """(inputs, the reference outputs at ``batch``: one array or a {name: array} dict, labels or None)."""
+def load_reference(path: str | Path, batch: int) -> tuple[Batch, Any, np.ndarray | None]:
+    """(inputs: one array or {name: array}, the reference outputs at ``batch``: one array or a {name: array}
+    dict, labels or None)."""
     with np.load(path) as ref:
         names = [str(n) for n in ref["output_names"]]
         outputs = [ref[f"b{batch}_output_{i}"] for i in range(len(names))]
         labels = ref["labels"] if "labels" in ref.files else None
-        inputs = ref["inputs"]
+        input_names = [str(n) for n in ref["input_names"]]
+        feeds = {name: ref[f"input_{i}"] for i, name in enumerate(input_names)}
+        inputs = feeds[""] if input_names == [""] else feeds
     reference = outputs[0] if len(outputs) == 1 else dict(zip(names, outputs))
     return inputs, reference, labels

@@ -141,8 +141,9 @@ class ResultRow:
     top5_acc: float | None = None
     ref_top1_acc: float | None = None
     ref_top5_acc: float | None = None
-    # which inputs verified this row and which calibrated it (INT8 only)
+    # which inputs verified this row, what its outputs were compared with, and which inputs calibrated it (INT8 only)
     verify_inputs: str = ""
+    reference: str = ""
     calibration_inputs: str = ""
     note: str = ""
     #: "variant", or "harness" for the null backend's row: the tool's own cost, never a speedup or a winner.

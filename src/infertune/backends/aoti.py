@@ -59,12 +59,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from infertune.backends.aoti_build import COMPILED_MARKER
 from infertune.backends.base import PrepareContext, Runner
 from infertune.backends.registry import register_backend
-from infertune.backends.torch_common import TorchRunner, model_copy, torch_dtype
+from infertune.backends.torch_common import (
+    TorchRunner,
+    model_copy,
+    to_tensors,
+    torch_dtype,
+)
 from infertune.backends.torch_compile import (
     ALLOWED_OPTIONS,
     CompileOptions,
@@ -135,6 +138,7 @@ class AotiBackend(InductorBackend):
             # a CUDA graph is captured at load time: the same package serves it
             options=dataclasses.asdict(dataclasses.replace(opts, cuda_graph=False)),
             shape=("dynamic-batch", *ctx.input_shape[1:]) if opts.dynamic else ctx.input_shape,
+            **({"inputs": ctx.input_signature} if isinstance(ctx.example_input, dict) else {}),
         )
         package = entry.file("model.pt2")
         crash_key = json.dumps([torch.__version__, ctx.precision, ctx.device, dataclasses.asdict(opts)])
@@ -213,19 +217,20 @@ def _export(ctx: PrepareContext, opts: CompileOptions, path: Path) -> None:
     """``torch.export`` the model cast to the cell's device/precision, saved for the child."""
     import torch
 
+    from infertune.inputs import batch_size, concat
+
     model = model_copy(ctx.model, ctx.device, ctx.precision, opts.channels_last)
     batch = ctx.example_input
+    if opts.dynamic and batch_size(batch) < 2:
+        batch = concat([batch, batch])  # a batch of 1 would be specialised (0/1 specialisation): trace 2 samples
+    example = to_tensors(batch, ctx.device, torch_dtype(ctx.precision), opts.channels_last)
+    args = example if isinstance(example, tuple) else (example,)
     dynamic_shapes = None
     if opts.dynamic:
-        # an example batch of 1 would be specialised (0/1 specialisation): trace with 2 samples.
-        if len(batch) < 2:
-            batch = np.concatenate([batch, batch])
-        dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},)
-    example = torch.from_numpy(np.ascontiguousarray(batch)).to(ctx.device, torch_dtype(ctx.precision))
-    if opts.channels_last:
-        example = example.contiguous(memory_format=torch.channels_last)
+        dim = torch.export.Dim("batch", min=1, max=4096)
+        dynamic_shapes = tuple({0: dim} for _ in args)
     with torch.no_grad():
-        program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
+        program = torch.export.export(model, args, dynamic_shapes=dynamic_shapes)
     torch.export.save(program, str(path))
 
 

@@ -46,37 +46,65 @@ class PrepareContext:
     """Everything ``Backend.prepare`` may use to build one runner for one cell.
 
     Attributes:
-        model: the FP32 ``torch.nn.Module`` in eval mode, on the CPU (the backend moves or copies it).
-        example_input: a float32 NCHW array of the cell's batch size (the timed input).
+        model: the FP32 ``torch.nn.Module`` in eval mode, on the CPU (the backend moves or copies it); for
+            an ONNX file, an ``infertune.models_onnx.OnnxModel`` (only backends whose ``sources`` hold
+            ``onnx`` get one).
+        example_input: the timed input at the cell's batch size: one array (a float32 NCHW batch for an
+            image model), or {input name: array} in the model's input order when it has several inputs.
         precision: one of ``PRECISIONS``.
         options: the variant's options (``{"mode": "max-autotune"}``, ``{"hint": "throughput"}``...).
         device: ``"cpu"`` or ``"cuda"`` (already resolved: never ``"auto"``).
         threads: intra-op threads the runtime must use (the harness pins torch's too).
         cache: where converted artifacts live; see ``infertune.cache.ArtifactCache``.
-        calibration: returns ``n`` calibration samples as one float32 array (never the
+        calibration: returns ``n`` calibration samples, shaped like ``example_input`` (never the
             verification samples); used by INT8 backends.
         settings: backend-tunable settings from the config (e.g. ``onnx_opset``, ``int8`` block).
         log: one-line progress/info messages ("reusing cached artifact ...").
     """
 
     model: Any
-    example_input: np.ndarray
+    example_input: Any
     precision: str
     options: dict[str, str]
     device: str
     threads: int
     cache: Any
-    calibration: Callable[[int], np.ndarray]
+    calibration: Callable[[int], Any]
     settings: dict[str, Any] = field(default_factory=dict)
     log: Callable[[str], None] = print
 
     @property
     def batch_size(self) -> int:
-        return int(self.example_input.shape[0])
+        from infertune.inputs import batch_size
+
+        return batch_size(self.example_input)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(int(d) for d in self.example_input.shape)
+        """The (first) input's shape, batch included."""
+        first = next(iter(self.example_input.values())) if isinstance(self.example_input, dict) else self.example_input
+        return tuple(int(d) for d in first.shape)
+
+    @property
+    def sample_key(self) -> Any:
+        """What artifact cache keys hold for the inputs: one sample's shape (a single array, as always),
+        or every input's (name, dtype, shape) for several inputs."""
+        return self.input_signature if isinstance(self.example_input, dict) else self.input_shape[1:]
+
+    @property
+    def batch_shapes(self) -> list[tuple[int, ...]]:
+        """Every input's shape at this batch size, in input order."""
+        from infertune.inputs import named
+
+        return [tuple(int(d) for d in arr.shape) for arr in named(self.example_input).values()]
+
+    @property
+    def input_signature(self) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
+        """(name, dtype, one sample's shape) of every input, in order: part of artifact cache keys."""
+        from infertune.inputs import named
+
+        return tuple((name, str(arr.dtype), tuple(int(d) for d in arr.shape[1:]))
+                     for name, arr in named(self.example_input).items())
 
 
 class Runner(ABC):
@@ -144,6 +172,9 @@ class Backend(ABC):
     #: rungs an opt-in backend adds on every device when its ``seed_switch`` is on (off by default; on a
     #: machine without it the rows say why); empty: ``default_variants`` decides.
     switch_variants: ClassVar[tuple[str, ...]] = ()
+    #: the model kinds this backend can start from (``LoadedModel.kind``): ``torch`` (an nn.Module),
+    #: ``onnx`` (an ONNX file).
+    sources: ClassVar[frozenset[str]] = frozenset({"torch"})
 
     def availability(self, device: str, precision: str) -> Availability:
         """Can this backend run here? Never raises, never imports the runtime itself."""
@@ -164,6 +195,15 @@ class Backend(ABC):
         if device == "cuda" and not _cuda_available():
             return Availability.no("no CUDA GPU is visible (torch.cuda.is_available() is False)")
         return Availability.yes()
+
+    def accepts(self, kind: str) -> Availability:
+        """Can this backend start from a model of ``kind`` (``torch`` or ``onnx``)? Never raises."""
+        if kind in self.sources:
+            return Availability.yes()
+        what = {"onnx": "an ONNX file", "torch": "a torch module"}
+        takers = ", ".join(_backends_for(kind)) or "none"
+        return Availability.no(f"{self.name} starts from {' or '.join(what.get(k, k) for k in sorted(self.sources))}; "
+                               f"this model is {what.get(kind, kind)} (backends that take it: {takers})")
 
     def validate_options(self, options: dict[str, str], device: str, precision: str) -> None:
         """Raise ConfigError naming an unknown or conflicting option and the allowed ones.
@@ -200,6 +240,13 @@ class Backend(ABC):
 
 #: import name -> distribution name, where they differ.
 _DIST_NAMES = {"tensorrt": "tensorrt", "torch_tensorrt": "torch-tensorrt", "cv2": "opencv-python"}
+
+
+def _backends_for(kind: str) -> list[str]:
+    from infertune.backends.registry import get_backend, list_backends
+
+    return [name for name in list_backends()
+            if kind in get_backend(name).sources and get_backend(name).produces_outputs]
 
 
 def _cuda_available() -> bool:

@@ -24,6 +24,7 @@ class NullRunner(Runner):
 class NullBackend(Backend):
     name = "null"
     label = "Null (harness overhead)"
+    sources = frozenset({"torch", "onnx"})
     description = "Does nothing: measures the harness's own per-iteration overhead."
     devices = frozenset({"cpu", "cuda"})
     writes_artifacts = False

@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from infertune.backends.base import PrepareContext
 from infertune.errors import ModelError
 
@@ -57,7 +55,8 @@ class OnnxExport:
 
 
 def export_onnx(ctx: PrepareContext) -> OnnxExport:
-    """Export ``ctx.model`` with ``torch.onnx.export(dynamo=True)``, batch dynamic where the model allows it.
+    """Export ``ctx.model`` with ``torch.onnx.export(dynamo=True)``, batch dynamic where the model allows it
+    (a model that is an ONNX file is its own export).
 
     The dynamic export is cached by weights, torch version, opset and per-sample input shape (not the
     batch size), so one export serves every batch size and every ONNX-based backend. Where the batch
@@ -66,10 +65,13 @@ def export_onnx(ctx: PrepareContext) -> OnnxExport:
     Raises:
         ModelError: the model cannot be exported at all (the exporter's root cause, cleaned).
     """
+    source = getattr(ctx.model, "onnx_path", None)
+    if source is not None:  # the model is an ONNX file already (infertune.models_onnx.OnnxModel)
+        return OnnxExport(Path(source), True, 0.0)
     import torch
 
     opset = int(ctx.settings.get("onnx_opset", DEFAULT_OPSET))
-    parts = {"torch": torch.__version__, "opset": opset, "sample_shape": ctx.input_shape[1:], "format": EXPORT_FORMAT}
+    parts = {"torch": torch.__version__, "opset": opset, "sample_shape": ctx.sample_key, "format": EXPORT_FORMAT}
     entry = ctx.cache.entry("onnx", **parts, batch="dynamic")
     path = entry.file("model.onnx")
     if entry.hit and entry.meta().get("dynamic_batch", True):
@@ -95,10 +97,12 @@ def _export_dynamic(ctx: PrepareContext, path: Path, opset: int) -> str:
     """Export with a dynamic batch; '' when the graph really has one, else why not (the file may be left)."""
     import torch
 
-    example = np.concatenate([ctx.example_input] * TRACE_BATCH)[:TRACE_BATCH]
+    from infertune.inputs import concat, named, take
+
+    example = take(concat([ctx.example_input] * TRACE_BATCH), slice(0, TRACE_BATCH))
     batch = torch.export.Dim("batch", min=1, max=4096)
     try:
-        _torch_export(ctx.model, example, path, opset, dynamic_shapes=({0: batch},))
+        _torch_export(ctx.model, example, path, opset, dynamic_shapes=tuple({0: batch} for _ in named(example)))
     except Exception as err:  # noqa: BLE001 - any exporter failure means: try a static export instead
         return export_error_text(err)
     static = [f"{name} {shape}" for name, shape in graph_inputs(path) if not shape or isinstance(shape[0], int)]
@@ -121,17 +125,20 @@ def _export_static(ctx: PrepareContext, parts: dict[str, Any], opset: int, note:
         entry.discard()
         raise ModelError(f"the model cannot be exported to ONNX, so the ONNX-based variants cannot run it: "
                          f"{export_error_text(err)}") from None
-    shapes = graph_inputs(path)
-    if not shapes or tuple(shapes[0][1]) != ctx.input_shape:
+    shapes = [tuple(shape) for _, shape in graph_inputs(path)]
+    if shapes != ctx.batch_shapes:
         entry.discard()
-        raise ModelError(f"the ONNX export's input is {shapes[0][1] if shapes else 'missing'}, not the "
-                         f"batch's shape {list(ctx.input_shape)}")
+        raise ModelError(f"the ONNX export's inputs are {shapes or 'missing'}, not the batch's shapes "
+                         f"{ctx.batch_shapes}")
     entry.commit({"opset": opset, "dynamic_batch": False, "batch": ctx.batch_size})
     return OnnxExport(path, False, time.perf_counter() - start, dynamic_batch=False, note=note)
 
 
-def _torch_export(model: Any, example: np.ndarray, path: Path, opset: int, dynamic_shapes: Any) -> None:
+def _torch_export(model: Any, example: Any, path: Path, opset: int, dynamic_shapes: Any) -> None:
     """``torch.export`` then ``torch.onnx.export`` of the program, outputs named as the reference names them.
+
+    ``example`` is one array (the graph's input is named ``input``) or {name: array} (the graph's
+    inputs carry those names, in that order; integer inputs such as token ids stay integers).
 
     ``torch.export`` is called directly (non-strict) rather than through ``torch.onnx.export(module)``,
     whose fallback strategies can drop a guard silently: a model branching on ``x.shape[0] > 4`` came
@@ -141,20 +148,23 @@ def _torch_export(model: Any, example: np.ndarray, path: Path, opset: int, dynam
     import torch
 
     from infertune.backends.runner_io import reference_output_names
+    from infertune.backends.torch_common import to_tensors
+    from infertune.inputs import named
 
     names = reference_output_names(model, example)
-    tensor = torch.from_numpy(np.ascontiguousarray(example))
+    tensors = to_tensors(example, "cpu", torch.float32)
+    args = tensors if isinstance(tensors, tuple) else (tensors,)
     with _quiet() as captured:
         try:
             with torch.no_grad():
-                program = torch.export.export(model.eval(), (tensor,), dynamic_shapes=dynamic_shapes, strict=False)
+                program = torch.export.export(model.eval(), args, dynamic_shapes=dynamic_shapes, strict=False)
             torch.onnx.export(
                 program,
-                (tensor,),
+                args,
                 str(path),
                 dynamo=True,
                 opset_version=opset,
-                input_names=[INPUT_NAME],
+                input_names=list(named(example, INPUT_NAME)),
                 output_names=names,
                 optimize=True,
                 external_data=False,

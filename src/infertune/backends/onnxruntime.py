@@ -31,7 +31,7 @@ import numpy as np
 from infertune.backends.base import Availability, Backend, PrepareContext, Runner
 from infertune.backends.onnx_export import export_onnx
 from infertune.backends.registry import register_backend
-from infertune.backends.runner_io import feeds, named_outputs
+from infertune.backends.runner_io import ORT_DTYPES, feeds, named_outputs
 from infertune.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -43,6 +43,9 @@ OPTIMIZED = "model.optimized.onnx"
 #: session options any ORT variant takes (``onnxruntime:int8:nospin``); the rest of an int8 variant's
 #: options are quantization options (``ort_quantize.ALLOWED_OPTIONS``).
 SESSION_OPTIONS = ("spin", "nospin")
+#: ``transformer[=bert|vit|gpt2...]``: run ONNX Runtime's transformer optimizer (attention, LayerNorm, GELU and
+#: bias fusions; ``onnxruntime.transformers.optimizer``) on the export first; any precision takes it.
+TRANSFORMER_OPTION = "transformer"
 #: whether idle intra-op threads spin-wait; see the module docstring for the measurement.
 DEFAULT_SPINNING = False
 #: ISA flags that change which kernels/layouts ORT's level-ALL optimizer picks (part of the cache key).
@@ -54,6 +57,7 @@ _ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_v
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     label = "ONNX Runtime"
+    sources = frozenset({"torch", "onnx"})
     description = "ONNX Runtime session over the ONNX export: fp32, fp16 (CUDA), INT8 static/dynamic (CPU)."
     requires = ("onnxruntime",)
     seed_switch = "enable_onnx"
@@ -127,11 +131,11 @@ def _split_options(ctx: PrepareContext) -> tuple[bool, dict[str, str]]:
     chosen = [o for o in SESSION_OPTIONS if o in ctx.options]
     if len(chosen) > 1:
         raise ConfigError("onnxruntime: options spin and nospin conflict (pick one)")
-    rest = {k: v for k, v in ctx.options.items() if k not in SESSION_OPTIONS}
+    rest = {k: v for k, v in ctx.options.items() if k not in (*SESSION_OPTIONS, TRANSFORMER_OPTION)}
     if rest and ctx.precision != "int8":
         raise ConfigError(
             f"onnxruntime:{ctx.precision}: unknown option(s) {', '.join(sorted(rest))}; "
-            f"allowed: {', '.join(SESSION_OPTIONS)} (quantization options go on onnxruntime:int8)"
+            f"allowed: {', '.join((*SESSION_OPTIONS, TRANSFORMER_OPTION))} (quantization options go on onnxruntime:int8)"
         )
     if chosen:
         return chosen[0] == "spin", rest
@@ -145,15 +149,39 @@ def _source_model(ctx: PrepareContext, recipe: Int8Recipe | None) -> tuple[Path,
     """The ONNX file the session starts from, a cache key naming it (export, fp16 or INT8 form), and
     the export's note for the row ("" unless the batch could not stay dynamic)."""
     export = export_onnx(ctx)
+    path, key = export.path, export.key
+    if TRANSFORMER_OPTION in ctx.options:
+        path, key = _transformer_optimized(ctx, path, key, ctx.options[TRANSFORMER_OPTION] or "bert")
     if ctx.precision == "fp32":
-        return export.path, export.key, export.note
+        return path, key, export.note
     if ctx.precision == "fp16":
-        return _fp16(ctx, export.path, export.key), f"{export.key}:fp16", export.note
+        return _fp16(ctx, path, key), f"{key}:fp16", export.note
     from infertune.backends.ort_quantize import quantize_cached
 
     assert recipe is not None  # prepare resolves it for every int8 cell
-    quantized = quantize_cached(ctx, export.path, export.key, recipe)
-    return quantized, f"{export.key}:int8:{quantized.parent.name}", export.note
+    quantized = quantize_cached(ctx, path, key, recipe)
+    return quantized, f"{key}:int8:{quantized.parent.name}", export.note
+
+
+def _transformer_optimized(ctx: PrepareContext, source: Path, source_key: str, model_type: str) -> tuple[Path, str]:
+    """The export after ONNX Runtime's transformer optimizer (heads and hidden size read from the graph), cached."""
+    import onnxruntime as ort
+    from onnxruntime.transformers.optimizer import MODEL_TYPES, optimize_model
+
+    if model_type not in MODEL_TYPES:
+        raise ConfigError(f"onnxruntime: option transformer={model_type}: ONNX Runtime's optimizer knows "
+                          f"{', '.join(sorted(MODEL_TYPES))}")
+    entry = ctx.cache.entry("onnx-transformer", ort=ort.__version__, onnx=source_key, model_type=model_type)
+    out = entry.file("model.transformer.onnx")
+    if not entry.hit:
+        start = time.perf_counter()
+        optimized = optimize_model(str(source), model_type=model_type, num_heads=0, hidden_size=0,
+                                   use_gpu=ctx.device == "cuda")
+        optimized.save_model_to_file(str(out))
+        fused = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
+        entry.commit({"optimize_s": round(time.perf_counter() - start, 3), "fused": fused})
+        ctx.log(f"onnxruntime: transformer optimizer ({model_type}) fused {fused or 'nothing'}")
+    return out, f"{source_key}:transformer-{model_type}"
 
 
 def _fp16(ctx: PrepareContext, source: Path, source_key: str) -> Path:
@@ -208,7 +236,8 @@ def _isa_fingerprint() -> str:
 
 
 class OrtRunner(Runner):
-    """Feeds host float32 arrays and returns every host output: latency is end to end on any provider.
+    """Feeds host arrays (each in its graph input's dtype) and returns every host output: latency is end
+    to end on any provider.
 
     Input and output names come from the session (``runner_io``), so a model with several outputs
     has each one verified. ``source_path`` is the model the session was optimized from (the export,
@@ -219,10 +248,11 @@ class OrtRunner(Runner):
         self.session = session
         self.source_path = source_path
         self.input_names = [i.name for i in session.get_inputs()]
+        self.input_dtypes = [ORT_DTYPES.get(i.type) for i in session.get_inputs()]
         self.output_names = [o.name for o in session.get_outputs()]
 
     def to_native(self, batch: Any) -> dict[str, np.ndarray]:
-        return feeds(self.input_names, batch)
+        return feeds(self.input_names, batch, self.input_dtypes)
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session.run(None, inputs)

@@ -151,10 +151,13 @@ class OpenVinoRunner(Runner):
         self.artifact_path = artifact_path
         self.cache_hit = cache_hit
         self.input_names = port_names(compiled.inputs, "input")
+        self.input_dtypes = [port.get_element_type().to_dtype() for port in compiled.inputs]
         self.output_names = port_names(compiled.outputs, "output")
 
     def to_native(self, batch: Any) -> dict[int, np.ndarray]:
-        named = feeds(self.input_names, batch)
+        # several inputs go by position (the model's argument order): converted names need not match
+        arrays = list(batch.values()) if isinstance(batch, dict) else batch
+        named = feeds(self.input_names, arrays, self.input_dtypes)
         return {i: named[name] for i, name in enumerate(self.input_names)}
 
     def __call__(self, inputs: dict[int, np.ndarray]) -> Any:
@@ -183,6 +186,7 @@ def port_names(ports: Any, stem: str) -> list[str]:
 class OpenVinoBackend(Backend):
     name = "openvino"
     label = "OpenVINO"
+    sources = frozenset({"torch", "onnx"})
     description = "OpenVINO CPU plugin: fp32, bf16 (CPUs with BF16) and int8 via NNCF post-training quantization."
     requires = ("openvino",)
     install_hint = INSTALL_HINT
@@ -226,7 +230,7 @@ class OpenVinoBackend(Backend):
         if ctx.precision == "int8":
             ir_path, hit = _int8_ir(ctx, opts, ir_path)
         model = core.read_model(ir_path)
-        model.reshape(list(ctx.input_shape))
+        model.reshape({i: list(shape) for i, shape in enumerate(ctx.batch_shapes)})
         config = compile_config(ctx.precision, opts.hint, ctx.threads)
         start = time.perf_counter()
         compiled = core.compile_model(model, "CPU", config)
@@ -277,12 +281,12 @@ def _float_ir(ctx: PrepareContext, opts: OvOptions) -> tuple[Path, bool, str]:
 
     source: dict[str, Any] = {"source": "torch"}
     export = None
-    if opts.from_onnx:
+    if opts.from_onnx or hasattr(ctx.model, "onnx_path"):  # asked for, or the model is an ONNX file
         from infertune.backends.onnx_export import export_onnx
 
         export = export_onnx(ctx)
         source = {"source": "onnx", "onnx": export.key}
-    parts = {"stage": "ir", "openvino": ov.__version__, "sample_shape": ctx.input_shape[1:], "format": IR_FORMAT,
+    parts = {"stage": "ir", "openvino": ov.__version__, "sample_shape": ctx.sample_key, "format": IR_FORMAT,
              **source}
     reason = export.note if export is not None and not export.dynamic_batch else ""
     if not reason:
@@ -296,7 +300,7 @@ def _float_ir(ctx: PrepareContext, opts: OvOptions) -> tuple[Path, bool, str]:
         else:
             start = time.perf_counter()
             model = _convert(ctx, export.path if export else None, _two_samples(ctx.example_input))
-            reason = _make_batch_dynamic(model, ctx.input_shape[1:])
+            reason = _make_batch_dynamic(model, [shape[1:] for shape in ctx.batch_shapes])
             if not reason:
                 _save(ctx, entry, model, start, source["source"])
                 return path, False, ""
@@ -310,7 +314,7 @@ def _float_ir(ctx: PrepareContext, opts: OvOptions) -> tuple[Path, bool, str]:
         return path, True, reason
     start = time.perf_counter()
     model = _convert(ctx, export.path if export else None, ctx.example_input)
-    model.reshape(list(ctx.input_shape))
+    model.reshape({i: list(shape) for i, shape in enumerate(ctx.batch_shapes)})
     _save(ctx, entry, model, start, source["source"])
     return path, False, reason
 
@@ -324,15 +328,17 @@ def _save(ctx: PrepareContext, entry: Any, model: Any, start: float, source: str
     ctx.log(f"openvino: converted to IR in {seconds:.1f} s")
 
 
-def _two_samples(batch: np.ndarray) -> np.ndarray:
-    """A two-sample example: tracing one sample can bake a batch of 1 into the graph."""
-    return np.ascontiguousarray(np.concatenate([batch] * 2)[:2])
+def _two_samples(batch: Any) -> Any:
+    """A two-sample example (of every input): tracing one sample can bake a batch of 1 into the graph."""
+    from infertune.inputs import concat, take
+
+    return take(concat([batch, batch]), slice(0, 2))
 
 
-def _make_batch_dynamic(model: Any, sample_shape: tuple[int, ...]) -> str:
-    """Reshape ``model`` to a dynamic batch; '' when every output's batch follows, else why not."""
+def _make_batch_dynamic(model: Any, sample_shapes: list[tuple[int, ...]]) -> str:
+    """Reshape every input of ``model`` to a dynamic batch; '' when every output's batch follows, else why not."""
     try:
-        model.reshape([-1, *sample_shape])
+        model.reshape({i: [-1, *shape] for i, shape in enumerate(sample_shapes)})
     except RuntimeError as err:
         return f"reshaping the input to a dynamic batch failed: {str(err).splitlines()[0] if str(err) else err}"
     static = [f"{name} {output.get_partial_shape()}" for name, output in zip(port_names(model.outputs, "output"),
@@ -342,7 +348,7 @@ def _make_batch_dynamic(model: Any, sample_shape: tuple[int, ...]) -> str:
     return f"with a dynamic input batch the output stays static: {', '.join(static)}" if static else ""
 
 
-def _convert(ctx: PrepareContext, onnx_path: Path | None, example: np.ndarray) -> Any:
+def _convert(ctx: PrepareContext, onnx_path: Path | None, example: Any) -> Any:
     """Convert from the torch module (default, traced on ``example``) or from an ONNX file; the outputs
     are given the reference's names."""
     import openvino as ov
@@ -351,10 +357,12 @@ def _convert(ctx: PrepareContext, onnx_path: Path | None, example: np.ndarray) -
         return ov.convert_model(str(onnx_path))
     import torch
 
+    from infertune.backends.torch_common import to_tensors
+
     with torch.inference_mode(), warnings.catch_warnings():
         # OpenVINO's torch frontend traces with torch.jit.trace, which warns that it is deprecated.
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
-        model = ov.convert_model(ctx.model.eval(), example_input=torch.from_numpy(example))
+        model = ov.convert_model(ctx.model.eval(), example_input=to_tensors(example, "cpu", torch.float32))
     names = reference_output_names(ctx.model, example)
     if len(names) == len(model.outputs):
         for output, name in zip(model.outputs, names):
@@ -375,7 +383,7 @@ def _int8_ir(ctx: PrepareContext, opts: OvOptions, float_ir: Path) -> tuple[Path
         openvino=ov.__version__,
         nncf=nncf.__version__,
         float_ir=float_ir.parent.name,  # names source, format and (for a per-batch IR) the batch
-        sample_shape=ctx.input_shape[1:],
+        sample_shape=ctx.sample_key,
         preset=opts.preset,
         bias_correction=opts.bias_correction,
         int8_settings=int8_settings,
@@ -385,11 +393,16 @@ def _int8_ir(ctx: PrepareContext, opts: OvOptions, float_ir: Path) -> tuple[Path
     if entry.hit:
         ctx.log(f"openvino: reusing cached int8 IR {path}")
         return path, True
-    calibration = np.ascontiguousarray(ctx.calibration(samples), dtype=np.float32)
+    from infertune.inputs import batch_size, named, take
+
+    calibration = ctx.calibration(samples)
+    arrays = list(feeds(list(named(calibration)), calibration).values())  # every input, in order
     model = ov.Core().read_model(float_ir)
     batch_dim = model.inputs[0].get_partial_shape()[0]
     size = batch_dim.get_length() if batch_dim.is_static else 1  # a per-batch IR takes batches of its size
-    items = [np.take(calibration, range(i, i + size), axis=0, mode="wrap") for i in range(0, len(calibration), size)]
+    count = batch_size(calibration)
+    items = [{i: take(a, [j % count for j in range(start, start + size)]) for i, a in enumerate(arrays)}
+             for start in range(0, count, size)]
     start = time.perf_counter()
     quantized = nncf.quantize(
         model,
@@ -400,8 +413,8 @@ def _int8_ir(ctx: PrepareContext, opts: OvOptions, float_ir: Path) -> tuple[Path
     )
     ov.save_model(quantized, path, compress_to_fp16=False)
     seconds = time.perf_counter() - start
-    entry.commit({"quantize_s": round(seconds, 3), "calibration_samples": len(calibration)})
-    ctx.log(f"openvino: NNCF quantized {len(calibration)} calibration samples in {seconds:.1f} s")
+    entry.commit({"quantize_s": round(seconds, 3), "calibration_samples": count})
+    ctx.log(f"openvino: NNCF quantized {count} calibration samples in {seconds:.1f} s")
     return path, False
 
 

@@ -46,7 +46,7 @@ import numpy as np
 
 from infertune.backends.base import PrepareContext
 from infertune.backends.onnx_export import graph_inputs
-from infertune.errors import ConfigError, ModelError
+from infertune.errors import ConfigError
 
 #: option word -> ORT CalibrationMethod member name.
 CALIBRATION_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
@@ -267,15 +267,14 @@ def _quantize_static(pre: Path, out: Path, recipe: Int8Recipe, calibration: Call
         # holding every intermediate tensor of every sample in memory at once.
         "CalibStridedMinMax": 1,
     }
-    (input_name, shape), *others = graph_inputs(pre)
-    if others:
-        raise ModelError(f"INT8 calibration feeds one input; this model has {1 + len(others)}")
+    inputs = graph_inputs(pre)
+    shape = inputs[0][1]
     static_batch = shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None
     with _quiet():
         quantize_static(
             str(pre),
             str(out),
-            _CalibrationBatches(calibration, recipe.calibration_samples, input_name, static_batch),
+            _CalibrationBatches(calibration, recipe.calibration_samples, [name for name, _ in inputs], static_batch),
             quant_format=QuantFormat.QDQ if recipe.quant_format == "qdq" else QuantFormat.QOperator,
             per_channel=True,
             reduce_range=recipe.reduce_range,
@@ -296,8 +295,8 @@ def _quantize_dynamic(pre: Path, out: Path, recipe: Int8Recipe) -> None:
 
 
 class _CalibrationBatches:
-    """A ``CalibrationDataReader`` over ``calibration(n)`` in batches fed to ``input_name``; draws the
-    samples only when first read.
+    """A ``CalibrationDataReader`` over ``calibration(n)`` in batches fed to ``input_names`` (every input of
+    the graph, in order; token ids and masks keep their integer dtype); draws the samples only when first read.
 
     Lazy because a cached calibration (ranges.json) means the samples are never needed, and real
     calibration images are costly to load. ``__len__``/``set_range`` serve ORT's strided collection.
@@ -305,22 +304,26 @@ class _CalibrationBatches:
     then wraps around to the first samples; otherwise batches hold ``CALIBRATION_CHUNK`` samples.
     """
 
-    def __init__(self, calibration: Callable[[int], np.ndarray], n: int, input_name: str,
+    def __init__(self, calibration: Callable[[int], Any], n: int, input_names: list[str],
                  static_batch: int | None = None) -> None:
         self._calibration = calibration
         self._n = n
-        self._input_name = input_name
+        self._input_names = input_names
         self._static_batch = static_batch
-        self._batches: list[np.ndarray] | None = None
+        self._batches: list[dict[str, np.ndarray]] | None = None
         self._range = (0, 0)
         self._pos = 0
 
-    def _load(self) -> list[np.ndarray]:
+    def _load(self) -> list[dict[str, np.ndarray]]:
         if self._batches is None:
-            data = np.ascontiguousarray(self._calibration(self._n), dtype=np.float32)
-            size = self._static_batch or CALIBRATION_CHUNK
-            self._batches = [np.take(data, range(s, s + size), axis=0, mode="wrap") if self._static_batch
-                             else data[s:s + size] for s in range(0, len(data), size)]
+            from infertune.backends.runner_io import feeds
+            from infertune.inputs import batch_size, take
+
+            data = self._calibration(self._n)
+            data = feeds(self._input_names, list(data.values()) if isinstance(data, dict) else data)
+            count, size = batch_size(data), self._static_batch or CALIBRATION_CHUNK
+            self._batches = [take(data, [i % count for i in range(s, s + size)]) if self._static_batch
+                             else take(data, slice(s, s + size)) for s in range(0, count, size)]
             self._range = (0, len(self._batches))
             self._pos = 0
         return self._batches
@@ -338,7 +341,7 @@ class _CalibrationBatches:
         if self._pos >= min(self._range[1], len(batches)):
             return None
         self._pos += 1
-        return {self._input_name: batches[self._pos - 1]}
+        return batches[self._pos - 1]
 
 
 @contextlib.contextmanager

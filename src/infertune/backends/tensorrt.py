@@ -39,6 +39,7 @@ DEFAULT_WORKSPACE_MB = 4096
 class TensorRTBackend(Backend):
     name = "tensorrt"
     label = "TensorRT"
+    sources = frozenset({"torch", "onnx"})
     description = "NVIDIA TensorRT engine built from the ONNX export (fp32/fp16/int8 via QDQ); CUDA only."
     requires = ("tensorrt",)
     seed_switch = "enable_tensorrt"
@@ -72,6 +73,7 @@ class TensorRTBackend(Backend):
             onnx=source_key,
             precision=ctx.precision,
             input_shape=ctx.input_shape,
+            **({"inputs": ctx.input_signature} if isinstance(ctx.example_input, dict) else {}),
             gpu=_gpu_name(),
             workspace_mb=workspace_mb,
         )
@@ -80,9 +82,9 @@ class TensorRTBackend(Backend):
             ctx.log(f"reusing cached TensorRT engine {path}")
         else:
             start = time.perf_counter()
-            path.write_bytes(_build_engine(source, ctx.precision, ctx.input_shape, workspace_mb))
+            path.write_bytes(_build_engine(source, ctx.precision, ctx.batch_shapes, workspace_mb))
             entry.commit({"build_s": round(time.perf_counter() - start, 3)})
-        runner = TensorRTRunner(path.read_bytes(), ctx.input_shape)
+        runner = TensorRTRunner(path.read_bytes(), ctx.batch_shapes)
         runner.notes = (note,) if note else ()
         runner.artifact_path = path
         runner.cache_hit = entry.hit
@@ -101,8 +103,9 @@ def _source_onnx(ctx: PrepareContext) -> tuple[Path, str, str]:
     return quantized, f"{export.key}:int8:{quantized.parent.name}", export.note
 
 
-def _build_engine(onnx_path: Path, precision: str, shape: tuple[int, ...], workspace_mb: int) -> bytes:
-    """Parse ``onnx_path`` and build a serialized engine for exactly ``shape``; raise with the parser's errors."""
+def _build_engine(onnx_path: Path, precision: str, shapes: list[tuple[int, ...]], workspace_mb: int) -> bytes:
+    """Parse ``onnx_path`` and build a serialized engine for exactly ``shapes`` (one per input, in the
+    graph's order); raise with the parser's errors."""
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
@@ -118,10 +121,11 @@ def _build_engine(onnx_path: Path, precision: str, shape: tuple[int, ...], works
         config.set_flag(trt.BuilderFlag.FP16)
     if precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)  # scales come from the Q/DQ nodes, no calibrator
-    if network.num_inputs != 1:
-        raise RuntimeError(f"this TensorRT path feeds one input; {onnx_path.name} has {network.num_inputs}")
+    if network.num_inputs != len(shapes):
+        raise RuntimeError(f"{onnx_path.name} has {network.num_inputs} inputs; the batch has {len(shapes)}")
     profile = builder.create_optimization_profile()
-    profile.set_shape(network.get_input(0).name, shape, shape, shape)
+    for i, shape in enumerate(shapes):
+        profile.set_shape(network.get_input(i).name, shape, shape, shape)
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -152,7 +156,7 @@ class TensorRTRunner(Runner):
 
     latency_scope = "device"
 
-    def __init__(self, engine_bytes: bytes, input_shape: tuple[int, ...]) -> None:
+    def __init__(self, engine_bytes: bytes, input_shapes: list[tuple[int, ...]]) -> None:
         import tensorrt as trt
         import torch
 
@@ -163,11 +167,11 @@ class TensorRTRunner(Runner):
             raise RuntimeError("TensorRT could not deserialize the engine (built by another TensorRT version or GPU?)")
         self.context = self.engine.create_execution_context()
         self.input_names, self.output_names = engine_io(self.engine, trt.TensorIOMode.INPUT)
-        if len(self.input_names) != 1:
-            raise RuntimeError(f"this TensorRT runner feeds one input; the engine has {self.input_names}")
-        self.input_name = self.input_names[0]
-        self.context.set_input_shape(self.input_name, input_shape)
-        self.input_dtype = _torch_dtype(self.engine.get_tensor_dtype(self.input_name))
+        if len(self.input_names) != len(input_shapes):
+            raise RuntimeError(f"the engine's inputs are {self.input_names}; the batch has {len(input_shapes)}")
+        for name, shape in zip(self.input_names, input_shapes):
+            self.context.set_input_shape(name, shape)
+        self.input_dtypes = [_torch_dtype(self.engine.get_tensor_dtype(name)) for name in self.input_names]
         self.outputs = []
         for name in self.output_names:
             buffer = torch.empty(tuple(self.context.get_tensor_shape(name)),
@@ -175,12 +179,15 @@ class TensorRTRunner(Runner):
             self.context.set_tensor_address(name, buffer.data_ptr())
             self.outputs.append(buffer)
 
-    def to_native(self, batch: np.ndarray) -> Any:
-        t = self._torch.from_numpy(np.ascontiguousarray(batch)).to("cuda", self.input_dtype)
-        return t.contiguous()
+    def to_native(self, batch: Any) -> Any:
+        """One CUDA tensor per engine input, in the engine's order (several inputs go by position)."""
+        arrays = list(batch.values()) if isinstance(batch, dict) else [batch]
+        return tuple(self._torch.from_numpy(np.ascontiguousarray(a)).to("cuda", dtype).contiguous()
+                     for a, dtype in zip(arrays, self.input_dtypes, strict=True))
 
     def __call__(self, inputs: Any) -> Any:
-        self.context.set_tensor_address(self.input_name, inputs.data_ptr())
+        for name, tensor in zip(self.input_names, inputs):
+            self.context.set_tensor_address(name, tensor.data_ptr())
         if not self.context.execute_async_v3(self._torch.cuda.current_stream().cuda_stream):
             raise RuntimeError("TensorRT execute_async_v3 failed")
         return self.outputs
@@ -207,7 +214,8 @@ def _torch_dtype(trt_dtype: Any) -> Any:
     import tensorrt as trt
     import torch
 
-    table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int8: torch.int8, trt.int32: torch.int32}
+    table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int8: torch.int8, trt.int32: torch.int32,
+             trt.int64: torch.int64, trt.bool: torch.bool}
     if trt_dtype not in table:
         raise RuntimeError(f"unsupported TensorRT I/O dtype {trt_dtype}")
     return table[trt_dtype]

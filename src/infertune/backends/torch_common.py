@@ -36,8 +36,31 @@ def set_tf32(enabled: bool) -> None:
     torch.backends.cuda.matmul.allow_tf32 = enabled
 
 
+def to_tensors(batch: Any, device: Any, dtype: Any, channels_last: bool = False) -> Any:
+    """A host batch as the callable's arguments: one tensor for one array, a tuple in input order for
+    ``{name: array}``. Float inputs take the variant's ``dtype``; integer and bool inputs (token ids,
+    masks) keep theirs; ``channels_last`` applies to 4-D float inputs."""
+    import torch
+
+    def one(array: np.ndarray) -> Any:
+        t = torch.from_numpy(np.ascontiguousarray(array)).to(device)
+        if t.is_floating_point():
+            t = t.to(dtype)
+            if channels_last and t.ndim == 4:
+                t = t.contiguous(memory_format=torch.channels_last)
+        return t
+
+    return tuple(one(a) for a in batch.values()) if isinstance(batch, dict) else one(batch)
+
+
+def call(fn: Any, inputs: Any) -> Any:
+    """``fn(*inputs)`` for a tuple of tensors (several inputs), ``fn(inputs)`` for one."""
+    return fn(*inputs) if isinstance(inputs, tuple) else fn(inputs)
+
+
 class TorchRunner(Runner):
-    """Runs a torch callable under ``inference_mode`` on CPU or CUDA.
+    """Runs a torch callable under ``inference_mode`` on CPU or CUDA; a model with several inputs gets
+    them as positional arguments, in input order.
 
     On CUDA the input is placed on the device by ``to_native`` (outside the timed region), so the
     latency is device latency, synchronised with ``torch.cuda.synchronize`` and timed with CUDA events.
@@ -59,11 +82,9 @@ class TorchRunner(Runner):
     def latency_scope(self) -> str:  # type: ignore[override]
         return "device" if self.is_cuda else "end_to_end"
 
-    def to_native(self, batch: np.ndarray) -> Any:
-        t = self._torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, self.dtype)
-        if self.channels_last:
-            t = t.contiguous(memory_format=self._torch.channels_last)
-        if self.graph is not None:  # the graph reads one fixed buffer: fill it (outside the timed call)
+    def to_native(self, batch: Any) -> Any:
+        t = to_tensors(batch, self.device, self.dtype, self.channels_last)
+        if self.graph is not None:  # the graph reads fixed buffers: fill them (outside the timed call)
             return self.graph.load(t)
         return t
 
@@ -71,7 +92,7 @@ class TorchRunner(Runner):
         if self.graph is not None:
             return self.graph(inputs)
         with self._torch.inference_mode():
-            return self.fn(inputs)
+            return call(self.fn, inputs)
 
     def capture_cuda_graph(self, example: Any) -> None:
         """From now on every call replays one CUDA graph of ``fn`` captured at ``example``'s shape."""
@@ -140,35 +161,38 @@ class CudaGraphCall:
     A CUDA graph launches a whole forward pass with one call, so batch-1 latency stops being the
     sum of ~160 kernel launches from Python (H200, ResNet50 fp16, batch 1: eager 4.4 ms, eager in a
     graph 0.67 ms; torch.compile 2.1 ms, torch.compile in a graph 0.43 ms; benchmarks/h200_explore.py).
-    The graph reads one fixed input buffer and writes one fixed output: ``load`` copies a new input
-    into it, and a call with another tensor of the same shape copies too; another shape is refused
-    (the graph was captured for one batch size).
+    The graph reads fixed input buffers (one per input) and writes one fixed output: ``load`` copies new
+    inputs into them, and a call with other tensors of the same shapes copies too; another shape is
+    refused (the graph was captured for one batch size).
     """
 
     def __init__(self, fn: Any, example: Any, warmup: int = 3) -> None:
         import torch
 
         self._torch = torch
-        self.static_input = example.clone()
+        self.static_input = tuple(t.clone() for t in example) if isinstance(example, tuple) else example.clone()
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):  # lazy init, cuDNN autotuning and allocations happen outside the graph
             for _ in range(warmup):
-                fn(self.static_input)
+                call(fn, self.static_input)
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.static_output = fn(self.static_input)
+            self.static_output = call(fn, self.static_input)
 
-    def load(self, tensor: Any) -> Any:
-        """Copy ``tensor`` into the graph's input buffer and return the buffer."""
-        if tuple(tensor.shape) != tuple(self.static_input.shape):
-            raise ConfigError(
-                f"the CUDA graph was captured for input shape {tuple(self.static_input.shape)}, got "
-                f"{tuple(tensor.shape)}: a graph serves one batch size (each cell captures its own)"
-            )
-        with self._torch.inference_mode():  # the buffer was made under inference mode (capture)
-            self.static_input.copy_(tensor)
+    def load(self, tensors: Any) -> Any:
+        """Copy ``tensors`` (one, or a tuple) into the graph's input buffers and return the buffers."""
+        buffers = self.static_input if isinstance(self.static_input, tuple) else (self.static_input,)
+        given = tensors if isinstance(tensors, tuple) else (tensors,)
+        for buffer, tensor in zip(buffers, given, strict=True):
+            if tuple(tensor.shape) != tuple(buffer.shape):
+                raise ConfigError(
+                    f"the CUDA graph was captured for input shape {tuple(buffer.shape)}, got "
+                    f"{tuple(tensor.shape)}: a graph serves one batch size (each cell captures its own)"
+                )
+            with self._torch.inference_mode():  # the buffers were made under inference mode (capture)
+                buffer.copy_(tensor)
         return self.static_input
 
     def __call__(self, inputs: Any) -> Any:

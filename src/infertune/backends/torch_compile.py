@@ -219,7 +219,8 @@ class TorchCompileBackend(InductorBackend):
         runner = TorchRunner(fn, ctx.device, torch_dtype(ctx.precision), opts.channels_last)
         example = runner.to_native(ctx.example_input)
         if opts.dynamic:
-            torch._dynamo.mark_dynamic(example, 0)
+            for tensor in example if isinstance(example, tuple) else (example,):
+                torch._dynamo.mark_dynamic(tensor, 0)
         before = _fx_cache_counts()
         start = time.perf_counter()
         runner(example)  # compiles now, inside prepare, not in the first timed call
@@ -269,9 +270,9 @@ class FreezingCall:
         self.compiled = compiled
         self._patch = torch._inductor.config.patch
 
-    def __call__(self, inputs: Any) -> Any:
+    def __call__(self, *inputs: Any) -> Any:
         with self._patch(freezing=True):
-            return self.compiled(inputs)
+            return self.compiled(*inputs)
 
 
 def _fx_cache_counts() -> tuple[int, int, int]:

@@ -26,6 +26,7 @@ from infertune.backends.torch_common import (
     TorchRunner,
     model_copy,
     parse_eager_options,
+    to_tensors,
     torch_dtype,
 )
 
@@ -63,6 +64,7 @@ class TorchScriptBackend(Backend):
             precision=ctx.precision,
             device=ctx.device,
             input_shape=ctx.input_shape,
+            **({"inputs": ctx.input_signature} if isinstance(ctx.example_input, dict) else {}),
             channels_last=channels_last,
         )
         path = entry.file(ARTIFACT)
@@ -90,9 +92,7 @@ def _trace_and_freeze(ctx: PrepareContext, channels_last: bool) -> Any:
     import torch
 
     model = model_copy(ctx.model, ctx.device, ctx.precision, channels_last)
-    example = torch.from_numpy(ctx.example_input.copy()).to(ctx.device, torch_dtype(ctx.precision))
-    if channels_last:
-        example = example.contiguous(memory_format=torch.channels_last)
+    example = to_tensors(ctx.example_input, ctx.device, torch_dtype(ctx.precision), channels_last)
     with _quiet(), torch.inference_mode(False), torch.no_grad():
         traced = torch.jit.trace(model, example, check_trace=False)
         return torch.jit.freeze(traced.eval())
