@@ -112,3 +112,25 @@ def test_an_instance_error_still_answers_and_is_kept():
     batcher.stop()
     assert answered == [(2, None)]
     assert "fell over" in str(batcher.error)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
+def test_a_device_resident_library_answers_like_the_host_path():
+    """On a GPU a torch runner's batches are gathered from samples in device memory: same rows, same order."""
+    import torch
+
+    from infertune.backends.torch_common import TorchRunner
+    from infertune.testing import tiny_convnet
+
+    model = tiny_convnet().eval().to("cuda")
+    samples = np.random.default_rng(0).standard_normal((10, 3, 32, 32)).astype(np.float32)
+    runners = {size: TorchRunner(model, "cuda", torch.float32) for size in (1, 4, 8)}
+    on_device = BucketedInstance(runners, samples, "cuda", samples_on_device=True)
+    from_host = BucketedInstance(runners, samples, "cuda", samples_on_device=False)
+    assert on_device.device_samples is not None and from_host.device_samples is None
+    for indices in ([3], [0, 9, 2], [5, 5, 1, 7, 8, 0]):
+        np.testing.assert_allclose(on_device(indices), from_host(indices), rtol=1e-5, atol=1e-5)
+        with torch.inference_mode():
+            expected = model(torch.from_numpy(samples[indices]).cuda()).cpu().numpy()
+        np.testing.assert_allclose(on_device(indices), expected, rtol=1e-4, atol=1e-4)

@@ -273,6 +273,9 @@ class ScenarioConfig(_Section):
     min_query_count: int = Field(700, ge=1)
     samples_per_query: int = Field(8, ge=1)
     sample_count: int = Field(64, ge=1)
+    #: on a GPU, keep the sample library in device memory (as MLPerf's QSL loads samples before the timed
+    #: run) so a query moves only its indices; false: every batch is copied from host memory.
+    samples_on_device: bool = True
     server_qps: float | None = Field(None, gt=0)
     max_batch: list[int] = Field(default_factory=lambda: [1, 4, 8, 16])
     max_delay_ms: list[float] = Field(default_factory=lambda: [2.0, 10.0])

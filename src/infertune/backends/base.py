@@ -117,6 +117,9 @@ class Runner(ABC):
     """
 
     latency_scope: ClassVar[str] = "end_to_end"
+    #: whether ``to_native`` also takes a torch tensor already on the runner's device (a serving instance
+    #: then gathers batches from a device-resident sample library instead of copying them from the host).
+    accepts_device_tensors: ClassVar[bool] = False
     #: set by prepare: the converted artifact on disk (None for eager), and whether it came from cache.
     artifact_path: Path | None = None
     cache_hit: bool = False

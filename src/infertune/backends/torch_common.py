@@ -42,8 +42,8 @@ def to_tensors(batch: Any, device: Any, dtype: Any, channels_last: bool = False)
     masks) keep theirs; ``channels_last`` applies to 4-D float inputs."""
     import torch
 
-    def one(array: np.ndarray) -> Any:
-        t = torch.from_numpy(np.ascontiguousarray(array)).to(device)
+    def one(array: Any) -> Any:
+        t = array.to(device) if isinstance(array, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(array)).to(device)
         if t.is_floating_point():
             t = t.to(dtype)
             if channels_last and t.ndim == 4:
@@ -65,6 +65,8 @@ class TorchRunner(Runner):
     On CUDA the input is placed on the device by ``to_native`` (outside the timed region), so the
     latency is device latency, synchronised with ``torch.cuda.synchronize`` and timed with CUDA events.
     """
+
+    accepts_device_tensors = True
 
     def __init__(self, fn: Any, device: str, dtype: Any, channels_last: bool = False) -> None:
         import torch

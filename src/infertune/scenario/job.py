@@ -175,7 +175,7 @@ class ServingJob(Job):
 
         samples = cells.reference.source.timed_batch(self.plan.trial.sample_count)
         session = ServingSession(make_runner, samples, cells.device, cells.threads, Path(self.log_root),
-                                 cells.variant.name)
+                                 cells.variant.name, samples_on_device=self.plan.trial.samples_on_device)
         try:
             for size in cells.batches:  # prepare and verify every bucket before any traffic: refuse early
                 stage(f"prepare batch {size}")

@@ -120,7 +120,7 @@ def _run(cfg: RunConfig, scenarios: tuple[str, ...], force: bool, log: Log) -> S
         cell_timeout_s=cfg.benchmark.cell_timeout_s, log_path=f"{stem}.log"))
     trial = TrialSettings("server", min_duration_ms=int(sc.min_duration_s * 1000), min_query_count=sc.min_query_count,
                           latency_bound_ms=sc.latency_bound_ms, samples_per_query=sc.samples_per_query,
-                          sample_count=sc.sample_count)
+                          sample_count=sc.sample_count, samples_on_device=sc.samples_on_device)
     tmp = Path(tempfile.mkdtemp(prefix="infertune-"))
     try:
         reference = _reference(plan, executor, files, tmp, scenarios, log)

@@ -34,10 +34,12 @@ class ServingSession:
         threads: the worker's cores, split between instances.
         log_root: each trial's LoadGen logs go to a new folder under it.
         label: names the trial folders (the variant).
+        samples_on_device: on a GPU, keep the library in device memory (``BucketedInstance``).
     """
 
     def __init__(self, make_runner: MakeRunner, samples: np.ndarray, device: str, threads: int,
-                 log_root: Path, label: str) -> None:
+                 log_root: Path, label: str, samples_on_device: bool = True) -> None:
+        self.samples_on_device = samples_on_device
         self.make_runner = make_runner
         self.samples = samples
         self.device = device
@@ -53,7 +55,8 @@ class ServingSession:
     def instances(self, policy: BatchPolicy) -> list[BucketedInstance]:
         threads = self.threads_per_instance(policy)
         return [BucketedInstance({size: self._runner(size, threads, slot) for size in policy.buckets()},
-                                 self.samples, self.device) for slot in range(policy.instances)]
+                                 self.samples, self.device, self.samples_on_device)
+                for slot in range(policy.instances)]
 
     def prepare_bucket(self, size: int) -> None:
         """Prepare (and so verify) the single-instance runner of one batch size ahead of any traffic."""

@@ -72,6 +72,7 @@ class TrialSettings:
         target_qps: the server scenario's Poisson arrival rate; offline's expected throughput.
         samples_per_query: multi-stream's samples per query (MLPerf: 8).
         sample_count: samples held in the query sample library (LoadGen's performance sample count).
+        samples_on_device: on a GPU, the library sits in device memory and a batch is gathered there.
         max_duration_ms: a hard stop (0: none).
     """
 
@@ -82,6 +83,7 @@ class TrialSettings:
     target_qps: float = 10.0
     samples_per_query: int = 8
     sample_count: int = 64
+    samples_on_device: bool = True
     max_duration_ms: int = 0
 
     def __post_init__(self) -> None:
