@@ -25,7 +25,8 @@ from infertune.errors import InfertuneError
 from infertune.export.artifact import ArtifactError
 from infertune.export.build import RoundTripError, export_run
 from infertune.export.load import ExportIntegrityError, load
-from infertune.export.manifest import MANIFEST_NAME, read_manifest, sha256_file
+from infertune.cache import file_sha256 as sha256_file
+from infertune.export.manifest import MANIFEST_NAME, read_manifest
 from infertune.export.select import SelectionError
 from infertune.pipeline import run
 from infertune.report.view import fastest_passing

@@ -146,6 +146,16 @@ def _safe(text: str) -> str:
     return safe or "_"
 
 
+def artifact_ref(path: Path | str | None, cache_root: Path | str) -> str:
+    """A row's ``artifact``: ``path`` relative to the cache root, as a POSIX string; "" for no artifact (or one outside the cache)."""
+    if path is None:
+        return ""
+    try:
+        return Path(path).resolve().relative_to(Path(cache_root).resolve()).as_posix()
+    except ValueError:
+        return ""
+
+
 def dir_size_mb(path: Path | None) -> float | None:
     """Size on disk of a file or directory, in MB (10^6 bytes); None when there is no artifact."""
     if path is None:

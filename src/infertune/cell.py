@@ -226,8 +226,7 @@ def _calibration_text(calibration: _RecordedCalibration, row: ResultRow, job: Va
 
 def _run_cell(backend: Any, ctx: Any, row: ResultRow, verification: tuple[Any, Any, Any] | None,
               job: VariantJob, emit: Emit) -> list[float] | None:
-    from infertune.cache import dir_size_mb
-    from infertune.export.artifact import artifact_ref
+    from infertune.cache import artifact_ref, dir_size_mb
     from infertune.measure.load import LoadMeter
     from infertune.measure.load import row_fields as load_fields
     from infertune.measure.memory import MemoryProbe

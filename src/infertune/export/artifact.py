@@ -3,7 +3,7 @@
 A row names its artifact relative to ``output.models_dir`` (``ResultRow.artifact``); the cache entry is
 the directory above it that holds a ``manifest.json`` (``infertune.cache``). Before a file leaves the
 cache it is checked against that manifest: its recorded size, and its recorded sha256 where the
-manifest has one. This module imports nothing heavy: cells call ``artifact_ref`` on every row.
+manifest has one (``infertune.cache`` records both).
 """
 
 from __future__ import annotations
@@ -12,24 +12,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from infertune.cache import MANIFEST as CACHE_MANIFEST
+from infertune.cache import file_sha256
 from infertune.errors import InfertuneError
-from infertune.export.manifest import sha256_file
-
-CACHE_MANIFEST = "manifest.json"
 
 
 class ArtifactError(InfertuneError):
     """The artifact a row names is missing or is not what the cache recorded."""
 
-
-def artifact_ref(path: Path | str | None, cache_root: Path | str) -> str:
-    """``path`` relative to the cache root, as a POSIX string; "" for no artifact (or one outside the cache)."""
-    if path is None:
-        return ""
-    try:
-        return Path(path).resolve().relative_to(Path(cache_root).resolve()).as_posix()
-    except ValueError:
-        return ""
 
 
 @dataclass(frozen=True)
@@ -92,7 +82,7 @@ def check_copy(cached: CachedFile, copy: Path) -> str:
     if cached.recorded_bytes is not None and size != cached.recorded_bytes:
         raise ArtifactError(f"{cached.path} has {size} bytes but the cache recorded {cached.recorded_bytes}: "
                             "the file changed after it was built; run the variant again (or --no-cache)")
-    digest = sha256_file(copy)
+    digest = file_sha256(copy)
     if cached.recorded_sha256 is not None and digest != cached.recorded_sha256:
         raise ArtifactError(f"{cached.path} does not match its recorded sha256 (recorded {cached.recorded_sha256[:16]}..., "
                             f"now {digest[:16]}...): the file changed after it was built and is not the artifact "

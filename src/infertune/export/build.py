@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from infertune.cache import file_sha256
 from infertune.errors import InfertuneError
 from infertune.export.artifact import ArtifactError, check_copy
 from infertune.export.handover import HandOver, handover_for, no_artifact
@@ -34,7 +35,6 @@ from infertune.export.manifest import (
     IsaNeed,
     RuntimeSpec,
     Verification,
-    sha256_file,
 )
 from infertune.export.select import Choice, choose
 from infertune.results import ResultRow, read_rows
@@ -146,7 +146,7 @@ def export_run(results: Path | str, to: Path | str, batch_size: int | None = Non
             records.append(FileRecord(item.export_name, check_copy(item, copy), copy.stat().st_size))
         log("computing the FP32 reference on the run's verification inputs (worker process)")
         info = _reference(run.json_path, staging, row.batch_size)
-        records.append(FileRecord(VERIFICATION_NAME, sha256_file(staging / VERIFICATION_NAME),
+        records.append(FileRecord(VERIFICATION_NAME, file_sha256(staging / VERIFICATION_NAME),
                                   (staging / VERIFICATION_NAME).stat().st_size))
         manifest = _manifest(run, choice, handover, records, info)
         manifest.write(staging)

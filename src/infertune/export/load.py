@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
+from infertune.cache import file_sha256
 from infertune.errors import InfertuneError
 from infertune.export.manifest import (
     ExportManifest,
     RuntimeSpec,
     read_manifest,
-    sha256_file,
 )
 
 Outputs = list[tuple[str, np.ndarray]]
@@ -144,7 +144,7 @@ def verify_files(root: Path, manifest: ExportManifest) -> None:
         if not path.is_file():
             raise ExportIntegrityError(f"{path} is missing: the export is incomplete; copy the whole folder again "
                                        "or export it again")
-        digest = sha256_file(path)
+        digest = file_sha256(path)
         if digest != record.sha256:
             raise ExportIntegrityError(
                 f"{path} does not match the sha256 recorded in infertune.json (recorded {record.sha256[:16]}..., "

@@ -7,7 +7,6 @@ needs); the measured numbers and the environment are descriptive and kept as the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
@@ -152,13 +151,6 @@ def read_manifest(folder: Path | str) -> ExportManifest:
             kwargs[name] = kind(**value)
     return ExportManifest(**kwargs)
 
-
-def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def jsonable(obj: Any) -> Any:
