@@ -135,6 +135,8 @@ def test_export_loads_in_a_fresh_process_and_gives_the_benchmarked_outputs(bench
 def test_manifest_says_what_the_export_is(bench, tmp_path):
     result = export_run(bench.json_path, tmp_path / "best", variant="onnxruntime:fp32", log=_quiet)
     m = read_manifest(tmp_path / "best")
+    (tmp_path / "plain").mkdir()  # the folder is as readable as any folder the user makes
+    assert (tmp_path / "best").stat().st_mode == (tmp_path / "plain").stat().st_mode
     row = bench.row("onnxruntime:fp32")
     assert (m.variant, m.model, m.weights, m.precision) == ("onnxruntime:fp32", row.model, "random", "fp32")
     assert m.runtime.format == "onnx" and m.runtime.module == "onnxruntime" and not m.runtime.needs_torch

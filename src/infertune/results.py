@@ -285,7 +285,7 @@ def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, _FILE_MODE)  # mkstemp's 0600 would make results unreadable to colleagues
+        os.fchmod(fd, FILE_MODE)  # mkstemp's 0600 would make results unreadable to colleagues
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -297,15 +297,18 @@ def _atomic_write(path: Path, text: str) -> None:
         raise
 
 
-def _file_mode() -> int:
-    """0644 under the usual umask: what ``open()`` would have created (the other outputs' mode). Read
-    once, at import: ``os.umask`` can only be read by setting it, which must not race with other threads."""
+def _umask() -> int:
+    """The process's umask. Read once, at import: ``os.umask`` can only be read by setting it, which must
+    not race with other threads."""
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
 
 
-_FILE_MODE = _file_mode()
+#: what ``open()`` / ``mkdir()`` would have created (0644 / 0755 under the usual umask): outputs written
+#: through ``tempfile`` (0600 / 0700) get these, so colleagues can read results and exports.
+FILE_MODE = 0o666 & ~_umask()
+DIR_MODE = 0o777 & ~_umask()
 
 
 #: the files of one run, beside its stem (``results/benchmark_results_<TS>``); the journal is its identity.

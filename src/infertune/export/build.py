@@ -37,7 +37,7 @@ from infertune.export.manifest import (
     Verification,
 )
 from infertune.export.select import Choice, choose
-from infertune.results import ResultRow, read_rows
+from infertune.results import DIR_MODE, ResultRow, read_rows
 
 #: seconds a worker (model rebuild + reference, or load + check) may take before the export gives up.
 WORKER_TIMEOUT_S = 1800
@@ -138,6 +138,7 @@ def export_run(results: Path | str, to: Path | str, batch_size: int | None = Non
         log(f"warning: exported although {choice.forced} (--force); the manifest says so")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    staging.chmod(DIR_MODE)  # mkdtemp's 0700 would keep the handed-over folder from colleagues
     try:
         records = []
         for item in cached:

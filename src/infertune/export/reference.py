@@ -60,7 +60,7 @@ def compute(results_json: Path, out_npz: Path, batch: int) -> dict:
     write_verification(out_npz, inputs, pairs)
     source = ref.source
     mean_from = ("verify.mean/verify.std of the run's config" if cfg.verify.mean is not None or cfg.verify.std is not None
-                 else "the model's declared normalisation (ImageNet's when it declares none)")
+                 else "as the run normalised its verification images")
     return {
         "inputs": ref.verify_description,
         "kind": source.source_kind,
