@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import subprocess
 import sys
@@ -153,6 +152,7 @@ def summarize(samples: list[float]) -> dict[str, float]:
 
 
 def main() -> None:
+    from interleave import interleaved_rounds
     from reference_methods import METHODS
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -181,20 +181,8 @@ def main() -> None:
     print("tool's best per batch:", best, flush=True)
     cells = [(f"{TOOL_PREFIX}{best[b]}", b) for b in args.batch_sizes] + \
             [(m, b) for m in args.methods for b in args.batch_sizes]
-    build_s: dict[str, float] = {}
-    for method in dict.fromkeys(m for m, _ in cells):  # convert once, untimed, so rounds only load
-        print(f"build {method}", flush=True)
-        build_s[method] = run_child(method, 1, args, build_only=True)["build_s"]
-    pooled: dict[tuple[str, int], list[float]] = {c: [] for c in cells}
-    rng = random.Random(0)
-    for r in range(args.rounds):
-        order = cells[:]
-        rng.shuffle(order)
-        for method, batch in order:
-            out = run_child(method, batch, args)
-            pooled[(method, batch)].extend(out["samples_ms"])
-            print(f"round {r + 1}/{args.rounds} {method:<32} b{batch:<3} "
-                  f"p50 {statistics.median(out['samples_ms']):8.2f} ms", flush=True)
+    pooled = interleaved_rounds(cells, args.rounds, lambda m: run_child(m, 1, args, build_only=True),
+                                lambda m, b: run_child(m, b, args)["samples_ms"])
     text = render(pooled, best, args, results_csv, METHODS)
     print(text)
     if args.write_doc:

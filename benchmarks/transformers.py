@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import subprocess
 import sys
@@ -49,6 +48,16 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).re
 sys.path.insert(0, str(REPO / "src"))
 
 CACHE = REPO / "benchmarks" / ".cache" / "transformers"
+
+
+def _interleave() -> Any:
+    """benchmarks/interleave.py, loaded by path (this folder is off sys.path, see above)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("interleave", REPO / "benchmarks" / "interleave.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
 TOOL_PREFIX = "infertune:"
 #: method -> (description for the table, devices it runs on).
 METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -342,20 +351,10 @@ def main() -> None:
     print("tool's best per batch:", best, flush=True)
     cells = [(f"{TOOL_PREFIX}{best[b]}", b) for b in args.batch_sizes] + \
             [(m, b) for m in methods for b in args.batch_sizes]
-    build_s: dict[str, float] = {}
-    for method in dict.fromkeys(m for m, _ in cells):  # convert once, untimed, so rounds only load
-        print(f"build {method}", flush=True)
-        build_s[method] = run_child(method, args.batch_sizes[0], args, build_only=True)["build_s"]
-    pooled: dict[tuple[str, int], list[float]] = {c: [] for c in cells}
-    rng = random.Random(0)
-    for r in range(args.rounds):
-        order = cells[:]
-        rng.shuffle(order)
-        for method, batch in order:
-            out = run_child(method, batch, args)
-            pooled[(method, batch)].extend(out["samples_ms"])
-            print(f"round {r + 1}/{args.rounds} {method:<36} b{batch:<3} "
-                  f"p50 {statistics.median(out['samples_ms']):9.2f} ms", flush=True)
+    interleaved_rounds = _interleave().interleaved_rounds
+    pooled = interleaved_rounds(cells, args.rounds,
+                                lambda m: run_child(m, args.batch_sizes[0], args, build_only=True),
+                                lambda m, b: run_child(m, b, args)["samples_ms"], width=36)
     text = render(pooled, best, methods, args, results_csv)
     print(text)
     if args.write_doc:
