@@ -31,7 +31,7 @@ ISA_FLAGS = {
 }
 
 LIBRARIES = ("torch", "torchvision", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "openvino",
-             "nncf", "tensorrt", "timm", "numpy", "infertune")
+             "nncf", "tensorrt", "timm", "transformers", "numpy", "infertune")
 
 
 def cpu_flags() -> set[str]:
