@@ -224,3 +224,21 @@ def test_each_gpu_gets_its_own_share_of_the_cores():
     assert shares[0] == (0, 1) and shares[7] == (14, 15)
     assert sorted(c for share in shares for c in share) == cores  # disjoint, and every core used
     assert _core_share("0", 4, [0, 1]) == (0,)  # fewer cores than GPUs: one each, shared from the start
+
+
+def test_compiling_rungs_are_handed_to_ray_first():
+    """Ray starts tasks in submission order: the long compiles go first, the rest keep the ladder's order."""
+    from infertune.backends.registry import get_backend
+    from infertune.executors.ray import longest_first
+    from infertune.variants import parse_variant
+
+    class _Job:  # what longest_first reads of a VariantJob
+        def __init__(self, name: str) -> None:
+            self.variant = parse_variant(name)
+
+    ladder = ["pytorch:fp32", "torchscript:fp32", "torch_compile:fp32", "onnxruntime:fp32", "aoti:fp32",
+              "openvino:int8"]
+    order = [job.variant.name for job in longest_first([_Job(n) for n in ladder])]
+    assert order == ["torch_compile:fp32", "aoti:fp32", "pytorch:fp32", "torchscript:fp32", "onnxruntime:fp32",
+                     "openvino:int8"]
+    assert get_backend("tensorrt").compiles and not get_backend("cudnn_fused").compiles

@@ -170,6 +170,9 @@ class Backend(ABC):
     produces_outputs: ClassVar[bool] = True
     #: whether ``prepare`` writes a converted artifact (the free-space check counts one model's weights each).
     writes_artifacts: ClassVar[bool] = True
+    #: whether ``prepare`` compiles for tens of seconds (Inductor, AOTInductor, a TensorRT engine): an
+    #: executor that runs jobs at once starts these first, so the longest job does not end the run alone.
+    compiles: ClassVar[bool] = False
     #: the seed's ``optimization.enable_*`` switch that turns this backend's default rungs on or off.
     seed_switch: ClassVar[str] = ""
     #: rungs an opt-in backend adds on every device when its ``seed_switch`` is on (off by default; on a

@@ -42,6 +42,7 @@ class TensorRTBackend(Backend):
     sources = frozenset({"torch", "onnx"})
     description = "NVIDIA TensorRT engine built from the ONNX export (fp32/fp16/int8 via QDQ); CUDA only."
     requires = ("tensorrt",)
+    compiles = True
     seed_switch = "enable_tensorrt"
     switch_variants = ("tensorrt:fp16",)
     install_hint = "pip install tensorrt (needs an NVIDIA GPU with CUDA)"

@@ -173,6 +173,7 @@ class InductorBackend(Backend):
 
     requires = ("torch",)
     install_hint = "pip install torch==2.14.1"
+    compiles = True
     devices = frozenset({"cpu", "cuda"})
     precisions = frozenset({"fp32", "tf32", "fp16", "bf16"})
     unsupported = {

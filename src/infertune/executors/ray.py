@@ -40,7 +40,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from infertune import interrupts
 from infertune.errors import InfertuneError
@@ -59,6 +59,9 @@ from infertune.executors.base import (
     register_executor,
 )
 from infertune.results import ResultRow, Status
+
+if TYPE_CHECKING:
+    from infertune.cell import VariantJob
 
 if importlib.util.find_spec("ray") is None:  # executor_class turns this into "isolation: ray needs ray"
     raise ModuleNotFoundError("No module named 'ray': pip install 'infertune[ray]'", name="ray")
@@ -382,7 +385,7 @@ class RayExecutor(Executor):
         node_settings = dataclasses.replace(self.settings, log_path=None, config=None)
         shipped = _ship(jobs)
         running: dict[Any, _Running] = {}
-        for job in jobs:
+        for job in longest_first(jobs):
             files = {p: ref for p, ref in shipped.items() if p in _reference_paths(job)}
             gen = task.options(num_cpus=1, num_gpus=1 if job.device == "cuda" else 0,
                                name=f"infertune {job.label}").remote(job, files, node_settings)
@@ -432,6 +435,15 @@ class RayExecutor(Executor):
             where = f" on {run.node.host}" if run.node else ""
             with open(self.settings.log_path, "a") as f:
                 f.write(f"--- {run.watch.job.label}{where} ---\n{text.rstrip()}\n")
+
+
+def longest_first(jobs: Sequence[VariantJob]) -> list[VariantJob]:
+    """The jobs in the order Ray should start them: the compiling rungs (``Backend.compiles``) first, the
+    rest in ladder order. Ray starts tasks in submission order as resources free up; a 60 s compile
+    submitted last ran alone at the end on 2 GPUs and bounded the run (docs/results/ray.md)."""
+    from infertune.backends.registry import get_backend
+
+    return sorted(jobs, key=lambda job: not get_backend(job.variant.backend).compiles)
 
 
 @dataclass
