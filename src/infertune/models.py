@@ -116,7 +116,7 @@ def load_model(name: str, pretrained: bool = True, weights: str | None = None, s
     elif ":" in name and not name.startswith("timm:"):
         module, source = _from_factory(name), "factory"
         tag = getattr(module, "infertune_weights", "random")  # a factory may declare trained weights
-    elif name.startswith("timm:") or (_timm_has(name) and not _torchvision_has(name)):
+    elif name.startswith("timm:") or (not _torchvision_has(name) and _timm_has(name)):
         module, tag = _from_timm(name.removeprefix("timm:"), use_pretrained, warn)
         source = "timm"
     else:

@@ -12,6 +12,13 @@ to poll. The worker runs in its own process group, so the terminal's Ctrl-C reac
 (which decides what happens) and a kill takes the worker's own children (compilers) with it. Its
 stdout/stderr go to the run's log file so runtime chatter never breaks the progress bar. An optional
 memory limit (``benchmark.memory_limit_mb``) is applied in the worker as RLIMIT_DATA.
+
+Workers are forked from a fork server that has imported torch, torchvision and the job code once
+(``WORKER_PRELOAD``): each worker is still a fresh process of its own (a crash, a runtime's global
+state, its memory stay its own), but it skips the seconds of imports a spawned interpreter pays. The
+server has never run a model, touched a GPU or started a thread pool. What a spawned worker would
+inherit from the parent at start (``sys.path``, the working directory, the environment, with the
+job's thread count) is handed over with the job and set first thing in the worker.
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ import contextlib
 import multiprocessing as mp
 import os
 import signal
+import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Any
 
@@ -40,11 +49,13 @@ from infertune.results import Status
 
 #: what the worker sends after the job's last event.
 _DONE = "done"
+#: imported once by the fork server, so that every worker forked from it starts with them loaded.
+WORKER_PRELOAD = ("numpy", "torch", "torchvision", "infertune.cell", "infertune.reference")
 
 
 @register_executor
 class ProcessExecutor(Executor):
-    """A spawned worker process per job, one job at a time."""
+    """A worker process per job, one job at a time."""
 
     name = "process"
 
@@ -80,7 +91,28 @@ def _own_process_group() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _worker_main(job: Job, conn: Any, log_path: str | None) -> None:
+@dataclass(frozen=True)
+class WorkerStart:
+    """What a spawned worker would have inherited from the parent when it started."""
+
+    sys_path: tuple[str, ...]
+    cwd: str
+    environ: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def now(cls, threads: int) -> WorkerStart:
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        return cls(tuple(sys.path), os.getcwd(), tuple(env.items()))
+
+    def apply(self) -> None:
+        sys.path[:] = self.sys_path
+        os.chdir(self.cwd)
+        os.environ.clear()
+        os.environ.update(self.environ)
+
+
+def _worker_main(job: Job, conn: Any, log_path: str | None, start: WorkerStart) -> None:
+    start.apply()
     _own_process_group()
     if log_path:
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -109,13 +141,13 @@ def _worker_main(job: Job, conn: Any, log_path: str | None) -> None:
 
 
 def run_in_worker(job: Job, settings: ExecutorSettings) -> Iterator[Event]:
-    """Run ``job`` in a spawned process; yield its events, then whatever it still owes if it died or hung.
+    """Run ``job`` in a worker process; yield its events, then whatever it still owes if it died or hung.
 
     ``crashed``: the worker died (signal or exit code). ``timeout``: a cell ran longer than
     ``cell_timeout_s`` (or the job longer than ``variant_timeout_s``); the worker is killed. Closing
     the generator early (an interrupted run) kills the worker.
     """
-    ctx = mp.get_context("spawn")
+    ctx = _worker_context()
     recv_conn, send_conn = ctx.Pipe(duplex=False)
     log_path = settings.log_path
     log_start = os.path.getsize(log_path) if log_path and os.path.exists(log_path) else 0
@@ -136,20 +168,22 @@ def run_in_worker(job: Job, settings: ExecutorSettings) -> Iterator[Event]:
         recv_conn.close()
 
 
+def _worker_context() -> Any:
+    """The fork server's context, its preload set once per process (the server starts on first use)."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(list(WORKER_PRELOAD))
+    return ctx
+
+
 def _start(ctx: Any, job: Job, send_conn: Any, log_path: str | None) -> Any:
-    """Spawn the worker with the job's thread count in its environment; keep only the pipe's reading end."""
-    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    os.environ.update(OMP_NUM_THREADS=str(job.threads), MKL_NUM_THREADS=str(job.threads))
+    """Start the worker with the parent's path, folder and environment (the job's thread count in it);
+    keep only the pipe's reading end."""
     try:
-        proc = ctx.Process(target=_worker_main, args=(job, send_conn, log_path), daemon=False)
+        proc = ctx.Process(target=_worker_main, args=(job, send_conn, log_path, WorkerStart.now(job.threads)),
+                           daemon=False)
         proc.start()
     finally:
         send_conn.close()  # the parent keeps only the reading end, so a dead worker reads as EOF
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return proc
 
 
