@@ -81,7 +81,6 @@ def test_a_package_that_crashes_its_loader_is_not_rebuilt_for_the_next_batch_siz
         return subprocess.CompletedProcess(cmd, -11, "", f"{COMPILED_MARKER}\nFatal Python error: Segmentation fault")
 
     monkeypatch.setattr(aoti.subprocess, "run", crashing_child)
-    monkeypatch.setattr(aoti, "_LOAD_CRASHES", {})
     with pytest.raises(RuntimeError, match=r"compiled, then crashed when loaded.*\(killed by SIGSEGV\)"):
         get_backend("aoti").prepare(make_ctx("fp32", batch=2))
     with pytest.raises(RuntimeError, match="not built again for batch 4: aoti: the package compiled, then crashed"):
@@ -90,6 +89,11 @@ def test_a_package_that_crashes_its_loader_is_not_rebuilt_for_the_next_batch_siz
     # other options are another package: built (and here crashing) on their own
     with pytest.raises(RuntimeError, match="compiled, then crashed"):
         get_backend("aoti").prepare(make_ctx("fp32", {"nofreeze": ""}, batch=4))
+    assert len(children) == 2
+    # a later run on the same cache (a fresh worker: nothing in memory) remembers it from the cache's file
+    monkeypatch.setattr(aoti, "_SESSION_CRASHES", aoti.LoadCrashes(None))
+    with pytest.raises(RuntimeError, match=r"not built again for batch 8: .*load-crashes.json; delete it"):
+        get_backend("aoti").prepare(make_ctx("fp32", batch=8))
     assert len(children) == 2
 
 

@@ -43,9 +43,10 @@ CUDA (one H200, torch 2.11): the package compiles in the child (41-68 s for fp16
 ``aoti_load_package`` segfaults there, also for a tiny model and in the process that compiled it,
 so no CUDA numbers; the child's trial run turns that crash into an error row, which names the cause
 found (``KNOWN_LOAD_CRASHES``; the backtrace is in docs/results/h200.md). A package that compiled
-and then crashed its loader is not rebuilt for the worker's next batch sizes (same torch, precision
-and options: the same loader): those rows fail at once with the same reason, instead of spending a
-minute each compiling a package that cannot be loaded.
+and then crashed its loader is not rebuilt for the next batch sizes, nor by a later run on the same
+cache (same torch, precision, device and options: the same loader; ``LoadCrashes``, a file in the
+model's cache): those rows fail at once with the same reason, instead of spending a minute each
+compiling a package that cannot be loaded. ``--no-cache`` (or deleting the file) tries again.
 """
 
 from __future__ import annotations
@@ -95,8 +96,37 @@ KNOWN_LOAD_CRASHES = {
         "the process's libstdc++.so.6 and jumps into codecvt<char16_t>::do_unshift"
     ),
 }
-#: this worker's packages that compiled and then crashed their loader: crash key -> the row's reason.
-_LOAD_CRASHES: dict[str, str] = {}
+#: where a model's cache remembers the packages that compiled and then crashed their loader.
+LOAD_CRASHES_FILE = "load-crashes.json"
+
+
+class LoadCrashes:
+    """Packages that compiled and then crashed their loader: crash key -> the row's reason.
+
+    Kept in memory for the worker's next batch sizes and, with the cache on, in ``LOAD_CRASHES_FILE``
+    beside the model's packages for later runs."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.path = folder / LOAD_CRASHES_FILE if folder is not None else None
+        self.known: dict[str, str] = {}
+        if self.path is not None and self.path.is_file():
+            try:
+                self.known = dict(json.loads(self.path.read_text()))
+            except (ValueError, TypeError):
+                self.known = {}  # a damaged record only costs a rebuild
+
+    def reason(self, key: str) -> str:
+        return self.known.get(key, "")
+
+    def remember(self, key: str, reason: str) -> None:
+        self.known[key] = reason
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(self.known, indent=1))
+
+
+#: this worker's memory when the cache is off (--no-cache): the next batch sizes still skip the build.
+_SESSION_CRASHES = LoadCrashes(None)
 
 
 def parse_aoti_options(options: dict[str, str], device: str) -> CompileOptions:
@@ -142,12 +172,14 @@ class AotiBackend(InductorBackend):
         )
         package = entry.file("model.pt2")
         crash_key = json.dumps([torch.__version__, ctx.precision, ctx.device, dataclasses.asdict(opts)])
+        crashes = LoadCrashes(entry.path.parent) if ctx.cache.enabled else _SESSION_CRASHES
         if entry.hit:
             ctx.log(f"aoti: reusing cached package {package}")
-        elif crash_key in _LOAD_CRASHES:
-            raise RuntimeError(f"aoti: not built again for batch {ctx.batch_size}: {_LOAD_CRASHES[crash_key]}")
+        elif crashes.reason(crash_key):
+            where = f" (remembered in {crashes.path}; delete it or use --no-cache to try again)" if crashes.path else ""
+            raise RuntimeError(f"aoti: not built again for batch {ctx.batch_size}: {crashes.reason(crash_key)}{where}")
         else:
-            meta = _build_package(ctx, opts, entry.path, package, crash_key)
+            meta = _build_package(ctx, opts, entry.path, package, crash_key, crashes)
             entry.commit(meta)
         loaded = torch._inductor.aoti_load_package(str(package))
         runner = TorchRunner(loaded, ctx.device, torch_dtype(ctx.precision), opts.channels_last)
@@ -159,9 +191,9 @@ class AotiBackend(InductorBackend):
 
 
 def _build_package(ctx: PrepareContext, opts: CompileOptions, workdir: Path, package: Path,
-                   crash_key: str) -> dict[str, Any]:
+                   crash_key: str, crashes: LoadCrashes) -> dict[str, Any]:
     """Export in this process, compile in a child; return the manifest metadata. A package that compiled
-    and then crashed the child's trial load is remembered under ``crash_key`` (see the module docstring)."""
+    and then crashed the child's trial load is remembered in ``crashes`` (see the module docstring)."""
     exported = workdir / "exported_program.pt2"
     start = time.perf_counter()
     _export(ctx, opts, exported)
@@ -181,7 +213,7 @@ def _build_package(ctx: PrepareContext, opts: CompileOptions, workdir: Path, pac
         output = (proc.stderr or proc.stdout or "").strip()
         message = _failure_message(proc.returncode, output)
         if proc.returncode < 0 and COMPILED_MARKER in output:
-            _LOAD_CRASHES[crash_key] = message.splitlines()[0]
+            crashes.remember(crash_key, message.splitlines()[0])
         raise RuntimeError(message)
     meta = json.loads(meta_path.read_text())
     ctx.log(f"aoti: exported in {export_s:.1f} s, compiled in a child process (pid {meta['builder_pid']}) "
