@@ -308,9 +308,11 @@ def _console() -> Any:
 
 
 def _print_table(rows: list[Any], console: Any) -> None:
+    from infertune.report.nodes import print_side_by_side
     from infertune.report.table import seed_table
 
     seed_table(rows, console)
+    print_side_by_side(rows, console)  # --per-node runs: each model's ladder on every node, side by side
 
 
 def cmd_report(args: argparse.Namespace) -> int:
