@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -265,8 +266,8 @@ def test_compare_matches_each_node_with_itself(tmp_path):
 class _FakeCluster(InProcessExecutor):
     """Runs jobs here (``none``) and offers three nodes; records which job went to which node."""
 
-    placed: list[tuple[str, str, tuple[int, ...]]] = []
-    alive: Sequence[ClusterNode] = (NODE_A, NODE_B, HEAD)
+    placed: ClassVar[list[tuple[str, str, tuple[int, ...]]]] = []
+    alive: ClassVar[Sequence[ClusterNode]] = (NODE_A, NODE_B, HEAD)
 
     def nodes(self) -> list[ClusterNode]:
         return list(self.alive)
@@ -285,7 +286,7 @@ class _FakeCluster(InProcessExecutor):
 @pytest.fixture
 def fake_cluster(monkeypatch):
     pytest.importorskip("ray", reason="isolation: ray is validated against the installed executor")
-    import infertune.pipeline as pipeline
+    from infertune import pipeline
 
     _FakeCluster.placed = []
     _FakeCluster.alive = (NODE_A, NODE_B, HEAD)
