@@ -131,6 +131,9 @@ def test_one_job_per_variant_and_node_pinned_there(tmp_path):
     assert len({j.job_id for j in jobs}) == 3 and jobs[0].label == "null:fp32 on node-a"
     assert len(asked) == 8
     assert jobs[0].base_row(1).pinned_node == "node-a" and jobs[0].base_row(1).cell_id.endswith("|node-a")
+    assert [j.threads for j in jobs] == [2, 1, 1]  # each node's own CPUs, as a local run there would use
+    explicit, _ = place_on_nodes(_plan(tmp_path, threads=3), [NODE_A, NODE_B])
+    assert {j.threads for j in explicit.variant_jobs(reference, "run", 0, lambda v, b, n: True)} == {3}
     unpinned = _plan(tmp_path, per_node=False).variant_jobs(reference, "run", 0, lambda v, b, n: True)
     assert [j.pinned for j in unpinned] == [None, None] and unpinned[0].job_id == "pytorch:fp32@0"
 

@@ -101,7 +101,15 @@ class Plan:
         """A row the parent writes itself (no worker ran the cell: unavailable, or the run cannot go on)."""
         return identity_row(variant, batch, model=self.model_label, device=self.device,
                             requested_device=self.cfg.benchmark.device, weights=weights, run_id=run_id,
-                            threads=self.threads, pinned_node=node)
+                            threads=self.threads_on(next((n for n in self.nodes if n.name == node), None)),
+                            pinned_node=node)
+
+    def threads_on(self, node: ClusterNode | None) -> int:
+        """A job's thread count: ``benchmark.threads``, else this machine's usable cores, or for a pinned job
+        its node's CPUs as Ray counts them (each kind of hardware used as a local run there would use it)."""
+        if node is None or self.cfg.benchmark.threads:
+            return self.threads
+        return max(1, int(node.cpus))
 
     def reference_job(self, workdir: str) -> ReferenceJob:
         """The job that loads the model and computes its FP32 outputs at every batch size, in a worker."""
@@ -132,7 +140,7 @@ class Plan:
                 job_id=f"{variant.name}@{name}@{round_index}" if name else f"{variant.name}@{round_index}",
                 variant=variant, batches=batches, model=cfg.model,
                 reference=reference, model_label=self.model_label, device=self.device,
-                requested_device=cfg.benchmark.device, threads=self.threads, timing=self.timing,
+                requested_device=cfg.benchmark.device, threads=self.threads_on(node), timing=self.timing,
                 tolerance=self.tolerances.get(variant.precision, Tolerance()), cache_root=cfg.output.models_dir,
                 use_cache=cfg.output.use_cache, settings=settings, run_id=run_id, round_index=round_index,
                 rounds=self.rounds, memory_limit_mb=self.memory_limit_mb,

@@ -449,7 +449,8 @@ class RayExecutor(Executor):
 
     def _write_log(self, run: _Running, text: str) -> None:
         if self.settings.log_path:
-            where = f" on {run.node.host}" if run.node else ""
+            pinned = getattr(run.watch.job, "pinned", None) is not None  # its label already names the node
+            where = (f" (host {run.node.host})" if pinned else f" on {run.node.host}") if run.node else ""
             with open(self.settings.log_path, "a") as f:
                 f.write(f"--- {run.watch.job.label}{where} ---\n{text.rstrip()}\n")
 
