@@ -370,7 +370,7 @@ def _format_errors(err: ValidationError, source: str) -> str:
             msg = e["msg"].removeprefix("Value error, ")
             got = e.get("input")
             got_text = f" (got {_short_repr(got)})" if got is not None and not isinstance(got, dict) else ""
-            lines.append(f"  - {key}: {msg}{got_text}")
+            lines.append(f"  - {key}: {msg}{got_text}" if key else f"  - {msg}")  # no key: a rule across sections
     return "\n".join(lines)
 
 
