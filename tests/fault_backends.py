@@ -5,7 +5,8 @@ module its backend lives in. Each fails in ``prepare`` of the batch sizes it is 
 by default), the way real compilers and runtimes fail: a segfault, an abort, an exit, a hang, an
 allocation past the memory limit, an exception. ``slow_once`` sleeps the first time it runs (so a
 test can interrupt a run at a known cell) and succeeds when the run is resumed; ``interrupt_second``
-sends its own process SIGINT the second time it runs (an in-process run's second round).
+sends its own process SIGINT the second time it runs (an in-process run's second round). ``where``
+does not fail: it runs as eager PyTorch does and notes the node it ran on (tests/test_ray_per_node.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from infertune.backends.registry import register_backend
 
 #: folder where slow_once / interrupt_second leave their "already ran once" markers (set by the test).
 MARKER_ENV = "INFERTUNE_TEST_MARKERS"
+#: the node's name, set on each node of a test Ray cluster: ``where`` notes it on its rows.
+NODE_ENV = "INFERTUNE_TEST_NODE"
 CHUNK = 64 << 20
 
 
@@ -42,6 +45,19 @@ class _Fault(Backend):
 
     def fail(self, ctx: PrepareContext) -> None:
         raise NotImplementedError
+
+
+@register_backend
+class WhereBackend(_Fault):
+    name = "where"
+    produces_outputs = True  # a verified row is where runner notes go
+
+    def prepare(self, ctx: PrepareContext) -> Runner:
+        from infertune.backends.registry import get_backend
+
+        runner = get_backend("pytorch").prepare(ctx)
+        runner.notes = (*runner.notes, f"ran on {os.environ.get(NODE_ENV, 'a node without a name')}")
+        return runner
 
 
 @register_backend

@@ -75,7 +75,7 @@ def test_noisy_marker_footnote_and_note():
 def test_best_variants_picks_fastest_ok_row_per_batch():
     rows, _ = make_rows()
     best = best_variants(rows)
-    assert set(best) == {("resnet50", "cpu", 1), ("resnet50", "cpu", 8)}
+    assert set(best) == {("resnet50", "cpu", 1, ""), ("resnet50", "cpu", 8, "")}  # "": no pinned node
     assert {r.variant for r in best.values()} == {"onnxruntime:fp32"}
 
 
@@ -86,8 +86,8 @@ def test_best_variants_ignores_null_backend_and_groups_without_passing_rows():
     lonely = ResultRow(model="resnet50", variant="onnxruntime:int8", backend="onnxruntime", precision="int8",
                        options="", batch_size=4, device="cpu", status="fidelity_failed", latency_p50_ms=1.0)
     best = best_variants([*rows, null, lonely])
-    assert best[("resnet50", "cpu", 1)].variant == "onnxruntime:fp32"
-    assert ("resnet50", "cpu", 4) not in best
+    assert best[("resnet50", "cpu", 1, "")].variant == "onnxruntime:fp32"
+    assert ("resnet50", "cpu", 4, "") not in best
     assert "fastest that keeps predictions: none" in _text([lonely])
 
 

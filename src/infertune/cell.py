@@ -20,6 +20,7 @@ import numpy as np
 
 from infertune.errors import InfertuneError, UnavailableError
 from infertune.executors.base import (
+    ClusterNode,
     Emit,
     Event,
     Job,
@@ -69,16 +70,21 @@ class VariantJob(Job):
     memory_limit_mb: int | None = None
     #: the module that registers this variant's backend (plugins, test backends), imported by the worker.
     modules: tuple[str, ...] = ()
+    #: ``--per-node``: the node this job must run on (its rows say so in ``pinned_node``); None: anywhere.
+    pinned: ClusterNode | None = None
 
     @property
     def label(self) -> str:
-        return self.variant.name if self.rounds == 1 else f"{self.variant.name} (round {self.round_index + 1}/{self.rounds})"
+        where = f" on {self.pinned.name}" if self.pinned is not None else ""
+        rounds = f" (round {self.round_index + 1}/{self.rounds})" if self.rounds > 1 else ""
+        return f"{self.variant.name}{where}{rounds}"
 
     def base_row(self, batch: int) -> ResultRow:
         """A row with the identity fields every row of this job carries."""
         return identity_row(self.variant, batch, model=self.model_label, device=self.device,
                             requested_device=self.requested_device, weights=self.reference.weights_tag,
-                            run_id=self.run_id, threads=self.threads, reference=self.reference.description)
+                            run_id=self.run_id, threads=self.threads, reference=self.reference.description,
+                            pinned_node=self.pinned.name if self.pinned is not None else "")
 
     def run(self, emit: Emit) -> None:
         run_variant(self, emit)
@@ -97,7 +103,7 @@ class VariantJob(Job):
 
 
 def identity_row(variant: Variant, batch: int, *, model: str, device: str, requested_device: str, weights: str,
-                 run_id: str, threads: int, reference: str = "") -> ResultRow:
+                 run_id: str, threads: int, reference: str = "", pinned_node: str = "") -> ResultRow:
     """A cell's row before anything happened to it: who, what, where (the worker fills in the rest)."""
     from infertune.backends.registry import get_backend
 
@@ -105,7 +111,7 @@ def identity_row(variant: Variant, batch: int, *, model: str, device: str, reque
         model=model, variant=variant.name, backend=variant.backend, precision=variant.precision,
         options=",".join(variant.options), batch_size=batch, device=device, requested_device=requested_device,
         weights=weights, run_id=run_id, label=get_backend(variant.backend).label, threads=threads,
-        reference=reference,
+        reference=reference, pinned_node=pinned_node,
     )
 
 

@@ -59,6 +59,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--isolation", "--executor", dest="isolation", choices=["process", "none", "ray"],
                    help="where jobs run: a worker process each (process, the default), here (none), a Ray cluster (ray)")
     p.add_argument("--ray-address", metavar="ADDR", help="with --executor ray: a running cluster (default: a local instance)")
+    p.add_argument("--per-node", action="store_const", const=True, default=None,
+                   help="with --executor ray: run the whole ladder on every node of the cluster, side by side")
     p.add_argument("--no-cache", action="store_true", help="rebuild converted artifacts even if cached")
     p.add_argument("--report", action="store_true", help="also write charts, HTML and markdown after the run")
     p.add_argument("--resume", metavar="RUN",
@@ -192,7 +194,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
                       "rounds": args.rounds},
         "optimization": {"variants": args.variants},
         "output": {"dir": args.output_dir, "use_cache": False if args.no_cache else None},
-        "ray": {"address": args.ray_address},
+        "ray": {"address": args.ray_address, "per_node": args.per_node},
         "verify": {"inputs": getattr(args, "inputs", None), "images": getattr(args, "images", None),
                    "dataset": getattr(args, "dataset", None), "samples": getattr(args, "samples", None),
                    "calibration_images": getattr(args, "calibration_images", None)},
@@ -306,9 +308,11 @@ def _console() -> Any:
 
 
 def _print_table(rows: list[Any], console: Any) -> None:
+    from infertune.report.nodes import print_side_by_side
     from infertune.report.table import seed_table
 
     seed_table(rows, console)
+    print_side_by_side(rows, console)  # --per-node runs: each model's ladder on every node, side by side
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -309,6 +309,9 @@ class RayConfig(_Section):
     num_cpus: int | None = Field(None, ge=1)
     #: GPUs of the local instance (None: every visible GPU); ignored with an address.
     num_gpus: int | None = Field(None, ge=0)
+    #: the whole ladder on every alive node, each job pinned to its node (``--per-node``); rows then carry
+    #: ``pinned_node`` and the report shows the nodes side by side. False: each job runs once, anywhere.
+    per_node: bool = False
 
 
 class RunConfig(_Section):
@@ -327,6 +330,10 @@ class RunConfig(_Section):
         for v in self.optimization.variants or []:
             if not isinstance(v, str) or not v.strip():
                 raise ValueError("optimization.variants must be a list of names like onnxruntime:int8")
+        if self.ray.per_node and self.benchmark.isolation != "ray":
+            raise ValueError(f"ray.per_node (--per-node) runs the ladder on every node of a Ray cluster, but the "
+                             f"executor is {self.benchmark.isolation!r}: add --executor ray (benchmark.isolation: "
+                             "ray), or drop --per-node")
         return self
 
 
@@ -363,7 +370,7 @@ def _format_errors(err: ValidationError, source: str) -> str:
             msg = e["msg"].removeprefix("Value error, ")
             got = e.get("input")
             got_text = f" (got {_short_repr(got)})" if got is not None and not isinstance(got, dict) else ""
-            lines.append(f"  - {key}: {msg}{got_text}")
+            lines.append(f"  - {key}: {msg}{got_text}" if key else f"  - {msg}")  # no key: a rule across sections
     return "\n".join(lines)
 
 

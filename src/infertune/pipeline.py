@@ -8,6 +8,8 @@ because the input is wrong, the claimed files are removed and the error is one l
 worker crashes, hangs or runs out of memory, every planned cell gets a row saying so and the run ends
 with ``RunFailed`` (exit 3). An interrupt (Ctrl-C, SIGTERM) marks the cells in progress
 ``interrupted``; ``--resume`` (``infertune.resume``) later runs only the cells still missing.
+With ``--per-node`` the executor names the cluster's nodes before the sink opens, and every cell is
+planned once per node (``plan.place_on_nodes``).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from infertune.executors.base import (
 )
 from infertune.journal import Journal
 from infertune.ladder import BASELINE
-from infertune.plan import Plan, make_plan
+from infertune.plan import Plan, make_plan, place_on_nodes
 from infertune.reference import Reference
 from infertune.results import ResultFiles, ResultRow, Status, journal_path_for
 from infertune.resume import ResumeState, run_id_of
@@ -94,10 +96,16 @@ def _run(cfg: RunConfig, log: Log, progress: Any, resume: ResumeState | None, me
     environment.update(device=plan.device, requested_device=cfg.benchmark.device)
     stem = resume.stem if resume is not None else claim_stem(Path(cfg.output.dir), "benchmark_results" if measure
                                                              else "verify_results")
-    sink = _open_sink(plan, stem, environment, resume, log, progress)
     executor = make_executor(cfg.benchmark.isolation, ExecutorSettings(
         cell_timeout_s=cfg.benchmark.cell_timeout_s, variant_timeout_s=cfg.benchmark.variant_timeout_s,
         log_path=f"{stem}.log", config=cfg))
+    try:
+        if cfg.ray.per_node:
+            plan = _on_every_node(plan, executor, stem, resume, log)
+        sink = _open_sink(plan, stem, environment, resume, log, progress)
+    except BaseException:
+        executor.close()  # a local Ray instance started to list the nodes stops here
+        raise
     result = RunResult(sink.files.rows, sink.files.csv_path, sink.files.json_path, Path(f"{stem}.config.yaml"),
                        Path(f"{stem}.log"), environment, sink.notices, journal_path=sink.journal.path)
     tmp = Path(tempfile.mkdtemp(prefix="infertune-"))
@@ -124,10 +132,27 @@ def _run(cfg: RunConfig, log: Log, progress: Any, resume: ResumeState | None, me
     return result
 
 
+def _on_every_node(plan: Plan, executor: Executor, stem: Path, resume: ResumeState | None, log: Log) -> Plan:
+    """``--per-node``: the plan with the cluster's nodes (a resumed run keeps its own); a cluster that cannot
+    run it ends the run before any work, and a new run's claimed files go."""
+    try:
+        recorded = resume.run.get("nodes") if resume is not None else None
+        plan, lines = place_on_nodes(plan, executor.nodes(), recorded)
+    except InfertuneError:
+        if resume is None:
+            release_stem(stem)
+        raise
+    for line in lines:
+        log(line)
+    return plan
+
+
 def _open_sink(plan: Plan, stem: Path, environment: dict[str, Any], resume: ResumeState | None, log: Log,
                progress: Any) -> Sink:
     """The run's files (new, or an interrupted run's replayed from its journal) and the sink that keeps them."""
     run_state: dict[str, Any] = {"status": "running", "cells_planned": plan.cells_planned, "rounds": plan.rounds}
+    if plan.pinned:  # the nodes this run is made of: --resume runs their missing cells on them, and on no others
+        run_state["nodes"] = list(plan.places)
     files = ResultFiles(stem.with_suffix(".csv"), stem.with_suffix(".json"), config=plan.cfg.model_dump(mode="json"),
                         environment=environment, run=run_state, order=plan.row_order)
     sink = Sink(files, Journal(journal_path_for(files.csv_path)), run_id_of(stem), log, progress)
@@ -187,12 +212,11 @@ def _fail_every_cell(plan: Plan, sink: Sink, failed: JobFailedEvent) -> RunFaile
     status = failed.status if failed.status in (Status.CRASHED, Status.TIMEOUT) else Status.FAILED
     have = {r.cell_id for r in sink.files.rows}
     rows = []
-    for variant in plan.ladder:
-        for batch in plan.batches:
-            if plan.cell_id(variant, batch) not in have:
-                row = plan.row(variant, batch, sink.run_id)
-                row.update(status=status, error=f"not run: {message}")
-                rows.append(row)
+    for variant, batch, node in plan.cells():
+        if plan.cell_id(variant, batch, node) not in have:
+            row = plan.row(variant, batch, sink.run_id, node=node)
+            row.update(status=status, error=f"not run: {message}")
+            rows.append(row)
     sink.fill(rows, durable=False)  # not journaled: --resume runs these cells again
     sink.files.run.update(status="failed", failure=message)
     sink.files.write()
@@ -206,21 +230,23 @@ def _variants(plan: Plan, executor: Executor, sink: Sink, reference: Reference, 
     for round_index in range(plan.rounds):
         sink.files.run["round"] = round_index + 1
 
-        def todo(variant: Variant, batch: int, r: int = round_index) -> bool:
-            return (r, plan.cell_id(variant, batch)) not in done
+        def todo(variant: Variant, batch: int, node: str, r: int = round_index) -> bool:
+            return (r, plan.cell_id(variant, batch, node)) not in done
 
-        unavailable = [v for v in plan.ladder if not plan.availability[v.name].ok]
-        skipped = sum(1 for v in plan.ladder for b in plan.batches if not todo(v, b))
+        cells = [(v, b, n) for v, b, n in plan.cells() if todo(v, b, n)]
+        skipped = plan.cells_planned - len(cells)
+        unavailable = [(v, b, n) for v, b, n in cells if not plan.availability[v.name].ok]
         if round_index == 0:
             rows = []
-            for v in unavailable:
-                for batch in (b for b in plan.batches if todo(v, b)):
-                    row = plan.row(v, batch, sink.run_id, reference.weights_tag)
-                    row.update(status=Status.UNAVAILABLE, error=plan.availability[v.name].reason)
-                    rows.append(row)
+            for v, batch, node in unavailable:
+                row = plan.row(v, batch, sink.run_id, reference.weights_tag, node)
+                row.update(status=Status.UNAVAILABLE, error=plan.availability[v.name].reason)
+                rows.append(row)
             sink.fill(rows)
         else:
-            skipped += sum(1 for v in unavailable for b in plan.batches if todo(v, b))
+            skipped += len(unavailable)
+        _not_on_the_cluster(plan, sink, reference, [c for c in cells if c[2] in plan.absent_nodes
+                                                    and plan.availability[c[0].name].ok], round_index)
         if sink.progress and skipped:
             sink.progress.advance(skipped)
         _execute(executor, plan.variant_jobs(reference, sink.run_id, round_index, todo), sink, round_index)
@@ -228,21 +254,36 @@ def _variants(plan: Plan, executor: Executor, sink: Sink, reference: Reference, 
         _recheck_baseline(plan, executor, sink, reference)
 
 
+def _not_on_the_cluster(plan: Plan, sink: Sink, reference: Reference, cells: list[tuple[Variant, int, str]],
+                        round_index: int) -> None:
+    """Cells of a resumed ``--per-node`` run whose node is gone: a row (or a round's note) saying so, not
+    journaled, so that ``--resume`` runs them once the node is back."""
+    for variant, batch, node in cells:
+        row = plan.row(variant, batch, sink.run_id, reference.weights_tag, node)
+        row.update(status=Status.FAILED, error=f"not run: node {node} of this run is not in the Ray cluster now; "
+                   f"infertune run --resume {sink.files.csv_path} runs it once the node is back")
+        sink.record(row, None, round_index)
+        if sink.progress:
+            sink.progress.advance()
+
+
 def _recheck_baseline(plan: Plan, executor: Executor, sink: Sink, reference: Reference) -> None:
     """Time the baseline again at the end of the run: a machine that changed during the run shows as the
-    baseline's drift, and every speedup of that batch size says so (``measure.load.speedup_caveats``)."""
-    jobs = plan.variant_jobs(reference, sink.run_id, 0, lambda v, b: v.name == BASELINE)
+    baseline's drift, and every speedup of that batch size says so (``measure.load.speedup_caveats``).
+    A ``--per-node`` run rechecks each node's baseline on its node."""
+    jobs = plan.variant_jobs(reference, sink.run_id, 0, lambda v, b, n: v.name == BASELINE)
     if plan.timing is None or not jobs:
         return
-    job = dataclasses.replace(jobs[0], job_id=f"{BASELINE}@recheck")
+    jobs = [dataclasses.replace(job, job_id=f"{job.job_id.rsplit('@', 1)[0]}@recheck") for job in jobs]
     rows: list[ResultRow] = []
-    events = executor.run([job])
+    events = executor.run(jobs)
     try:
         for event in events:
             if isinstance(event, RowEvent):
                 rows.append(event.row)
             elif isinstance(event, StageEvent) and sink.progress:
-                sink.progress.stage(f"{BASELINE} (end-of-run check)", event.batch or "", event.stage)
+                job = next((j for j in jobs if j.job_id == event.job_id), jobs[0])
+                sink.progress.stage(f"{job.label} (end-of-run check)", event.batch or "", event.stage)
     finally:
         events.close()
     sink.recheck(rows)

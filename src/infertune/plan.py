@@ -5,17 +5,22 @@ and batch sizes (the cells), how long to time them, the fidelity bounds, and whi
 run here at all (their rows say why without a worker). ``Plan.reference_job`` and
 ``Plan.variant_jobs`` build the jobs an executor runs; the jobs carry typed objects (``Variant``,
 ``TimingPolicy``, ``Tolerance``, the reference's ``InputSource``), never dicts rebuilt on the other side.
+A ``--per-node`` run (``place_on_nodes``) has a cell per (variant, batch size, node) and a job per
+(variant, node), each pinned to its node.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from infertune.backends.base import Availability
 from infertune.cell import VariantJob, identity_row
 from infertune.config import RunConfig
+from infertune.errors import ConfigError
+from infertune.executors.base import ClusterNode
 from infertune.inputs import InputSpec
 from infertune.measure.timer import TimingPolicy
 from infertune.reference import Reference, ReferenceJob
@@ -46,14 +51,32 @@ class Plan:
     availability: dict[str, Availability]
     #: the model's inputs (name, one sample's shape, dtype, value range), known without building the model.
     inputs: tuple[InputSpec, ...] = ()
+    #: ``--per-node``: the nodes every variant runs on, each job pinned to one; empty: jobs run anywhere.
+    nodes: tuple[ClusterNode, ...] = ()
+    #: ``--per-node`` resumed: nodes of the run that are not in the cluster now (their cells cannot run).
+    absent_nodes: tuple[str, ...] = ()
 
     @property
     def measure(self) -> bool:
         return self.timing is not None
 
     @property
+    def pinned(self) -> bool:
+        """Whether each job is pinned to a node (``--per-node``)."""
+        return bool(self.nodes or self.absent_nodes)
+
+    @property
+    def places(self) -> tuple[str, ...]:
+        """The rows' ``pinned_node`` values: every planned node's name, or ``""`` alone when jobs are not pinned."""
+        return (*(n.name for n in self.nodes), *self.absent_nodes) or ("",)
+
+    def cells(self) -> list[tuple[Variant, int, str]]:
+        """Every planned cell as (variant, batch size, pinned node name or "")."""
+        return [(v, b, node) for node in self.places for v in self.ladder for b in self.batches]
+
+    @property
     def cells_planned(self) -> int:
-        return len(self.ladder) * len(self.batches)
+        return len(self.ladder) * len(self.batches) * len(self.places)
 
     @property
     def model_label(self) -> str:
@@ -62,21 +85,31 @@ class Plan:
 
         return model_label(self.cfg.model.name)
 
-    def row_order(self, row: ResultRow) -> tuple[int, int]:
-        """Where a row sits in the files: the ladder's order, then the batch sizes' (rows arrive in any order)."""
+    def row_order(self, row: ResultRow) -> tuple[int, int, int]:
+        """Where a row sits in the files: node by node, each in the ladder's order, then the batch sizes'
+        (rows arrive in any order)."""
         names = [v.name for v in self.ladder]
+        node = self.places.index(row.pinned_node) if row.pinned_node in self.places else len(self.places)
         variant = names.index(row.variant) if row.variant in names else len(names)
         batch = self.batches.index(row.batch_size) if row.batch_size in self.batches else len(self.batches)
-        return variant, batch
+        return node, variant, batch
 
-    def cell_id(self, variant: Variant, batch: int) -> str:
-        return cell_id(self.model_label, variant.name, batch, self.device)
+    def cell_id(self, variant: Variant, batch: int, node: str = "") -> str:
+        return cell_id(self.model_label, variant.name, batch, self.device, node)
 
-    def row(self, variant: Variant, batch: int, run_id: str, weights: str = "") -> ResultRow:
+    def row(self, variant: Variant, batch: int, run_id: str, weights: str = "", node: str = "") -> ResultRow:
         """A row the parent writes itself (no worker ran the cell: unavailable, or the run cannot go on)."""
         return identity_row(variant, batch, model=self.model_label, device=self.device,
                             requested_device=self.cfg.benchmark.device, weights=weights, run_id=run_id,
-                            threads=self.threads)
+                            threads=self.threads_on(next((n for n in self.nodes if n.name == node), None)),
+                            pinned_node=node)
+
+    def threads_on(self, node: ClusterNode | None) -> int:
+        """A job's thread count: ``benchmark.threads``, else this machine's usable cores, or for a pinned job
+        its node's CPUs as Ray counts them (each kind of hardware used as a local run there would use it)."""
+        if node is None or self.cfg.benchmark.threads:
+            return self.threads
+        return max(1, int(node.cpus))
 
     def reference_job(self, workdir: str) -> ReferenceJob:
         """The job that loads the model and computes its FP32 outputs at every batch size, in a worker."""
@@ -87,8 +120,9 @@ class Plan:
         )
 
     def variant_jobs(self, reference: Reference, run_id: str, round_index: int,
-                     todo: Callable[[Variant, int], bool]) -> list[VariantJob]:
-        """One job per available variant over the batch sizes ``todo`` still wants in this round."""
+                     todo: Callable[[Variant, int, str], bool]) -> list[VariantJob]:
+        """One job per available variant (and node, when pinned) over the batch sizes ``todo`` still wants in
+        this round; ``todo`` gets the variant, the batch size and the node's name ("" when not pinned)."""
         from infertune.backends.registry import get_backend
 
         cfg = self.cfg
@@ -97,20 +131,67 @@ class Plan:
             int8["calibration_id"] = reference.calibration_id
         settings = {"onnx_opset": cfg.optimization.onnx_opset, "int8": int8}
         jobs = []
-        for variant in self.ladder:
-            batches = tuple(b for b in self.batches if todo(variant, b))
+        for node, variant in [(n, v) for n in (self.nodes if self.pinned else (None,)) for v in self.ladder]:
+            name = node.name if node is not None else ""
+            batches = tuple(b for b in self.batches if todo(variant, b, name))
             if not batches or not self.availability[variant.name].ok:
                 continue
             jobs.append(VariantJob(
-                job_id=f"{variant.name}@{round_index}", variant=variant, batches=batches, model=cfg.model,
+                job_id=f"{variant.name}@{name}@{round_index}" if name else f"{variant.name}@{round_index}",
+                variant=variant, batches=batches, model=cfg.model,
                 reference=reference, model_label=self.model_label, device=self.device,
-                requested_device=cfg.benchmark.device, threads=self.threads, timing=self.timing,
+                requested_device=cfg.benchmark.device, threads=self.threads_on(node), timing=self.timing,
                 tolerance=self.tolerances.get(variant.precision, Tolerance()), cache_root=cfg.output.models_dir,
                 use_cache=cfg.output.use_cache, settings=settings, run_id=run_id, round_index=round_index,
                 rounds=self.rounds, memory_limit_mb=self.memory_limit_mb,
-                modules=(type(get_backend(variant.backend)).__module__,),
+                modules=(type(get_backend(variant.backend)).__module__,), pinned=node,
             ))
         return jobs
+
+
+def place_on_nodes(plan: Plan, alive: Sequence[ClusterNode], recorded: Sequence[str] | None = None,
+                   ) -> tuple[Plan, list[str]]:
+    """``--per-node``: the plan with its nodes, and the lines telling the user where the ladder runs.
+
+    Every alive node takes the whole ladder, except that a ``cuda`` run leaves out the nodes without a
+    GPU (a CPU-only head node is common; it cannot run a CUDA cell, and a column of failed rows for it would
+    say nothing) and any run leaves out a node that offers Ray no CPU (a job pinned there would wait
+    forever): the lines name them, and a cluster with no node left is refused. A resumed run
+    (``recorded``: the node names its files hold) keeps its own nodes: new ones are not added, and those
+    gone from the cluster become ``absent_nodes``, whose missing cells the pipeline records as not run.
+
+    Raises:
+        ConfigError: no node can run the plan's device.
+    """
+    lines: list[str] = []
+    no_cpu = [n.name for n in alive if n.cpus < 1]
+    if no_cpu:
+        lines.append(f"per node: leaving out {', '.join(no_cpu)} (it offers Ray no CPU, e.g. a head started with "
+                     "--num-cpus 0: a job pinned there would wait forever)")
+    usable = [n for n in alive if n.cpus >= 1]
+    if plan.device == "cuda":
+        without = [n.name for n in usable if n.gpus <= 0]
+        usable = [n for n in usable if n.gpus > 0]
+        if without:
+            lines.append(f"per node: leaving out {', '.join(without)} (no GPU; this run is on cuda; --device cpu "
+                         "runs the CPU ladder on every node)")
+    if not usable:
+        need = "a GPU and a CPU for Ray's tasks" if plan.device == "cuda" else "a CPU for Ray's tasks"
+        raise ConfigError(f"--per-node: no node of the Ray cluster offers {need} (nodes: "
+                          f"{', '.join(n.name for n in alive) or 'none'}); add such nodes"
+                          + (", or run with --device cpu" if plan.device == "cuda" else ""))
+    absent: tuple[str, ...] = ()
+    if recorded is not None:
+        by_name = {n.name: n for n in usable}
+        absent = tuple(name for name in recorded if name not in by_name)
+        usable = [by_name[name] for name in recorded if name in by_name]
+        if absent:
+            lines.append(f"per node: {', '.join(absent)} of this run are not in the Ray cluster now: their missing "
+                         "cells are recorded as not run (--resume again once they are back)")
+    else:
+        usable.sort(key=lambda n: n.name)
+    lines.append(f"per node: the ladder runs on {len(usable)} node(s): {', '.join(n.name for n in usable)}")
+    return dataclasses.replace(plan, nodes=tuple(usable), absent_nodes=absent), lines
 
 
 def make_plan(cfg: RunConfig, measure: bool, log: Log) -> Plan:

@@ -1,7 +1,7 @@
 """Result rows (a versioned schema with units in the field names) and their CSV / JSON files.
 
-One row per (model, variant, batch size, device). The CSV holds the rows; the JSON beside it holds
-the rows, the raw per-iteration samples, the resolved config and the environment. Both files are
+One row per (model, variant, batch size, device), and per node in a ``--per-node`` run. The CSV holds the
+rows; the JSON beside it holds the rows, the raw per-iteration samples, the resolved config and the environment. Both files are
 rewritten atomically after every finished row, so a run that dies halfway leaves valid files.
 This module imports neither torch nor any runtime: reports work on a machine without them.
 """
@@ -153,6 +153,9 @@ class ResultRow:
     node_cpu: str = ""
     node_isa: str = ""
     node_gpu: str = ""
+    #: ``--per-node`` runs: the Ray node the cell was pinned to (its name in the cluster). Part of the cell's
+    #: identity (``cell_id``), so the same variant on two nodes is two cells; empty in every other run.
+    pinned_node: str = ""
     #: when the cell held its node's measurement slot (Unix seconds; Ray runs): no two overlap on one node
     measure_start_unix_s: float | None = None
     measure_end_unix_s: float | None = None
@@ -175,12 +178,14 @@ class ResultRow:
 
     @property
     def cell_id(self) -> str:
-        return cell_id(self.model, self.variant, self.batch_size, self.device)
+        return cell_id(self.model, self.variant, self.batch_size, self.device, self.pinned_node)
 
 
-def cell_id(model: str, variant: str, batch_size: int, device: str) -> str:
-    """A cell's key in the files (``samples_ms``, the journal): ``resnet50|onnxruntime:int8|8|cpu``."""
-    return f"{model}|{variant}|{batch_size}|{device}"
+def cell_id(model: str, variant: str, batch_size: int, device: str, pinned_node: str = "") -> str:
+    """A cell's key in the files (``samples_ms``, the journal): ``resnet50|onnxruntime:int8|8|cpu``, and
+    ``...|cpu|node-a`` for a cell pinned to a node (``--per-node``); unpinned keys are as they always were."""
+    key = f"{model}|{variant}|{batch_size}|{device}"
+    return f"{key}|{pinned_node}" if pinned_node else key
 
 
 FIELD_NAMES = [f.name for f in fields(ResultRow)]
@@ -190,7 +195,7 @@ _FIELD_TYPES = {f.name: f.type for f in fields(ResultRow)}
 
 def fill_speedups(rows: list[ResultRow]) -> None:
     """Set ``speedup_vs_pytorch`` = p50 of the baseline (``pytorch:fp32``) row of the same model/batch/device
-    over this row's p50.
+    (and pinned node: a ``--per-node`` row is compared with its own node's baseline) over this row's p50.
 
     The harness's own row (the null backend) gets ``role`` "harness" and no speedup: its "speedup" of a
     million would otherwise top any ``df.speedup_vs_pytorch.idxmax()``.
@@ -198,13 +203,13 @@ def fill_speedups(rows: list[ResultRow]) -> None:
     from infertune.ladder import BASELINE
     from infertune.measure.load import speedup_caveats
 
-    base: dict[tuple[str, int, str], ResultRow] = {}
+    base: dict[tuple[str, int, str, str], ResultRow] = {}
     for r in rows:
         if r.variant == BASELINE and r.latency_p50_ms:
-            base[(r.model, r.batch_size, r.device)] = r
+            base[(r.model, r.batch_size, r.device, r.pinned_node)] = r
     for r in rows:
         r.role = "harness" if r.backend in HARNESS_BACKENDS else "variant"
-        ref = base.get((r.model, r.batch_size, r.device))
+        ref = base.get((r.model, r.batch_size, r.device, r.pinned_node))
         measured = ref is not None and r.latency_p50_ms and r.role == "variant"
         r.speedup_vs_pytorch = (ref.latency_p50_ms / r.latency_p50_ms) if measured else None  # type: ignore[union-attr, operator]
         r.speedup_flag = "; ".join(speedup_caveats(r, ref)) if measured else ""

@@ -217,20 +217,18 @@ class Sink:
 
 
 def annotate_int8(files: ResultFiles) -> None:
-    """Explain INT8 rows that are not faster than their FP32 parent (same backend and batch)."""
-    from infertune.env import has_int8_dot_product
-
-    fp32 = {(r.backend, r.batch_size, r.device): r for r in files.rows
+    """Explain INT8 rows that are not faster than their FP32 parent (same backend, batch and pinned node)."""
+    fp32 = {(r.backend, r.batch_size, r.device, r.pinned_node): r for r in files.rows
             if r.precision == "fp32" and r.status == Status.OK}
     changed = False
     for r in files.rows:
-        parent = fp32.get((r.backend, r.batch_size, r.device))
+        parent = fp32.get((r.backend, r.batch_size, r.device, r.pinned_node))
         if r.precision != "int8" or parent is None or not r.latency_p50_ms or not parent.latency_p50_ms:
             continue
         if r.latency_p50_ms >= parent.latency_p50_ms:
             cause = ("this CPU has VNNI, so the likely cause is quantize/dequantize overhead around "
                      "unfused layers or an unsuited activation/weight type choice"
-                     if has_int8_dot_product()
+                     if _has_int8_dot_product(r)
                      else "this CPU lacks VNNI/AMX int8 dot-product instructions, so int8 convolutions run "
                      "on slower AVX2 paths")
             note = (f"INT8 not faster than {parent.variant} ({r.latency_p50_ms:.1f} vs {parent.latency_p50_ms:.1f} ms): "
@@ -240,3 +238,13 @@ def annotate_int8(files: ResultFiles) -> None:
                 changed = True
     if changed:
         files.write()
+
+
+def _has_int8_dot_product(row: ResultRow) -> bool:
+    """Whether the CPU that ran ``row`` has VNNI/AMX: its node's (a Ray run records it), else this machine's."""
+    from infertune.env import ISA_FLAGS, has_int8_dot_product
+
+    if row.node_isa:
+        names = set(row.node_isa.split(", "))
+        return has_int8_dot_product({flag for flag, name in ISA_FLAGS.items() if name in names})
+    return has_int8_dot_product()

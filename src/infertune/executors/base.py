@@ -170,6 +170,21 @@ class Job(ABC):
 
 
 @dataclass(frozen=True)
+class ClusterNode:
+    """A machine of a cluster that jobs can be pinned to (``--per-node``): what the plan and the rows need of it."""
+
+    #: the node's name in the cluster (Ray: ``ray start --node-name``, by default its IP address): what rows
+    #: record as ``pinned_node``, and how ``--resume`` finds the node again after a cluster restart.
+    name: str
+    #: the executor's handle for scheduling (Ray's node id; it changes when the node restarts).
+    node_id: str
+    host: str = ""
+    #: what the node offers Ray's tasks (a head started with ``--num-cpus 0`` offers no CPU: no job can run there).
+    cpus: float = 0.0
+    gpus: int = 0
+
+
+@dataclass(frozen=True)
 class ExecutorSettings:
     """What bounds a job, and where workers write their output."""
 
@@ -194,6 +209,11 @@ class Executor(ABC):
 
     def close(self) -> None:
         """The run is over: release what the executor started for it (a local Ray instance). Nothing by default."""
+
+    def nodes(self) -> list[ClusterNode]:
+        """The alive nodes a job can be pinned to (``--per-node``); an executor of one machine has none to offer."""
+        raise ConfigError(f"--per-node (ray.per_node) pins jobs to a cluster's nodes, which the {self.name!r} executor "
+                          "does not have: add --executor ray")
 
     @abstractmethod
     def run(self, jobs: Sequence[Job]) -> Iterator[Event]:

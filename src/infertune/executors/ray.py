@@ -17,6 +17,9 @@ Honest numbers under parallelism (docs/ray.md):
   measurement overlaps nothing else of any infertune job on that node. ``flock`` locks die with their
   process, so a crashed worker never leaves the slot taken. Rows record when they held it.
 
+With ``ray.per_node`` (``--per-node``) the plan has a job per (variant, node) and each task is pinned to
+its node (``NodeAffinitySchedulingStrategy``, not soft): the whole ladder runs on every node.
+
 A Ray worker that dies (its node lost, Ray's memory monitor, a failure outside the job's own worker)
 turns the job's missing rows into ``crashed`` rows with Ray's reason; closing the run (Ctrl-C) cancels
 every task still running. Without ``ray.address`` a local Ray instance starts with the first variant
@@ -45,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 from infertune import interrupts
 from infertune.errors import InfertuneError
 from infertune.executors.base import (
+    ClusterNode,
     Emit,
     Event,
     Executor,
@@ -339,6 +343,19 @@ class RayExecutor(Executor):
             ray.shutdown()
             self._started = False
 
+    def nodes(self) -> list[ClusterNode]:
+        """The cluster's alive nodes by name (``ray start --node-name``, by default the node's IP address); two
+        nodes of one name are told apart by the start of their node id."""
+        import ray
+
+        self._connect()
+        alive = [n for n in ray.nodes() if n.get("Alive")]
+        names = [str(n.get("NodeName") or n.get("NodeManagerAddress") or n["NodeID"]) for n in alive]
+        return [ClusterNode(name=f"{name}-{n['NodeID'][:8]}" if names.count(name) > 1 else name, node_id=n["NodeID"],
+                            host=str(n.get("NodeManagerHostname", "")), cpus=float(n.get("Resources", {}).get("CPU", 0)),
+                            gpus=int(n.get("Resources", {}).get("GPU", 0)))
+                for n, name in zip(alive, names, strict=True)]
+
     def _connect(self) -> None:
         """Join the configured cluster, or start a local instance (unless this process already joined one)."""
         import ray
@@ -387,8 +404,8 @@ class RayExecutor(Executor):
         running: dict[Any, _Running] = {}
         for job in longest_first(jobs):
             files = {p: ref for p, ref in shipped.items() if p in _reference_paths(job)}
-            gen = task.options(num_cpus=1, num_gpus=1 if job.device == "cuda" else 0,
-                               name=f"infertune {job.label}").remote(job, files, node_settings)
+            gen = task.options(num_cpus=1, num_gpus=1 if job.device == "cuda" else 0, name=f"infertune {job.label}",
+                               scheduling_strategy=_placement(job)).remote(job, files, node_settings)
             running[gen] = _Running(JobWatch(job, self.settings))
         try:
             pending = list(running)
@@ -432,9 +449,20 @@ class RayExecutor(Executor):
 
     def _write_log(self, run: _Running, text: str) -> None:
         if self.settings.log_path:
-            where = f" on {run.node.host}" if run.node else ""
+            pinned = getattr(run.watch.job, "pinned", None) is not None  # its label already names the node
+            where = (f" (host {run.node.host})" if pinned else f" on {run.node.host}") if run.node else ""
             with open(self.settings.log_path, "a") as f:
                 f.write(f"--- {run.watch.job.label}{where} ---\n{text.rstrip()}\n")
+
+
+def _placement(job: Job) -> Any:
+    """Ray's scheduling strategy for ``job``: on its pinned node and no other (``--per-node``), else anywhere."""
+    pinned = getattr(job, "pinned", None)
+    if pinned is None:
+        return "DEFAULT"
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(pinned.node_id, soft=False)
 
 
 def longest_first(jobs: Sequence[VariantJob]) -> list[VariantJob]:
@@ -467,6 +495,7 @@ def ray_reason(err: BaseException, node: NodeInfo | None = None) -> str:
     causes = [
         (rx.OutOfMemoryError, "Ray's memory monitor killed the job's Ray worker (its node ran low on memory)"),
         (rx.NodeDiedError, "the node running the job left the cluster"),
+        (rx.TaskUnschedulableError, "the job's node is not in the cluster (it was pinned there: --per-node)"),
         (rx.WorkerCrashedError, "the Ray worker running the job died"),
         (rx.TaskCancelledError, "the job's Ray task was cancelled"),
         (rx.RayTaskError, "the job's Ray task failed"),

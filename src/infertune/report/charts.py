@@ -1,4 +1,4 @@
-"""PNG charts of a report, per (model, device): latency, throughput, speedup, distribution, speed vs fidelity.
+"""PNG charts of a report, per (model, device[, node]): latency, throughput, speedup, distribution, speed vs fidelity.
 
 Each chart answers one question at a glance. Latency, speedup and distribution are small multiples,
 one panel per batch size with its own scale (batch 1 and batch 256 on one axis would flatten one of
@@ -25,10 +25,12 @@ from infertune.report.view import (
     BASELINE_VARIANT,
     fastest_passing,
     fmt_ms,
+    group_key,
     group_rows,
     is_measured,
     is_overhead,
     keeps_predictions,
+    node_title,
     scope_text,
     speedup,
 )
@@ -76,7 +78,7 @@ def caption_for(path: Path) -> str:
 
 
 def write_charts(rows: Iterable[ResultRow], samples: dict[str, list[float]] | None, out_dir: Path | str) -> list[Path]:
-    """Write the charts of every (model, device) in ``rows`` as PNG files into ``out_dir``.
+    """Write the charts of every (model, device, pinned node) in ``rows`` as PNG files into ``out_dir``.
 
     A chart with nothing to draw (no measured rows, no raw samples, no fidelity numbers) is skipped
     rather than drawn empty. The null backend is left out: it measures the harness, not the model.
@@ -99,22 +101,24 @@ def draw_charts(rows: Iterable[ResultRow], samples: dict[str, list[float]] | Non
     rows = list(rows)
     samples = samples or {}
     figures: list[tuple[str, Any]] = []
-    for (model, device), subset in _by_model_device(rows).items():
-        ctx = _Context(model, device, [r for r in subset if not is_overhead(r)], samples)
+    for (model, device, node), subset in _by_model_device(rows).items():
+        ctx = _Context(model, device, [r for r in subset if not is_overhead(r)], samples, node)
         if not ctx.measured:
             continue
+        where = f"{_slug(model)}_{_slug(device)}" + (f"_{_slug(node)}" if node else "")
         for name, draw in _CHARTS:
             fig = draw(ctx)
             if fig is not None:
-                figures.append((f"{_slug(model)}_{_slug(device)}_{name}", fig))
+                figures.append((f"{where}_{name}", fig))
     return figures
 
 
 class _Context:
-    """The rows of one (model, device) and the lookups every chart needs."""
+    """The rows of one (model, device, pinned node) and the lookups every chart needs."""
 
-    def __init__(self, model: str, device: str, rows: list[ResultRow], samples: dict[str, list[float]]) -> None:
-        self.model, self.device, self.rows, self.samples = model, device, rows, samples
+    def __init__(self, model: str, device: str, rows: list[ResultRow], samples: dict[str, list[float]],
+                 node: str = "") -> None:
+        self.model, self.device, self.rows, self.samples, self.node = model, device, rows, samples, node
         self.measured = [r for r in rows if is_measured(r)]
         self.groups = group_rows(rows)
         self.variants = list(dict.fromkeys(r.variant for r in rows))  # the ladder, measured or not
@@ -122,7 +126,7 @@ class _Context:
         palette = _palette(len(self.variants))
         self.color = {v: palette[i] for i, v in enumerate(self.variants)}
         self.by_cell = {(r.variant, r.batch_size): r for r in rows}
-        self.best = {b: fastest_passing(self.groups[(model, device, b)]) for b in self.batches}
+        self.best = {b: fastest_passing(self.groups[(model, device, b, node)]) for b in self.batches}
 
     def cell(self, variant: str, batch: int) -> ResultRow | None:
         return self.by_cell.get((variant, batch))
@@ -132,10 +136,11 @@ class _Context:
         return row if row is not None and is_measured(row) else None
 
     def speedup(self, row: ResultRow) -> float | None:
-        return speedup(row, self.groups[(row.model, row.device, row.batch_size)])
+        return speedup(row, self.groups[group_key(row)])
 
     def title(self, what: str) -> str:
-        return f"{self.model} on {self.device}: {what}"
+        where = f" · {node_title(self.node, self.rows)}" if self.node else ""
+        return f"{self.model} on {self.device}{where}: {what}"
 
     @property
     def any_failed_fidelity(self) -> bool:
@@ -636,10 +641,11 @@ def _spread_index(count: int, limit: int) -> list[int]:
 # ---------------------------------------------------------------- small helpers
 
 
-def _by_model_device(rows: list[ResultRow]) -> dict[tuple[str, str], list[ResultRow]]:
-    out: dict[tuple[str, str], list[ResultRow]] = {}
+def _by_model_device(rows: list[ResultRow]) -> dict[tuple[str, str, str], list[ResultRow]]:
+    """Rows per (model, device, pinned node): a ``--per-node`` run gets each node's charts."""
+    out: dict[tuple[str, str, str], list[ResultRow]] = {}
     for r in rows:
-        out.setdefault((r.model, r.device), []).append(r)
+        out.setdefault((r.model, r.device, r.pinned_node), []).append(r)
     return out
 
 

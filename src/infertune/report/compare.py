@@ -56,7 +56,7 @@ NEGLIGIBLE = 0.005
 #: config keys that differ between any two runs without changing what was measured.
 _IGNORED_CONFIG = ("output.",)
 
-_Key = tuple[str, str, int, str]  # (model, variant, batch size, device)
+_Key = tuple[str, str, int, str, str]  # (model, variant, batch size, device, pinned node: "" unless --per-node)
 
 
 @dataclass
@@ -82,6 +82,12 @@ class CellComparison:
     runs_candidate: int = 0
     basis: str = ""  # "runs" (judged against the run-to-run spread) or "floor" (against FLOOR)
     significant: bool | None = None  # None = not measured on both sides
+    node: str = ""  # the pinned node (--per-node runs): a node's cells are compared with the same node's
+
+    @property
+    def where(self) -> str:
+        """``resnet18 · cpu``, and ``· node-a`` for a pinned cell."""
+        return f"{self.model} · {self.device}" + (f" · {self.node}" if self.node else "")
 
     @property
     def measured_in_both(self) -> bool:
@@ -236,7 +242,8 @@ def _by_key(runs: list[ReportData]) -> dict[_Key, _SideCell]:
     cells: dict[_Key, _SideCell] = {}
     for run in runs:
         for row in run.rows:
-            cell = cells.setdefault((row.model, row.variant, row.batch_size, row.device), _SideCell([], []))
+            key = (row.model, row.variant, row.batch_size, row.device, row.pinned_node)
+            cell = cells.setdefault(key, _SideCell([], []))
             cell.rows.append(row)
             cell.samples.extend(run.samples.get(row.cell_id, []))
     return cells
@@ -252,7 +259,7 @@ def _round_p50s(row: ResultRow) -> list[float]:
 
 
 def _point_changes(key: _Key, a: _SideCell | None, b: _SideCell | None) -> CellComparison:
-    cell = CellComparison(*key, baseline=a.row if a else None, candidate=b.row if b else None)
+    cell = CellComparison(*key[:4], baseline=a.row if a else None, candidate=b.row if b else None, node=key[4])
     if a is not None and b is not None and a.measured and b.measured:
         cell.p50_baseline_ms, cell.p50_candidate_ms = a.mean("latency_p50_ms"), b.mean("latency_p50_ms")
         cell.p50_change = _change(cell.p50_baseline_ms, cell.p50_candidate_ms)
@@ -304,7 +311,7 @@ def _test(cells: list[CellComparison], sides_a: dict[_Key, _SideCell], sides_b: 
 
 
 def _key(cell: CellComparison) -> _Key:
-    return (cell.model, cell.variant, cell.batch_size, cell.device)
+    return (cell.model, cell.variant, cell.batch_size, cell.device, cell.node)
 
 
 def _between_runs(ra: list[float], rb: list[float]) -> tuple[float, tuple[float, float]]:
@@ -408,7 +415,7 @@ def regression_lines(c: Comparison, threshold_pct: float) -> list[str]:
                 else f"p50 {fmt_change(x.p50_change)} {fmt_ci(x.p50_ci)}".rstrip())
         if x.newly_failing and x.measured_in_both:
             what = f"status {x.status_change}; {what}"
-        out.append(f"  {x.model} · {x.device} · {x.variant} · batch {x.batch_size}: {what}")
+        out.append(f"  {x.where} · {x.variant} · batch {x.batch_size}: {what}")
     return out
 
 
@@ -421,11 +428,14 @@ def print_comparison(c: Comparison, threshold_pct: float | None, console: Any = 
     console = console or Console()
     many_models = len({x.model for x in c.cells}) > 1
     many_devices = len({x.device for x in c.cells}) > 1
+    many_nodes = len({x.node for x in c.cells}) > 1
     table = Table(title="infertune compare: candidate vs baseline (+ = more)", title_justify="left")
     if many_models:
         table.add_column("Model")
     if many_devices:
         table.add_column("Device")
+    if many_nodes:
+        table.add_column("Node")
     for name, justify in (("Variant", "left"), ("Batch", "right"), ("p50 base → cand (ms)", "right"),
                           ("Δ p50 [95% CI]", "right"), ("Δ p99", "right"), ("Δ throughput", "right"),
                           ("runs base/cand", "right"), ("p (adj.)", "right"), ("Verdict", "left")):
@@ -433,7 +443,8 @@ def print_comparison(c: Comparison, threshold_pct: float | None, console: Any = 
     for x in c.cells:
         style = _style(x, threshold_pct)
         base_p50, cand_p50 = fmt_ms(x.p50_baseline_ms), fmt_ms(x.p50_candidate_ms)
-        cells = ([x.model] if many_models else []) + ([x.device] if many_devices else []) + [
+        cells = ([x.model] if many_models else []) + ([x.device] if many_devices else []) + \
+            ([x.node] if many_nodes else []) + [
             x.variant, str(x.batch_size), f"{base_p50} → {cand_p50}",
             f"{fmt_change(x.p50_change)} {fmt_ci(x.p50_ci)}".strip(), fmt_change(x.p99_change),
             fmt_change(x.throughput_change),
@@ -472,7 +483,7 @@ def comparison_markdown(c: Comparison, threshold_pct: float | None) -> str:
             change = f"**{change}**"
         verdict = x.verdict() + (" ✗ REGRESSION" if threshold_pct is not None and x.is_regression(threshold_pct)
                                  else "")
-        lines.append(f"| {md_escape(x.model)} · {md_escape(x.device)} | {md_escape(x.variant)} | {x.batch_size} | "
+        lines.append(f"| {md_escape(x.where)} | {md_escape(x.variant)} | {x.batch_size} | "
                      f"{base_p50} → {cand_p50} | {change} | {fmt_change(x.p99_change)} | "
                      f"{fmt_change(x.throughput_change)} | {x.runs_baseline}/{x.runs_candidate} | {fmt_p(x.p_value)} | "
                      f"{md_escape(verdict)} |")

@@ -22,6 +22,7 @@ from markupsafe import Markup, escape
 from infertune.report import environment
 from infertune.report.charts import caption_for
 from infertune.report.data import ReportData
+from infertune.report.nodes import side_by_side
 from infertune.report.view import (
     DRIFT_THRESHOLD,
     NOISE_THRESHOLD,
@@ -33,6 +34,7 @@ from infertune.report.view import (
     fmt_pct,
     fmt_speedup,
     is_measured,
+    node_title,
     noise_reason,
     status_word,
 )
@@ -80,8 +82,9 @@ def _context(data: ReportData, charts: list[Path]) -> dict[str, Any]:
     views = build_views(data.rows, data.samples)
     models = list(dict.fromkeys(r.model for r in data.rows))
     devices = list(dict.fromkeys(r.device for r in data.rows))
+    nodes = list(dict.fromkeys(r.pinned_node for r in data.rows if r.pinned_node))
     columns = _columns(many_models=len(models) > 1, many_devices=len(devices) > 1,
-                       gpu=any(r.e2e_latency_p50_ms is not None for r in data.rows))
+                       gpu=any(r.e2e_latency_p50_ms is not None for r in data.rows), many_nodes=len(nodes) > 1)
     lines = [(view, line) for view in views for line in view.lines]
     return {
         "title": f"{', '.join(models)} on {', '.join(devices)}",
@@ -90,6 +93,7 @@ def _context(data: ReportData, charts: list[Path]) -> dict[str, Any]:
         "random_weights": sorted({r.model for r in data.rows if r.weights == "random"}),
         "notes": data.notes,
         "winners": _winners(views),
+        "per_node": side_by_side(data.rows),
         "columns": columns,
         "table": [_table_row(view, line, columns) for view, line in lines],
         "groups": [v.title for v in views],
@@ -109,11 +113,12 @@ def _context(data: ReportData, charts: list[Path]) -> dict[str, Any]:
 
 
 def _winners(views: list[GroupView]) -> list[dict[str, Any]]:
-    """Cards per (model, device): one per batch size with the fastest variant that kept the predictions."""
-    out: dict[tuple[str, str], dict[str, Any]] = {}
+    """Cards per (model, device, node): one per batch size with the fastest variant that kept the predictions."""
+    out: dict[tuple[str, str, str], dict[str, Any]] = {}
     for view in views:
-        model, device, batch = view.key
-        section = out.setdefault((model, device), {"title": f"{model} on {device}", "cards": []})
+        model, device, batch, node = view.key
+        where = f" · {node_title(node, [ln.row for ln in view.lines])}" if node else ""
+        section = out.setdefault((model, device, node), {"title": f"{model} on {device}{where}", "cards": []})
         best = view.best
         section["cards"].append({
             "batch": batch,
@@ -133,12 +138,14 @@ def _winners(views: list[GroupView]) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- the sortable results table
 
 
-def _columns(many_models: bool, many_devices: bool, gpu: bool = False) -> list[_Column]:
+def _columns(many_models: bool, many_devices: bool, gpu: bool = False, many_nodes: bool = False) -> list[_Column]:
     cols = []
     if many_models:
         cols.append(_Column("model", "Model", False))
     if many_devices:
         cols.append(_Column("device", "Device", False))
+    if many_nodes:
+        cols.append(_Column("node", "Node", False, "the Ray node the cell was pinned to (--per-node), and its CPU / GPU"))
     cols += [
         _Column("batch", "Batch", True, "images per call"),
         _Column("variant", "Variant", False, "backend:precision[:option]"),
@@ -168,6 +175,7 @@ def _table_row(view: GroupView, line: LineView, columns: list[_Column]) -> dict[
     cells: dict[str, tuple[str, Any, str]] = {  # key -> (text, sort value, tooltip)
         "model": (row.model, row.model, ""),
         "device": (row.device, row.device, ""),
+        "node": (row.pinned_node, row.pinned_node, node_title(row.pinned_node, [row])),
         "batch": (str(row.batch_size), row.batch_size, ""),
         "variant": (line.variant + (" ★" if line.kind == "best" else ""), line.variant, row.label),
         "status": (_status_cell(row), _STATUS_RANK.get(row.status, len(_STATUS_RANK)), row.error),
@@ -248,11 +256,12 @@ def _problems(rows: list[ResultRow]) -> list[dict[str, str]]:
     merged: dict[tuple[str, str, str, str, str], list[int]] = {}
     for r in rows:
         if r.status != "ok" or r.error:
-            merged.setdefault((r.model, r.variant, r.device, r.status, r.error), []).append(r.batch_size)
+            where = f"{r.model} · {r.device}" + (f" · {r.pinned_node}" if r.pinned_node else "")
+            merged.setdefault((where, r.variant, r.status, r.error), []).append(r.batch_size)
     return [
-        {"variant": variant, "where": f"{model} · {device}", "batches": ", ".join(map(str, sorted(set(batches)))),
+        {"variant": variant, "where": where, "batches": ", ".join(map(str, sorted(set(batches)))),
          "status": status, "error": error or "—"}
-        for (model, variant, device, status, error), batches in merged.items()
+        for (where, variant, status, error), batches in merged.items()
     ]
 
 

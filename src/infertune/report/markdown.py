@@ -12,6 +12,7 @@ from pathlib import Path
 from infertune.report import environment
 from infertune.report.charts import caption_for
 from infertune.report.data import ReportData
+from infertune.report.nodes import side_by_side_markdown
 from infertune.report.table import markdown_table
 from infertune.report.view import (
     build_views,
@@ -37,6 +38,7 @@ def render_markdown(data: ReportData, charts: list[Path]) -> str:
                    "measured as usual; accuracy would mean nothing."), ""]
     parts.extend(f"> {md_escape(note)}\n" for note in data.notes)
     parts += _fastest(data), _failures(data)
+    parts += side_by_side_markdown(data.rows)
     parts += ["## Results per batch size", "", markdown_table(data.rows).rstrip(), ""]
     parts += _environment(data)
     if charts:
@@ -52,14 +54,15 @@ def _fastest(data: ReportData) -> str:
               "| Speedup vs PyTorch |"),
              "|---|---:|---|---:|---:|---:|---:|"]
     for view in build_views(data.rows):
-        model, device, batch = view.key
+        model, device, batch, node = view.key
+        where = f"{md_escape(model)} · {md_escape(device)}" + (f" · {md_escape(node)}" if node else "")
         best = view.best
         if best is None:
             cells = ["none: no variant both ran and passed its fidelity check", "—", "—", "—", "—"]
         else:
             cells = [f"**{md_escape(best.variant)}**", fmt_ms(best.latency_p50_ms), fmt_ms(best.latency_p99_ms),
                      fmt_ips(best.throughput_ips), fmt_speedup(view.best_speedup, "×")]
-        lines.append(f"| {md_escape(model)} · {md_escape(device)} | {batch} | " + " | ".join(cells) + " |")
+        lines.append(f"| {where} | {batch} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -68,13 +71,14 @@ def _failures(data: ReportData) -> str:
     merged: dict[tuple[str, str, str, str, str], list[int]] = {}
     for r in data.rows:
         if r.status != "ok":
-            merged.setdefault((r.model, r.device, r.variant, r.status, r.error), []).append(r.batch_size)
+            where = f"{r.model} · {r.device}" + (f" · {r.pinned_node}" if r.pinned_node else "")
+            merged.setdefault((where, r.variant, r.status, r.error), []).append(r.batch_size)
     if not merged:
         return "## Failures\n\nNone: every cell ran and passed its fidelity check.\n"
     lines = ["## Failures", "", "| Variant | Model · device | Batch sizes | Status | Reason |", "|---|---|---|---|---|"]
-    for (model, device, variant, status, error), batches in merged.items():
+    for (where, variant, status, error), batches in merged.items():
         reason = short_error(error, 300) or "—"
-        lines.append(f"| {md_escape(variant)} | {md_escape(model)} · {md_escape(device)} | "
+        lines.append(f"| {md_escape(variant)} | {md_escape(where)} | "
                      f"{', '.join(map(str, sorted(set(batches))))} | {md_escape(status)} | {md_escape(reason)} |")
     return "\n".join(lines) + "\n"
 

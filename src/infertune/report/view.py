@@ -1,4 +1,4 @@
-"""Result rows -> what a table shows: groups per (model, device, batch), the winner, display strings.
+"""Result rows -> what a table shows: groups per (model, device, batch, node), the winner, display strings.
 
 Every renderer (rich terminal, markdown, HTML) reads the same ``GroupView`` so the three never
 disagree about which variant won or how a number is rounded. Numbers are formatted here, at display
@@ -26,25 +26,41 @@ UNMEASURED_STATUSES = frozenset({"unavailable", "failed", "crashed", "timeout", 
 NOISE_THRESHOLD = 0.10
 DRIFT_THRESHOLD = 0.02
 
-GroupKey = tuple[str, str, int]  # (model, device, batch_size)
+GroupKey = tuple[str, str, int, str]  # (model, device, batch_size, pinned_node: "" unless --per-node)
 
 
 def group_key(row: ResultRow) -> GroupKey:
-    return (row.model, row.device, row.batch_size)
+    return (row.model, row.device, row.batch_size, row.pinned_node)
 
 
 def group_rows(rows: Iterable[ResultRow]) -> dict[GroupKey, list[ResultRow]]:
-    """Rows per (model, device, batch size): models and devices in file order, batch sizes ascending.
+    """Rows per (model, device, batch size, pinned node): models and devices in file order, batch sizes
+    ascending, and a ``--per-node`` run's nodes one after the other within each batch size.
 
     Rows inside a group keep file order, which is the run's ladder order (baseline first).
     """
     groups: dict[GroupKey, list[ResultRow]] = {}
     first_seen: dict[tuple[str, str], int] = {}
+    nodes: dict[str, int] = {}
     for row in rows:
         first_seen.setdefault((row.model, row.device), len(first_seen))
+        nodes.setdefault(row.pinned_node, len(nodes))
         groups.setdefault(group_key(row), []).append(row)
-    order = sorted(groups, key=lambda k: (first_seen[(k[0], k[1])], k[2]))
+    order = sorted(groups, key=lambda k: (first_seen[(k[0], k[1])], k[2], nodes[k[3]]))
     return {k: groups[k] for k in order}
+
+
+def node_hardware(rows: Iterable[ResultRow]) -> str:
+    """What a node is, from its rows: ``AMD EPYC 7B13 · NVIDIA H200`` (CPU model, then the GPU a job had)."""
+    cpu = next((r.node_cpu for r in rows if r.node_cpu), "")
+    gpus = list(dict.fromkeys(r.node_gpu for r in rows if r.node_gpu))
+    return " · ".join(filter(None, [cpu, *gpus]))
+
+
+def node_title(node: str, rows: Iterable[ResultRow]) -> str:
+    """``node-a (AMD EPYC 7B13)``: a pinned node's name and what it is."""
+    hardware = node_hardware([r for r in rows if r.pinned_node == node])
+    return f"{node} ({hardware})" if hardware else node
 
 
 def is_measured(row: ResultRow) -> bool:
@@ -67,7 +83,7 @@ def keeps_predictions(row: ResultRow) -> bool:
 
 
 def best_variants(rows: Iterable[ResultRow]) -> dict[GroupKey, ResultRow]:
-    """The fastest row (lowest p50 latency) that has status ``ok`` per (model, device, batch size).
+    """The fastest row (lowest p50 latency) that has status ``ok`` per (model, device, batch size, pinned node).
 
     Rows with status ``fidelity_failed`` are never picked however fast they are, nor is the null
     backend (it measures the harness, it does not run the model). Groups where nothing passed are absent.
@@ -271,7 +287,7 @@ class LineView:
 
 @dataclass
 class GroupView:
-    """One (model, device, batch) table and the lines printed under it."""
+    """One (model, device, batch, node) table and the lines printed under it."""
 
     key: GroupKey
     title: str
@@ -319,7 +335,7 @@ class GroupView:
 
 
 def build_views(rows: Iterable[ResultRow], samples: dict[str, list[float]] | None = None) -> list[GroupView]:
-    """One ``GroupView`` per (model, device, batch size), in display order."""
+    """One ``GroupView`` per (model, device, batch size, pinned node), in display order."""
     samples = samples or {}
     views: list[GroupView] = []
     for key, group in group_rows(rows).items():
@@ -328,7 +344,7 @@ def build_views(rows: Iterable[ResultRow], samples: dict[str, list[float]] | Non
         notes = list(dict.fromkeys(f"{r.variant}: {r.note}" for r in group if r.note))
         views.append(GroupView(
             key=key,
-            title=f"{key[0]} · {key[1]} · batch {key[2]}",
+            title=f"{key[0]} · {key[1]} · batch {key[2]}" + (f" · on {node_title(key[3], group)}" if key[3] else ""),
             scope=scope_text(group),
             lines=lines,
             best=best,
