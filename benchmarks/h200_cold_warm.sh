@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The default run (`python benchmark_all.py`: ./config.yaml, device auto -> cuda, batch 1/4/8) twice in one
 # folder on one machine: cold (empty models/, so no artifact and no Inductor cache), then warm (the same models/).
-# Prints each run's wall time and, per variant, the seconds spent preparing (convert_s) in each run.
+# Prints each run's wall time and, per variant, the seconds spent preparing (convert_s) in each run; each run
+# goes through benchmarks/timeline.py (the same CLI as benchmark_all.py), whose $OUT/<run>.timeline.txt says
+# where the time went (worker starts, prepare, verify, measure).
 # Usage (device machine, from a copy of the repo with .whl/): OUT=/some/dir bash benchmarks/h200_cold_warm.sh
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,7 +17,8 @@ export PYTHONUNBUFFERED=1
 WORK=$(mktemp -d /tmp/cold_warm.XXXX); cp "$REPO/config.yaml" "$WORK/"; cd "$WORK"
 for run in cold warm; do
   start=$(date +%s.%N)
-  timeout ${RUN_TIMEOUT:-540} python3 "$REPO/benchmark_all.py" --quiet --output-dir "results_$run" > "$OUT/$run.log" 2>&1
+  timeout ${RUN_TIMEOUT:-540} python3 "$REPO/benchmarks/timeline.py" "$OUT/$run.timeline.txt" run --quiet \
+    --output-dir "results_$run" > "$OUT/$run.log" 2>&1
   echo "$run run: exit $?, $(python3 -c "print(f'{$(date +%s.%N) - $start:.0f}')") s wall" | tee -a "$OUT/summary.txt"
   cp results_$run/*.csv "$OUT/$run.csv" 2>/dev/null
 done
