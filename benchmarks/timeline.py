@@ -17,6 +17,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+# run as a script, this folder comes first on sys.path, and benchmarks/transformers.py would shadow the package
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from infertune import sink as sink_module

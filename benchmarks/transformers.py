@@ -10,6 +10,8 @@
    its own fresh process per round, samples pooled per method (as ``cpu_ladder.py`` does):
 
    - ``eager``: the transformers model under ``torch.inference_mode`` (fp16 on CUDA);
+   - ``eager_cuda_graph`` (CUDA): that fp16 model captured by hand in one ``torch.cuda.CUDAGraph`` per
+     batch size and replayed (what a hand-tuned PyTorch server does for static shapes);
    - ``ort_optimized``: the ONNX export run through ONNX Runtime's transformer optimizer
      (``onnxruntime.transformers.optimizer.optimize_model``, model_type bert: attention, LayerNorm,
      GELU and bias fusions), then a level-ALL session (CPU provider; CUDA provider in fp16 on a GPU);
@@ -62,6 +64,7 @@ TOOL_PREFIX = "infertune:"
 #: method -> (description for the table, devices it runs on).
 METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "eager": ("transformers eager (torch.inference_mode; fp16 on CUDA)", ("cpu", "cuda")),
+    "eager_cuda_graph": ("transformers fp16 in a CUDA graph, captured by hand", ("cuda",)),
     "ort_optimized": ("ONNX Runtime + its transformer optimizer (fp32 CPU / fp16 CUDA)", ("cpu", "cuda")),
     "ort_optimized_int8": ("ONNX Runtime transformer optimizer + quantize_dynamic INT8", ("cpu",)),
     "ov_fp32": ("OpenVINO convert_model, LATENCY hint, f32", ("cpu",)),
@@ -172,6 +175,30 @@ def eager(loaded: Any, feeds: dict[str, np.ndarray], args: argparse.Namespace) -
     return call
 
 
+def eager_cuda_graph(loaded: Any, feeds: dict[str, np.ndarray], args: argparse.Namespace) -> Callable[[], Any]:
+    import torch
+
+    model = _hf(loaded).eval().to("cuda").half()
+    tensors = {k: torch.from_numpy(v).to("cuda") for k, v in feeds.items()}
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.inference_mode():
+        with torch.cuda.stream(stream):  # warm up on a side stream before capturing, as the CUDA graph docs do
+            for _ in range(3):
+                model(**tensors)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = model(**tensors)
+
+    def call() -> Any:
+        graph.replay()
+        torch.cuda.synchronize()
+        return out
+
+    return call
+
+
 def _export(loaded: Any, feeds: dict[str, np.ndarray], args: argparse.Namespace) -> Path:
     """The model exported to ONNX by hand: named inputs, dynamic batch and sequence axes (cached)."""
     import torch
@@ -275,7 +302,7 @@ def ov_int8(loaded: Any, feeds: dict[str, np.ndarray], args: argparse.Namespace)
 
 
 BUILDERS: dict[str, Callable[..., Callable[[], Any]]] = {
-    "eager": eager, "ort_optimized": ort_optimized, "ort_optimized_int8": ort_optimized_int8,
+    "eager": eager, "eager_cuda_graph": eager_cuda_graph, "ort_optimized": ort_optimized, "ort_optimized_int8": ort_optimized_int8,
     "ov_fp32": ov_fp32, "ov_int8": ov_int8,
 }
 
@@ -347,6 +374,10 @@ def main() -> None:
         child(args)
         return
     methods = args.methods or [m for m, (_, devices) in METHODS.items() if args.device in devices]
+    if args.device == "cuda" and "ort_optimized" in methods and not _ort_has_cuda():
+        methods.remove("ort_optimized")
+        print("skipping ort_optimized: this onnxruntime has no CUDAExecutionProvider (a CPU build); "
+              "install onnxruntime-gpu to compare with it", flush=True)
     best, results_csv = tool_best(args)
     print("tool's best per batch:", best, flush=True)
     cells = [(f"{TOOL_PREFIX}{best[b]}", b) for b in args.batch_sizes] + \
@@ -361,6 +392,12 @@ def main() -> None:
         Path(args.write_doc).write_text(text)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({f"{m}|{b}": s for (m, b), s in pooled.items()}))
+
+
+def _ort_has_cuda() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
 def render(pooled: dict[tuple[str, int], list[float]], best: dict[int, str], methods: list[str],
