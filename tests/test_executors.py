@@ -138,3 +138,46 @@ def test_an_unknown_executor_name_is_a_config_error_naming_the_choices():
         validate_config({"benchmark": {"isolation": "threads"}})
     with pytest.raises(ConfigError, match="benchmark.isolation"):
         validate_config({"benchmark": {"isolation": "../etc"}})
+
+
+@dataclass(frozen=True)
+class WhereJob(Job):
+    """Reports what its worker inherited: an environment variable, the working directory, sys.path, threads."""
+
+    job_id: str = "where"
+    device: str = "cpu"
+    threads: int = 3
+    batches: tuple[int, ...] = (1,)
+    memory_limit_mb: int | None = None
+    modules: tuple[str, ...] = ()
+
+    def run(self, emit: Emit) -> None:
+        import sys
+
+        seen = (os.environ.get("INFERTUNE_TEST_MARK", ""), os.getcwd(), sys.path[-1], os.environ["OMP_NUM_THREADS"],
+                str(os.getppid() != int(os.environ["INFERTUNE_TEST_PARENT"])))
+        emit(NoticeEvent(self.job_id, "|".join(seen)))
+        emit(JobFailedEvent(self.job_id, Status.FAILED, "report", "done"))
+
+    def lost(self, loss: Loss) -> list[Event]:
+        return []
+
+
+def test_a_worker_inherits_the_parents_environment_folder_and_path_at_its_start(tmp_path, monkeypatch):
+    """Workers fork from a server started once (with torch imported); what the parent changed since the
+    server started must still reach each new worker, as it would reach a freshly spawned one."""
+    import sys
+
+    executor = executor_class("process")(ExecutorSettings(cell_timeout_s=60))
+    monkeypatch.setenv("INFERTUNE_TEST_PARENT", str(os.getpid()))
+    list(executor.run([WhereJob(job_id="first")]))  # the fork server is running now
+    monkeypatch.setenv("INFERTUNE_TEST_MARK", "set after the server started")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [*sys.path, str(tmp_path / "plugins")])
+    notices = [e.text for e in executor.run([WhereJob()]) if isinstance(e, NoticeEvent)]
+    mark, cwd, last_path, threads, forked_from_server = notices[0].split("|")
+    assert mark == "set after the server started"
+    assert Path(cwd).resolve() == tmp_path.resolve()
+    assert last_path == str(tmp_path / "plugins")
+    assert threads == "3"  # the job's thread count, whatever the server's environment said
+    assert forked_from_server == "True"  # not the parent's own child: forked by the server

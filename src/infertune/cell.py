@@ -73,6 +73,11 @@ class VariantJob(Job):
     #: ``--per-node``: the node this job must run on (its rows say so in ``pinned_node``); None: anywhere.
     pinned: ClusterNode | None = None
 
+    def libraries(self) -> tuple[str, ...]:
+        from infertune.models import model_libraries
+
+        return model_libraries(self.model.name)
+
     @property
     def label(self) -> str:
         where = f" on {self.pinned.name}" if self.pinned is not None else ""

@@ -145,6 +145,15 @@ def model_kind(name: str) -> str:
     return "onnx" if is_onnx_path(name) else "torch"
 
 
+def model_libraries(name: str) -> tuple[str, ...]:
+    """The heavy libraries building the model ``name`` imports beyond torch and torchvision."""
+    if name.startswith("hf:"):
+        return ("transformers",)
+    if name.startswith("timm:"):
+        return ("timm",)
+    return ()
+
+
 def model_label(name: str) -> str:
     """What rows call the model: a timm or hf name without its prefix; an ONNX file or a model folder by its name."""
     if model_kind(name) == "onnx":

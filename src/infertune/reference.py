@@ -91,6 +91,11 @@ class ReferenceJob(Job):
     unit: ClassVar[str] = "the stage"
     whole_job_timeout: ClassVar[bool] = False
 
+    def libraries(self) -> tuple[str, ...]:
+        from infertune.models import model_libraries
+
+        return model_libraries(self.model.name)
+
     @property
     def label(self) -> str:
         return "FP32 reference"

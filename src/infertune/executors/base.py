@@ -152,6 +152,11 @@ class Job(ABC):
     #: whether ``variant_timeout_s`` bounds the whole job (variant jobs; the reference has only ``cell_timeout_s``).
     whole_job_timeout: ClassVar[bool] = True
 
+    def libraries(self) -> tuple[str, ...]:
+        """Heavy libraries the job will import (``transformers`` for a Hugging Face model): a process
+        executor may load them once for all its workers (``executors.process.WORKER_PRELOAD``)."""
+        return ()
+
     @abstractmethod
     def run(self, emit: Emit) -> None:
         """Do the work in this process, reporting every stage, log line and result through ``emit``."""

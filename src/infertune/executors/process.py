@@ -49,7 +49,8 @@ from infertune.results import Status
 
 #: what the worker sends after the job's last event.
 _DONE = "done"
-#: imported once by the fork server, so that every worker forked from it starts with them loaded.
+#: imported once by the fork server, so that every worker forked from it starts with them loaded (with
+#: the first job's own heavy libraries, ``Job.libraries``: the server starts with a process's first job).
 WORKER_PRELOAD = ("numpy", "torch", "torchvision", "infertune.cell", "infertune.reference")
 
 
@@ -147,7 +148,7 @@ def run_in_worker(job: Job, settings: ExecutorSettings) -> Iterator[Event]:
     ``cell_timeout_s`` (or the job longer than ``variant_timeout_s``); the worker is killed. Closing
     the generator early (an interrupted run) kills the worker.
     """
-    ctx = _worker_context()
+    ctx = _worker_context(job)
     recv_conn, send_conn = ctx.Pipe(duplex=False)
     log_path = settings.log_path
     log_start = os.path.getsize(log_path) if log_path and os.path.exists(log_path) else 0
@@ -168,10 +169,10 @@ def run_in_worker(job: Job, settings: ExecutorSettings) -> Iterator[Event]:
         recv_conn.close()
 
 
-def _worker_context() -> Any:
-    """The fork server's context, its preload set once per process (the server starts on first use)."""
+def _worker_context(job: Job) -> Any:
+    """The fork server's context; the preload takes effect when the server starts (on first use)."""
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(list(WORKER_PRELOAD))
+    ctx.set_forkserver_preload([*WORKER_PRELOAD, *job.libraries()])
     return ctx
 
 
