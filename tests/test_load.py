@@ -18,7 +18,7 @@ def _stat(user: float, idle: float, steal: float = 0.0, cores: int = 2) -> str:
     return "cpu  " + " ".join(str(int(t)) for t in ticks) + "\n" + per_cpu + "\nintr 0\n"
 
 
-def _snap(user: float, idle: float, own: float, steal: float = 0.0, cores: int = 2):  # noqa: ANN202
+def _snap(user: float, idle: float, own: float, steal: float = 0.0, cores: int = 2):
     return snapshot(lambda: _stat(user, idle, steal, cores), lambda: own, lambda: "0.50 0.40 0.30 1/100 1")
 
 
@@ -79,7 +79,7 @@ def test_real_meter_reads_this_machine() -> None:
 # ---------------------------------------------------------------- speedups carry the flag
 
 
-def _row(variant: str, p50: float, **fields):  # noqa: ANN202
+def _row(variant: str, p50: float, **fields):
     from infertune.results import ResultRow
 
     backend, precision = variant.split(":")
@@ -162,3 +162,46 @@ def test_a_run_records_the_load_and_rechecks_the_baseline(tmp_path) -> None:
         assert base.load_avg_1m_before is not None and base.load_avg_1m_after is not None
     off = cfg.model_copy(update={"benchmark": cfg.benchmark.model_copy(update={"baseline_check": False})})
     assert run(off, log=lambda m: None).rows[0].recheck_p50_ms is None
+
+
+def test_the_end_of_run_check_is_brief_and_never_longer_than_the_run_asks() -> None:
+    from infertune.measure.load import (
+        RECHECK_MIN_ITERATIONS,
+        RECHECK_MIN_TIME_S,
+        recheck_policy,
+    )
+    from infertune.measure.timer import TimingPolicy
+
+    run_policy = TimingPolicy(warmup_iterations=3, min_iterations=10, min_time_s=1.0, warmup_min_time_s=0.5)
+    brief = recheck_policy(run_policy)
+    assert brief.min_iterations == RECHECK_MIN_ITERATIONS < run_policy.min_iterations
+    assert brief.min_time_s == RECHECK_MIN_TIME_S < run_policy.min_time_s
+    assert brief.warmup_iterations == 2 and brief.warmup_min_time_s == 0.5  # a GPU still clocks up first
+    short = TimingPolicy(warmup_iterations=1, min_iterations=3, min_time_s=0.1)
+    assert recheck_policy(short) == short  # a run that asks for less gets no more
+
+
+def test_the_end_of_run_check_does_not_verify_again(tmp_path, monkeypatch) -> None:
+    """The recheck job prepares and times the baseline only: its outputs were verified earlier in the run."""
+    import infertune.reference as reference_module
+    from infertune.config import validate_config
+    from infertune.pipeline import run
+
+    loaded: list[int] = []
+    original = reference_module.load_reference  # run_variant imports it when it runs: the patch applies
+
+    def counting(path, batch):  # type: ignore[no-untyped-def]
+        loaded.append(batch)
+        return original(path, batch)
+
+    monkeypatch.setattr(reference_module, "load_reference", counting)
+    cfg = validate_config({
+        "model": {"name": "infertune.testing:tiny_convnet", "input_shape": [1, 3, 32, 32], "pretrained": False},
+        "benchmark": {"batch_sizes": [1, 2], "warmup_iterations": 1, "benchmark_iterations": 3, "min_time_s": 0.05,
+                      "isolation": "none", "device": "cpu"},
+        "optimization": {"variants": ["pytorch:fp32"]},
+        "output": {"dir": str(tmp_path / "results"), "models_dir": str(tmp_path / "models")},
+    })
+    rows = run(cfg, log=lambda m: None).rows
+    assert all(r.recheck_p50_ms for r in rows)  # the check ran at both batch sizes...
+    assert sorted(loaded) == [1, 2]  # ...but only the run's own cells loaded the reference to verify

@@ -70,6 +70,8 @@ class VariantJob(Job):
     memory_limit_mb: int | None = None
     #: the module that registers this variant's backend (plugins, test backends), imported by the worker.
     modules: tuple[str, ...] = ()
+    #: False for the end-of-run check of the baseline, verified earlier in the run: prepare and time only.
+    verify_outputs: bool = True
     #: ``--per-node``: the node this job must run on (its rows say so in ``pinned_node``); None: anywhere.
     pinned: ClusterNode | None = None
 
@@ -190,7 +192,8 @@ def run_variant(job: VariantJob, emit: Emit) -> None:
             if reference_failure and backend.produces_outputs:
                 raise InfertuneError(f"the FP32 reference failed at batch {batch} (the model's own forward, eager): "
                                      f"{reference_failure}")
-            verification = load_reference(job.reference.path, batch) if backend.produces_outputs else None
+            verifies = backend.produces_outputs and job.verify_outputs
+            verification = load_reference(job.reference.path, batch) if verifies else None
             samples = _run_cell(backend, ctx, row, verification, job, emit)
         except UnavailableError as err:
             row.update(status=Status.UNAVAILABLE, error=str(err))

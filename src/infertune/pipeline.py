@@ -274,7 +274,10 @@ def _recheck_baseline(plan: Plan, executor: Executor, sink: Sink, reference: Ref
     jobs = plan.variant_jobs(reference, sink.run_id, 0, lambda v, b, n: v.name == BASELINE)
     if plan.timing is None or not jobs:
         return
-    jobs = [dataclasses.replace(job, job_id=f"{job.job_id.rsplit('@', 1)[0]}@recheck") for job in jobs]
+    from infertune.measure.load import recheck_policy
+
+    jobs = [dataclasses.replace(job, job_id=f"{job.job_id.rsplit('@', 1)[0]}@recheck", verify_outputs=False,
+                                timing=recheck_policy(plan.timing)) for job in jobs]
     rows: list[ResultRow] = []
     events = executor.run(jobs)
     try:

@@ -9,7 +9,8 @@ The rules (docs/measurement.md): a cell was measured on a **busy** machine when 
 CPU than the cores this cell left free, by more than ``BUSY_MARGIN_CORES`` (on a 2-core machine timing
 with 2 threads: any other work above a quarter of a core), or when the hypervisor stole more than
 ``STEAL_BUSY`` of the machine's time. On machines without ``/proc/stat`` nothing is recorded.
-The baseline is timed again at the end of the run; when that p50 lies further from the first than
+The baseline is timed again, briefly and without verifying it again (``recheck_policy``), at the end of
+the run; when that p50 lies further from the first than
 ``DRIFT_MIN`` or twice the baseline's own spread (IQR/median), whichever is larger, the machine changed
 during the run and every speedup of that batch size says so. A speedup is flagged when its own row or
 its baseline's was timed on a busy machine, or its baseline drifted.
@@ -17,11 +18,14 @@ its baseline's was timed on a busy machine, or its baseline drifted.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from infertune.measure.timer import TimingPolicy
 
 if TYPE_CHECKING:
     from infertune.results import ResultRow
@@ -33,6 +37,18 @@ STEAL_BUSY = 0.05
 
 #: the baseline's end-of-run p50 may differ from its first by this much (or twice its spread) unflagged.
 DRIFT_MIN = 0.05
+#: the end-of-run check times the baseline briefly: this many timed calls at least, for at least this long.
+RECHECK_MIN_ITERATIONS = 5
+RECHECK_MIN_TIME_S = 0.5
+
+
+def recheck_policy(policy: TimingPolicy) -> TimingPolicy:
+    """The run's timing policy, shortened for the end-of-run check of the baseline: its p50 only has to
+    show a drift beyond ``DRIFT_MIN`` (5 calls' median does), not to stand as a measurement itself."""
+    return dataclasses.replace(
+        policy, warmup_iterations=min(policy.warmup_iterations, 2),
+        min_iterations=min(policy.min_iterations, RECHECK_MIN_ITERATIONS),
+        min_time_s=min(policy.min_time_s, RECHECK_MIN_TIME_S))
 
 _STAT = Path("/proc/stat")
 _LOADAVG = Path("/proc/loadavg")
