@@ -33,6 +33,7 @@ from infertune.executors.base import (
     ReferenceEvent,
     RowEvent,
     StageEvent,
+    executor_class,
     make_executor,
 )
 from infertune.journal import Journal
@@ -87,7 +88,9 @@ def run(cfg: RunConfig, log: Log = print, progress: Any = None, measure: bool = 
 
 def _run(cfg: RunConfig, log: Log, progress: Any, resume: ResumeState | None, measure: bool) -> RunResult:
     from infertune import env as envmod
+    from infertune.models import model_libraries
 
+    executor_class(cfg.benchmark.isolation).get_ready(model_libraries(cfg.model.name))
     plan = make_plan(cfg, measure, log)
     if resume is not None and resume.environment.get("device") not in (None, plan.device):
         raise ConfigError(f"cannot resume {resume.stem.name} here: it ran on {resume.environment['device']}, "

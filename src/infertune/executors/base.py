@@ -212,6 +212,11 @@ class Executor(ABC):
     def __init__(self, settings: ExecutorSettings) -> None:
         self.settings = settings
 
+    @classmethod
+    def get_ready(cls, libraries: Sequence[str]) -> None:
+        """Called before the run is planned: start what workers will need (``libraries``: the model's heavy
+        imports) while the parent plans, if that saves time. Nothing by default."""
+
     def close(self) -> None:
         """The run is over: release what the executor started for it (a local Ray instance). Nothing by default."""
 

@@ -51,7 +51,8 @@ from infertune.results import Status
 _DONE = "done"
 #: imported once by the fork server, so that every worker forked from it starts with them loaded (with
 #: the first job's own heavy libraries, ``Job.libraries``: the server starts with a process's first job).
-WORKER_PRELOAD = ("numpy", "torch", "torchvision", "infertune.cell", "infertune.reference")
+WORKER_PRELOAD = ("numpy", "torch", "torchvision", "torch._inductor.compile_fx", "infertune.cell",
+                  "infertune.reference")
 
 
 @register_executor
@@ -59,6 +60,14 @@ class ProcessExecutor(Executor):
     """A worker process per job, one job at a time."""
 
     name = "process"
+
+    @classmethod
+    def get_ready(cls, libraries: Sequence[str]) -> None:
+        """Start the fork server now: it imports ``WORKER_PRELOAD`` on another core while the parent plans."""
+        from multiprocessing import forkserver
+
+        _set_preload(libraries)
+        forkserver.ensure_running()
 
     def run(self, jobs: Sequence[Job]) -> Iterator[Event]:
         for job in jobs:
@@ -148,7 +157,7 @@ def run_in_worker(job: Job, settings: ExecutorSettings) -> Iterator[Event]:
     ``cell_timeout_s`` (or the job longer than ``variant_timeout_s``); the worker is killed. Closing
     the generator early (an interrupted run) kills the worker.
     """
-    ctx = _worker_context(job)
+    ctx = _set_preload(job.libraries())
     recv_conn, send_conn = ctx.Pipe(duplex=False)
     log_path = settings.log_path
     log_start = os.path.getsize(log_path) if log_path and os.path.exists(log_path) else 0
@@ -169,10 +178,10 @@ def run_in_worker(job: Job, settings: ExecutorSettings) -> Iterator[Event]:
         recv_conn.close()
 
 
-def _worker_context(job: Job) -> Any:
+def _set_preload(libraries: Sequence[str]) -> Any:
     """The fork server's context; the preload takes effect when the server starts (on first use)."""
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload([*WORKER_PRELOAD, *job.libraries()])
+    ctx.set_forkserver_preload([*WORKER_PRELOAD, *libraries])
     return ctx
 
 
