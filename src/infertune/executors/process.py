@@ -51,8 +51,10 @@ from infertune.results import Status
 _DONE = "done"
 #: imported once by the fork server, so that every worker forked from it starts with them loaded (with
 #: the first job's own heavy libraries, ``Job.libraries``: the server starts with a process's first job).
-WORKER_PRELOAD = ("numpy", "torch", "torchvision", "torch._inductor.compile_fx", "infertune.cell",
-                  "infertune.reference")
+#: Nothing here may initialise CUDA (a forked child could not use it): Inductor's compile_fx does on a GPU
+#: machine, so it is not preloaded; transformers and timm do not (checked on the H200, where
+#: tests/test_gpu.py runs CUDA cells in forked workers).
+WORKER_PRELOAD = ("numpy", "torch", "torchvision", "infertune.cell", "infertune.reference")
 
 
 @register_executor
