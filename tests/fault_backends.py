@@ -119,8 +119,18 @@ class KillParentBackend(_Fault):
     name = "fault_kill_parent"
 
     def fail(self, ctx: PrepareContext) -> None:
-        os.kill(os.getppid(), signal.SIGKILL)
+        os.kill(_job_owner(), signal.SIGKILL)
         time.sleep(30)  # dies with its parent (PR_SET_PDEATHSIG) before this ends
+
+
+def _job_owner() -> int:
+    """The process that asked for this worker: the parent, or the parent's parent when the worker was
+    forked by the owner's fork server (``executors.process``), which exits when its owner dies."""
+    parent = os.getppid()
+    cmdline = Path(f"/proc/{parent}/cmdline").read_bytes().replace(b"\0", b" ")
+    if b"multiprocessing.forkserver" in cmdline:
+        return int(Path(f"/proc/{parent}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return parent
 
 
 @register_backend

@@ -124,7 +124,7 @@ def _run(cfg: RunConfig, scenarios: tuple[str, ...], force: bool, log: Log) -> S
     tmp = Path(tempfile.mkdtemp(prefix="infertune-"))
     try:
         reference = _reference(plan, executor, files, tmp, scenarios, log)
-        vjobs = {j.variant.name: j for j in plan.variant_jobs(reference, run_id_of(stem), 0, lambda v, b: True)}
+        vjobs = {j.variant.name: j for j in plan.variant_jobs(reference, run_id_of(stem), 0, lambda v, b, n: True)}
         best = _Best()
         if "server" in scenarios and sc.server_qps is None:
             log(_search_estimate(cfg, len(policies), len(vjobs)))
