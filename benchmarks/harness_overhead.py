@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from infertune.backends.null import NullRunner  # noqa: E402
-from infertune.measure.timer import TimingPolicy, measure  # noqa: E402
+from infertune.backends.null import NullRunner
+from infertune.measure.timer import TimingPolicy, measure
 
 ROUNDS = 5
 POLICY = TimingPolicy(warmup_iterations=100, min_iterations=2000, min_time_s=0.2)

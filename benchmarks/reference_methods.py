@@ -113,7 +113,12 @@ class _Calib:
 
 
 def _ort_int8(model: Any, cache: Path, activation: str, reduce_range: bool) -> Path:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     name = f"resnet50-int8-{activation}s8{'-rr' if reduce_range else ''}.onnx"

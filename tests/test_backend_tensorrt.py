@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import infertune.backends.base as base
+from infertune.backends import base
 from infertune.backends.registry import get_backend
 from infertune.errors import ConfigError, UnavailableError
 from tests.conftest import smoke_cell

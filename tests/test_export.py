@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from infertune.cache import file_sha256 as sha256_file
 from infertune.cli import main as cli_main
 from infertune.config import validate_config
 from infertune.errors import InfertuneError
 from infertune.export.artifact import ArtifactError
 from infertune.export.build import RoundTripError, export_run
 from infertune.export.load import ExportIntegrityError, load
-from infertune.cache import file_sha256 as sha256_file
 from infertune.export.manifest import MANIFEST_NAME, read_manifest
 from infertune.export.select import SelectionError
 from infertune.pipeline import run

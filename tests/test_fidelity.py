@@ -386,8 +386,8 @@ def test_a_near_zero_model_is_unverifiable_through_the_pipeline(tmp_path):
 
 
 def test_notes_are_appended_never_overwritten(tmp_path):
-    from infertune.sink import annotate_int8
     from infertune.results import ResultFiles, ResultRow
+    from infertune.sink import annotate_int8
 
     rows = [ResultRow("m", "onnxruntime:fp32", "onnxruntime", "fp32", "", 1, "cpu", latency_p50_ms=10.0),
             ResultRow("m", "onnxruntime:int8", "onnxruntime", "int8", "", 1, "cpu", latency_p50_ms=12.0,

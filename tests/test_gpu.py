@@ -12,12 +12,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from infertune.backends.registry import get_backend  # noqa: E402
-from infertune.backends.torch_common import model_copy, parse_eager_options, set_tf32  # noqa: E402
-from infertune.cell import configure_torch  # noqa: E402
-from infertune.errors import ConfigError  # noqa: E402
-from infertune.measure.timer import TimingPolicy, measure  # noqa: E402
-from tests.conftest import smoke_cell  # noqa: E402
+from infertune.backends.registry import get_backend
+from infertune.backends.torch_common import model_copy, parse_eager_options, set_tf32
+from infertune.cell import configure_torch
+from infertune.errors import ConfigError
+from infertune.measure.timer import TimingPolicy, measure
+from tests.conftest import smoke_cell
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
 

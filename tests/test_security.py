@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-
 from infertune.cache import ArtifactCache
 from infertune.results import ResultFiles
 
