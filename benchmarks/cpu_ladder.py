@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -146,33 +145,14 @@ def tool_best(batches: list[int], results: str | None) -> tuple[dict[int, str], 
     return best, Path(results)
 
 
-def summarize(samples: list[float]) -> dict[str, float]:
-    qs = statistics.quantiles(samples, n=4)
-    return {"p50": statistics.median(samples), "p25": qs[0], "p75": qs[2], "n": len(samples)}
-
-
 def main() -> None:
-    from interleave import interleaved_rounds
+    from interleave import add_round_options, interleaved_rounds, parse_round_args
     from reference_methods import METHODS
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--child")
-    p.add_argument("--batch", type=int)
-    p.add_argument("--build-only", action="store_true")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--min-time", type=float, default=2.0)
-    p.add_argument("--min-iters", type=int, default=5)
-    p.add_argument("--threads", type=int, default=None)
+    add_round_options(p)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--tool-results", help="use this results CSV instead of running the tool")
-    p.add_argument("--write-doc", help="write the markdown table to this file")
-    p.add_argument("--json-out", help="write all pooled samples to this JSON file")
-    args = p.parse_args()
-    if args.threads is None:
-        from infertune.env import usable_cores
-
-        args.threads = usable_cores()
+    args = parse_round_args(p)
     if args.child:
         child(args.child, args.batch, args.threads, args.min_time, args.min_iters, args.build_only)
         return
@@ -193,6 +173,8 @@ def main() -> None:
 
 def render(pooled: dict[tuple[str, int], list[float]], best: dict[int, str], args: argparse.Namespace,
            results_csv: Path, methods: dict[str, Any]) -> str:
+    from interleave import summarize
+
     from infertune.env import capture
 
     env = capture(args.threads)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -343,33 +342,15 @@ def tool_best(args: argparse.Namespace) -> tuple[dict[int, str], Path]:
     return best, Path(results)
 
 
-def summarize(samples: list[float]) -> dict[str, float]:
-    qs = statistics.quantiles(samples, n=4) if len(samples) > 1 else [samples[0]] * 3
-    return {"p50": statistics.median(samples), "p25": qs[0], "p75": qs[2], "n": len(samples)}
-
-
 def main() -> None:
+    interleave = _interleave()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--child")
-    p.add_argument("--batch", type=int)
-    p.add_argument("--build-only", action="store_true")
+    interleave.add_round_options(p)
     p.add_argument("--model", default="hf:bert-base-uncased")
     p.add_argument("--sequence-length", type=int, default=128)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--min-time", type=float, default=2.0)
-    p.add_argument("--min-iters", type=int, default=5)
-    p.add_argument("--threads", type=int, default=None)
     p.add_argument("--methods", nargs="+", choices=list(METHODS))
-    p.add_argument("--tool-results", help="use this results CSV instead of running the tool")
-    p.add_argument("--write-doc", help="write the markdown tables to this file")
-    p.add_argument("--json-out", help="write all pooled samples to this JSON file")
-    args = p.parse_args()
-    if args.threads is None:
-        from infertune.env import usable_cores
-
-        args.threads = usable_cores()
+    args = interleave.parse_round_args(p)
     if args.child:
         child(args)
         return
@@ -382,8 +363,7 @@ def main() -> None:
     print("tool's best per batch:", best, flush=True)
     cells = [(f"{TOOL_PREFIX}{best[b]}", b) for b in args.batch_sizes] + \
             [(m, b) for m in methods for b in args.batch_sizes]
-    interleaved_rounds = _interleave().interleaved_rounds
-    pooled = interleaved_rounds(cells, args.rounds,
+    pooled = interleave.interleaved_rounds(cells, args.rounds,
                                 lambda m: run_child(m, args.batch_sizes[0], args, build_only=True),
                                 lambda m, b: run_child(m, b, args)["samples_ms"], width=36)
     text = render(pooled, best, methods, args, results_csv)
@@ -404,6 +384,7 @@ def render(pooled: dict[tuple[str, int], list[float]], best: dict[int, str], met
            args: argparse.Namespace, results_csv: Path) -> str:
     from infertune.env import capture
 
+    summarize = _interleave().summarize
     env = capture(args.threads)
     gpu = f", GPU {env.get('gpu') or 'none'}" if args.device == "cuda" else ""
     lines = [
