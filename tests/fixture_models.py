@@ -196,3 +196,27 @@ def tiny_vit() -> nn.Module:
                               mlp_dim=32, num_classes=10)
     nn.init.normal_(model.heads.head.weight, std=0.5)  # torchvision zero-initialises the head: logits all 0
     return model.eval()
+
+
+class _ScaledByBuffer(nn.Module):
+    """A non-persistent buffer: not in the weights file, so a rebuild on the meta device would lose it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = tiny_convnet()
+        self.register_buffer("scale", torch.full((1,), 3.0), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) * self.scale
+
+
+def non_persistent_buffer() -> nn.Module:
+    return _ScaledByBuffer()
+
+
+def needs_real_tensors() -> nn.Module:
+    """A factory that reads a tensor's value while building (impossible on the meta device)."""
+    model = tiny_convnet()
+    if float(torch.ones(1).sum()) != 1.0:
+        raise AssertionError("unreachable")
+    return model

@@ -42,6 +42,29 @@ def test_loop_runs_past_the_count_until_min_time(fake_clock):
     assert all(s == 1_000_000 for s in timing.samples_ns)
 
 
+def test_calls_already_made_count_towards_the_warmup_count(fake_clock):
+    runner = CountingRunner()
+    # the first call and two verification batches were made: one more warm-up call tops up to 3
+    timing = measure(runner, None, TimingPolicy(warmup_iterations=3, min_iterations=4, min_time_s=0.0),
+                     clock=fake_clock(1), already_warm=2)
+    assert runner.calls == 1 + 4
+    assert timing.warmup_calls == 3
+    # more calls already made than the count asks: no warm-up call at all
+    runner = CountingRunner()
+    timing = measure(runner, None, TimingPolicy(warmup_iterations=3, min_iterations=4, min_time_s=0.0),
+                     clock=fake_clock(1), already_warm=8)
+    assert runner.calls == 4 and timing.warmup_calls == 8
+
+
+def test_calls_already_made_do_not_count_towards_the_warmup_time(fake_clock):
+    runner = CountingRunner()
+    # 1 ms per clock read; 10 ms of warm-up asked: the loop still warms up for 10 ms after 5 earlier calls
+    timing = measure(runner, None, TimingPolicy(warmup_iterations=3, min_iterations=1, min_time_s=0.0,
+                                                warmup_min_time_s=0.01), clock=fake_clock(1_000_000), already_warm=5)
+    assert runner.calls - 1 >= 9  # ~1 clock read per warm-up call
+    assert timing.warmup_calls == 5 + runner.calls - 1
+
+
 def test_max_iterations_bounds_the_loop(fake_clock):
     timing = measure(CountingRunner(), None, TimingPolicy(0, 1, min_time_s=100.0, max_iterations=7),
                      clock=fake_clock(1))

@@ -51,10 +51,12 @@ from infertune.results import Status
 _DONE = "done"
 #: imported once by the fork server, so that every worker forked from it starts with them loaded (with
 #: the first job's own heavy libraries, ``Job.libraries``: the server starts with a process's first job).
-#: Nothing here may initialise CUDA (a forked child could not use it): Inductor's compile_fx does on a GPU
-#: machine, so it is not preloaded; transformers and timm do not (checked on the H200, where
-#: tests/test_gpu.py runs CUDA cells in forked workers).
-WORKER_PRELOAD = ("numpy", "torch", "torchvision", "infertune.cell", "infertune.reference")
+#: ``infertune.config`` brings pydantic, which unpickling a job's model settings would otherwise import in
+#: every worker (0.35 s each). Nothing here may initialise CUDA (a forked child could not use it):
+#: Inductor's compile_fx does on a GPU machine, so it is not preloaded; transformers and timm do not
+#: (checked on the H200, where tests/test_gpu.py runs CUDA cells in forked workers).
+WORKER_PRELOAD = ("numpy", "torch", "torchvision", "infertune.config", "infertune.cell", "infertune.reference",
+                  "infertune.executors.process")
 
 
 @register_executor

@@ -2,7 +2,10 @@
 
 Warm up until both a count and a minimum time are met (a GPU idles at a fraction of its clock and
 needs some hundred milliseconds of work to ramp up; cuDNN autotuning and lazy initialisation happen
-in the first call, timed apart); then run until BOTH the configured iteration count and a minimum
+in the first call, timed apart). The count includes the untimed calls the cell already made on the same
+runner at the same batch size (the first call, the verification batches: ``already_warm``), so the
+warm-up tops them up instead of repeating them; the time does not (a first call's compile keeps the
+GPU idle). Then run until BOTH the configured iteration count and a minimum
 wall time are met (so fast variants get enough samples and slow ones are not cut short); each
 iteration is timed with ``time.perf_counter_ns`` around ``runner(inputs)`` and ``runner.synchronize()``.
 On a GPU runner the per-iteration device time also comes from CUDA events recorded around the call
@@ -50,6 +53,8 @@ class Timing:
     first_call_ns: int | None = None
     device_samples_ms: list[float] = field(default_factory=list)
     wall_ns: int = 0
+    #: untimed calls before the timed loop: those made before ``measure`` plus its own warm-up calls.
+    warmup_calls: int = 0
 
     @property
     def host_samples_ms(self) -> list[float]:
@@ -77,10 +82,15 @@ def measure(
     inputs: Any,
     policy: TimingPolicy,
     clock: Clock = time.perf_counter_ns,
+    already_warm: int = 0,
 ) -> Timing:
-    """Warm up, then time iterations until ``policy`` is satisfied; returns the raw samples."""
+    """Warm up, then time iterations until ``policy`` is satisfied; returns the raw samples.
+
+    ``already_warm``: untimed calls of ``runner`` on inputs of this shape made just before (they count
+    towards ``policy.warmup_iterations``, not towards its minimum warm-up time).
+    """
     warm_until = clock() + int(policy.warmup_min_time_s * 1e9)
-    done = 0
+    done = already_warm
     while done < policy.warmup_iterations or (clock() < warm_until and done < policy.max_iterations):
         runner(inputs)
         runner.synchronize()
@@ -106,7 +116,7 @@ def measure(
         if events is not None:
             device_ms.append(float(events[0].elapsed_time(events[1])))
         elapsed = t1 - start
-    return Timing(samples_ns=samples, device_samples_ms=device_ms, wall_ns=clock() - start)
+    return Timing(samples_ns=samples, device_samples_ms=device_ms, wall_ns=clock() - start, warmup_calls=done)
 
 
 class EndToEnd(Runner):
