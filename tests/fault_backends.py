@@ -12,6 +12,7 @@ does not fail: it runs as eager PyTorch does and notes the node it ran on (tests
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 import signal
 import sys
@@ -175,3 +176,25 @@ class InterruptSecondBackend(_Fault):
         if _count_run(self.name) == 2:
             os.kill(os.getpid(), signal.SIGINT)  # in-process run: as if Ctrl-C arrived during this cell
             time.sleep(30)  # the handler raises before this ends
+
+
+@register_backend
+class SlowPrepareBackend(_Fault):
+    """A good variant (eager PyTorch underneath, verified) whose prepare takes a second and leaves a marker
+    ``prepare.<options>.b<batch>`` holding when it started and ended: two of them in one run show whether
+    their preparations overlapped (tests/test_concurrent_jobs.py). Any options are accepted, to tell them apart."""
+
+    name = "slow_prepare"
+    produces_outputs = True
+
+    def validate_options(self, options: dict[str, str], device: str, precision: str) -> None:
+        pass
+
+    def prepare(self, ctx: PrepareContext) -> Runner:
+        from infertune.backends.registry import get_backend
+
+        start = time.time()
+        time.sleep(1.0)
+        tag = ",".join(ctx.options) or "plain"
+        (Path(os.environ[MARKER_ENV]) / f"prepare.{tag}.b{ctx.batch_size}").write_text(f"{start} {time.time()}")
+        return get_backend("pytorch").prepare(dataclasses.replace(ctx, options={}))

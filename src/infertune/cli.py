@@ -53,6 +53,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=_int_arg("warmup count", minimum=0), help="warmup iterations per cell")
     p.add_argument("--iterations", type=_int_arg("iteration count"), help="minimum timed iterations per cell")
     p.add_argument("--min-time", type=float, metavar="S", help="minimum timed seconds per cell")
+    p.add_argument("--concurrent-jobs", type=_int_arg("job count"), metavar="N",
+                   help="variants prepared side by side, each measured alone (default: 3 on a GPU, 1 on the CPU)")
     p.add_argument("--rounds", type=_int_arg("round count"),
                    help="measure the whole ladder this many times, interleaved, pooling samples per cell")
     p.add_argument("--output-dir", "-o", help="where result files go (default results/)")
@@ -191,7 +193,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": {"batch_sizes": args.batch_sizes, "device": args.device, "threads": args.threads,
                       "warmup_iterations": args.warmup, "benchmark_iterations": args.iterations,
                       "min_time_s": args.min_time, "isolation": args.isolation,
-                      "rounds": args.rounds},
+                      "rounds": args.rounds, "concurrent_jobs": args.concurrent_jobs},
         "optimization": {"variants": args.variants},
         "output": {"dir": args.output_dir, "use_cache": False if args.no_cache else None},
         "ray": {"address": args.ray_address, "per_node": args.per_node},

@@ -38,7 +38,7 @@ from infertune.executors.base import (
 )
 from infertune.journal import Journal
 from infertune.ladder import BASELINE
-from infertune.plan import Plan, make_plan, place_on_nodes
+from infertune.plan import Plan, concurrent_jobs, make_plan, place_on_nodes
 from infertune.reference import Reference
 from infertune.results import ResultFiles, ResultRow, Status, journal_path_for
 from infertune.resume import ResumeState, run_id_of
@@ -101,7 +101,7 @@ def _run(cfg: RunConfig, log: Log, progress: Any, resume: ResumeState | None, me
                                                              else "verify_results")
     executor = make_executor(cfg.benchmark.isolation, ExecutorSettings(
         cell_timeout_s=cfg.benchmark.cell_timeout_s, variant_timeout_s=cfg.benchmark.variant_timeout_s,
-        log_path=f"{stem}.log", config=cfg))
+        log_path=f"{stem}.log", config=cfg, concurrent_jobs=concurrent_jobs(cfg, plan.device)))
     try:
         if cfg.ray.per_node:
             plan = _on_every_node(plan, executor, stem, resume, log)

@@ -252,6 +252,13 @@ def _memory_limit(cfg: RunConfig, device: str, log: Log) -> int | None:
     return limit
 
 
+def concurrent_jobs(cfg: RunConfig, device: str) -> int:
+    """``benchmark.concurrent_jobs``, or its default for ``device`` (see the config's comment)."""
+    if cfg.benchmark.concurrent_jobs is not None:
+        return cfg.benchmark.concurrent_jobs
+    return 3 if device == "cuda" else 1
+
+
 def _warmup_time_s(cfg: RunConfig, device: str) -> float:
     """Configured warmup time, else 0.5 s on CUDA (an idle GPU clocks down: 345 MHz of 1980 on the
     H200 seen here) and none on the CPU, where the warmup count suffices."""

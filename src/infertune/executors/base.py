@@ -201,6 +201,8 @@ class ExecutorSettings:
     log_path: str | None = None
     #: the run's whole configuration, for an executor with a section of its own (``ray``); None in tests.
     config: RunConfig | None = None
+    #: jobs the default executor runs at once (``benchmark.concurrent_jobs``, resolved for the device).
+    concurrent_jobs: int = 1
 
 
 class Executor(ABC):
@@ -271,6 +273,10 @@ def make_executor(name: str, settings: ExecutorSettings) -> Executor:
 # ---------------------------------------------------------------------------------------------- bookkeeping
 
 
+#: the stage a job is in while it waits for the machine's measurement slot (``executors.slot``).
+WAIT_STAGE = "wait for the measurement slot"
+
+
 @dataclass
 class JobWatch:
     """One running job as its executor sees it: the stage in progress, the cells finished, its deadlines.
@@ -304,9 +310,13 @@ class JobWatch:
         return min(self.cell_deadline, self.variant_deadline)
 
     def observe(self, event: Event) -> None:
-        """Track stages, finished cells and the job's end; a new batch size or a finished cell restarts the cell clock."""
+        """Track stages, finished cells and the job's end; a new batch size, a finished cell or the end of a
+        wait for the measurement slot restarts the cell clock. The wait itself is not the cell's time: it
+        is other jobs' work, each bounded by its own clock."""
         if isinstance(event, StageEvent):
-            if event.batch != self.batch:
+            if event.stage == WAIT_STAGE:
+                self.cell_deadline = float("inf")
+            elif event.batch != self.batch or self.stage == WAIT_STAGE:
                 self.cell_deadline = time.monotonic() + self.settings.cell_timeout_s
             self.batch, self.stage = event.batch, event.stage
         elif isinstance(event, RowEvent):

@@ -4,7 +4,10 @@ A worker process per job isolates what one runtime does to the next (thread pool
 compiler flags), lets a crash (segfault, abort, OOM kill) become rows instead of ending the run,
 bounds a hung cell with a timeout, and makes the per-cell peak memory the variant's own. The user's
 model runs only in workers, the FP32 reference included. Jobs run one after the other: on one
-machine, two timed cells at once would measure each other.
+machine, two timed cells at once would measure each other. With ``benchmark.concurrent_jobs`` above 1
+(the default on a GPU, whose run is mostly compiling) several workers run at once inside the machine's
+measurement slot (``executors.slot``): they compile, convert and verify side by side, and each measures
+alone, with every other job waiting.
 
 The parent blocks in ``multiprocessing.connection.wait`` on the worker's pipe and its process
 sentinel with the next deadline as the timeout: it wakes for an event, a death or a deadline, never
@@ -24,10 +27,14 @@ job's thread count) is handed over with the job and set first thing in the worke
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import sys
+import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import wait
@@ -61,7 +68,8 @@ WORKER_PRELOAD = ("numpy", "torch", "torchvision", "infertune.config", "infertun
 
 @register_executor
 class ProcessExecutor(Executor):
-    """A worker process per job, one job at a time."""
+    """A worker process per job; one job at a time, or with ``concurrent_jobs`` above 1 several, preparing
+    side by side and measuring in turns (``executors.slot``), the compiling rungs started first."""
 
     name = "process"
 
@@ -74,8 +82,10 @@ class ProcessExecutor(Executor):
         forkserver.ensure_running()
 
     def run(self, jobs: Sequence[Job]) -> Iterator[Event]:
-        for job in jobs:
-            yield from run_in_worker(job, self.settings)
+        from infertune.executors.slot import longest_first
+
+        width = self.settings.concurrent_jobs
+        yield from run_workers(jobs if width == 1 else longest_first(jobs), self.settings, width)
 
 
 def apply_memory_limit(limit_mb: int) -> None:
@@ -161,25 +171,117 @@ def run_in_worker(job: Job, settings: ExecutorSettings) -> Iterator[Event]:
     ``cell_timeout_s`` (or the job longer than ``variant_timeout_s``); the worker is killed. Closing
     the generator early (an interrupted run) kills the worker.
     """
-    ctx = _set_preload(job.libraries())
-    recv_conn, send_conn = ctx.Pipe(duplex=False)
-    log_path = settings.log_path
-    log_start = os.path.getsize(log_path) if log_path and os.path.exists(log_path) else 0
-    proc: Any = None
-    finished = False
+    yield from run_workers([job], settings, width=1)
+
+
+def run_workers(jobs: Sequence[Job], settings: ExecutorSettings, width: int) -> Iterator[Event]:
+    """Run ``jobs`` in worker processes, up to ``width`` at once, in order; yield their events as they come.
+
+    With ``width`` above 1 each job runs inside the machine's measurement slot (``executors.slot``), so
+    preparations overlap and measurements take turns, and each worker writes to a log of its own, added
+    to the run's log when the job ends (lines of jobs running at once would interleave there).
+    """
+    pending = list(jobs)
+    running: list[_Worker] = []
     try:
-        with interrupts.deferred():  # a Ctrl-C mid-start would leave a worker nobody owns
-            proc = _start(ctx, job, send_conn, log_path)
-        yield from _pump(proc, recv_conn, JobWatch(job, settings), log_start)
-        finished = True
+        while pending or running:
+            while pending and len(running) < width:
+                job = pending.pop(0)
+                running.append(_Worker(job, settings) if width == 1 else _Worker.slotted(job, settings))
+            handles = [handle for worker in running for handle in worker.handles]
+            deadline = min(w.watch.deadline for w in running)  # infinite while every job waits for the slot
+            ready = wait(handles, timeout=None if deadline == float("inf") else max(0.0, deadline - time.monotonic()))
+            for worker in list(running):
+                yield from worker.step(ready)
+                if worker.done:
+                    worker.close()
+                    running.remove(worker)
     finally:
-        if proc is not None:
-            if finished:
-                proc.join(timeout=10)
-            if proc.is_alive():  # interrupted, timed out, or stuck after 'done'
-                kill_worker(proc)
-                proc.join()
-        recv_conn.close()
+        for worker in running:  # interrupted: no worker outlives the run
+            worker.close()
+
+
+class _Worker:
+    """One job's worker process as the parent sees it: started at construction, advanced by ``step``."""
+
+    def __init__(self, job: Job, settings: ExecutorSettings, own_log: str | None = None) -> None:
+        ctx = _set_preload(job.libraries())
+        recv_conn, send_conn = ctx.Pipe(duplex=False)
+        self.run_log = settings.log_path
+        self.own_log = own_log
+        log_path = own_log or self.run_log
+        self.log_start = os.path.getsize(log_path) if log_path and os.path.exists(log_path) else 0
+        self.watch = JobWatch(job, dataclasses.replace(settings, log_path=log_path))
+        self.conn = recv_conn
+        self.done = False
+        self._finished = False
+        with interrupts.deferred():  # a Ctrl-C mid-start would leave a worker nobody owns
+            try:
+                self.proc = _start(ctx, job, send_conn, log_path)
+            except BaseException:
+                recv_conn.close()
+                raise
+
+    @classmethod
+    def slotted(cls, job: Job, settings: ExecutorSettings) -> _Worker:
+        from infertune.executors.slot import SlottedJob, machine_slot_path
+
+        own_log = None
+        if settings.log_path:
+            fd, own_log = tempfile.mkstemp(prefix=f"{os.path.basename(settings.log_path)}.", suffix=".part",
+                                           dir=os.path.dirname(os.path.abspath(settings.log_path)))
+            os.close(fd)
+        return cls(SlottedJob(job, machine_slot_path()), settings, own_log)
+
+    @property
+    def handles(self) -> list[Any]:
+        return [self.conn, self.proc.sentinel]
+
+    def step(self, ready: list[Any]) -> list[Event]:
+        """The events this worker has for the parent now, given what ``wait`` found ``ready``; when the worker
+        ended (done, dead or past its deadline) also what the job still owes, and ``done`` is set."""
+        events: list[Event] = []
+        failure: tuple[Status, str] | None = None
+        while self.conn in ready or self.proc.sentinel in ready:
+            try:
+                if not self.conn.poll():
+                    raise EOFError  # only the sentinel woke us: the worker exited and left nothing unread
+                event = self.conn.recv()
+            except EOFError:
+                self.proc.join(timeout=10)
+                failure = (Status.CRASHED, death_reason(self.proc.exitcode, self.watch, self.log_start))
+                break
+            if event == _DONE:  # anything still owed now is a bug in the job, never a lost cell
+                self._finished = True
+                failure = (Status.CRASHED, "the worker finished without reporting this")
+                break
+            self.watch.observe(event)
+            if not isinstance(event, LastWordsEvent):
+                events.append(event)
+            ready = [self.conn] if self.conn.poll() else []
+        else:
+            if time.monotonic() >= self.watch.deadline:
+                kill_worker(self.proc)
+                failure = (Status.TIMEOUT, self.watch.timeout_reason())
+        if failure is not None:
+            self.done = True
+            events.extend(self.watch.lost_events(*failure))
+        return events
+
+    def close(self) -> None:
+        """Reap (or, unfinished, kill) the worker; add its own log to the run's."""
+        if self._finished:
+            self.proc.join(timeout=10)
+        if self.proc.is_alive():  # interrupted, timed out, or stuck after 'done'
+            kill_worker(self.proc)
+            self.proc.join()
+        self.conn.close()
+        if self.own_log:
+            with contextlib.suppress(OSError):
+                if self.run_log:
+                    with open(self.own_log, "rb") as part, open(self.run_log, "ab") as log:
+                        shutil.copyfileobj(part, log)
+                os.unlink(self.own_log)
 
 
 def _set_preload(libraries: Sequence[str]) -> Any:
@@ -209,36 +311,6 @@ def kill_worker(proc: Any) -> None:
             return
     with contextlib.suppress(OSError):
         proc.kill()
-
-
-def _pump(proc: Any, recv_conn: Any, watch: JobWatch, log_start: int = 0) -> Iterator[Event]:
-    """Relay the worker's events; on death or timeout, finish with what the job still owes."""
-    import time
-
-    failure: tuple[Status, str] | None = None
-    while True:
-        ready = wait([recv_conn, proc.sentinel], timeout=max(0.0, watch.deadline - time.monotonic()))
-        if not ready:
-            kill_worker(proc)
-            failure = (Status.TIMEOUT, watch.timeout_reason())
-            break
-        try:
-            if recv_conn not in ready and not recv_conn.poll():
-                raise EOFError  # the worker exited and left nothing unread
-            event = recv_conn.recv()
-        except EOFError:
-            proc.join(timeout=10)
-            failure = (Status.CRASHED, death_reason(proc.exitcode, watch, log_start))
-            break
-        if event == _DONE:
-            break
-        watch.observe(event)
-        if isinstance(event, LastWordsEvent):
-            continue
-        yield event
-    if failure is None:  # 'done': anything still owed is a bug in the job, never a lost cell
-        failure = (Status.CRASHED, "the worker finished without reporting this")
-    yield from watch.lost_events(*failure)
 
 
 def death_reason(exitcode: int | None, watch: JobWatch, log_start: int = 0) -> str:

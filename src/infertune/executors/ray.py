@@ -11,11 +11,9 @@ Honest numbers under parallelism (docs/ray.md):
 
 - a GPU job asks Ray for one GPU, so a node measures one variant per GPU at once; its worker is pinned
   to that GPU's share of the node's cores, so two GPU jobs never share a core;
-- CPU jobs on one node share its cores, so they share the node's **measurement slot**: a reader-writer
-  lock on a file in the node's temp folder. A job holds it shared while it loads, converts, compiles,
-  calibrates and verifies, and exclusive while it measures: preparations overlap each other, but a
-  measurement overlaps nothing else of any infertune job on that node. ``flock`` locks die with their
-  process, so a crashed worker never leaves the slot taken. Rows record when they held it.
+- CPU jobs on one node share its cores, so they share the node's **measurement slot**
+  (``executors.slot``): preparations overlap each other, but a measurement overlaps nothing else of any
+  infertune job on that node.
 
 With ``ray.per_node`` (``--per-node``) the plan has a job per (variant, node) and each task is pinned to
 its node (``NodeAffinitySchedulingStrategy``, not soft): the whole ladder runs on every node.
@@ -30,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import importlib.util
 import os
 import re
@@ -39,41 +36,31 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from infertune import interrupts
 from infertune.errors import InfertuneError
 from infertune.executors.base import (
     ClusterNode,
-    Emit,
     Event,
     Executor,
     ExecutorSettings,
     Job,
     JobWatch,
     LogEvent,
-    Loss,
     RowEvent,
-    StageEvent,
     import_job_modules,
     register_executor,
 )
+from infertune.executors.slot import SlottedJob, longest_first, machine_slot_path
 from infertune.results import ResultRow, Status
-
-if TYPE_CHECKING:
-    from infertune.cell import VariantJob
 
 if importlib.util.find_spec("ray") is None:  # executor_class turns this into "isolation: ray needs ray"
     raise ModuleNotFoundError("No module named 'ray': pip install 'infertune[ray]'", name="ray")
 
-MEASURE_STAGE = "measure"
-WAIT_STAGE = "wait for the measurement slot"
-#: the node's slot file; every infertune job on the node, of any run or user, shares it.
-SLOT_FILE = "infertune-measurement-slot.lock"
 #: how often the driver's wait on the cluster wakes to act on a held Ctrl-C (see RayExecutor._on_cluster).
 _SIGNAL_CHECK_S = 1.0
 
@@ -113,104 +100,6 @@ def _gpu_name(gpu_id: str) -> str:
         return ""
 
 
-class MeasurementSlot:
-    """A reader-writer lock shared by every process on one machine through two files (``flock``).
-
-    ``share()`` while preparing, ``take()`` to measure, ``give_back()`` after. A waiting ``take`` holds
-    the turnstile file, so preparations that start later wait behind it instead of starving it.
-    Locks belong to the open files: a process that dies releases them with its descriptors.
-    """
-
-    def __init__(self, path: str) -> None:
-        # read-only is enough for flock, and lets another user's run share a slot file it did not create
-        self._main = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
-        self._turn = os.open(f"{path}.turn", os.O_RDONLY | os.O_CREAT, 0o644)
-
-    def share(self) -> None:
-        fcntl.flock(self._turn, fcntl.LOCK_EX)
-        try:
-            fcntl.flock(self._main, fcntl.LOCK_SH)
-        finally:
-            fcntl.flock(self._turn, fcntl.LOCK_UN)
-
-    def take(self) -> None:
-        fcntl.flock(self._main, fcntl.LOCK_UN)
-        fcntl.flock(self._turn, fcntl.LOCK_EX)
-        try:
-            fcntl.flock(self._main, fcntl.LOCK_EX)
-        finally:
-            fcntl.flock(self._turn, fcntl.LOCK_UN)
-
-    def give_back(self) -> None:
-        fcntl.flock(self._main, fcntl.LOCK_UN)
-        self.share()
-
-    def close(self) -> None:
-        os.close(self._main)
-        os.close(self._turn)
-
-
-@dataclass(frozen=True)
-class SlottedJob(Job):
-    """A job as it runs on a node: inside the node's measurement slot (CPU) or on its GPU's cores."""
-
-    job: Job
-    #: the slot file; empty for a GPU job (its GPU is its own, and its cores too).
-    slot_path: str = ""
-    #: the cores the worker may use; empty: all of the node's.
-    cores: tuple[int, ...] = ()
-
-    job_id = property(lambda self: self.job.job_id)  # type: ignore[assignment]
-    device = property(lambda self: self.job.device)  # type: ignore[assignment]
-    threads = property(lambda self: self.job.threads)  # type: ignore[assignment]
-    batches = property(lambda self: self.job.batches)  # type: ignore[assignment]
-    memory_limit_mb = property(lambda self: self.job.memory_limit_mb)  # type: ignore[assignment]
-    modules = property(lambda self: self.job.modules)  # type: ignore[assignment]
-    unit = property(lambda self: self.job.unit)  # type: ignore[assignment]
-    whole_job_timeout = property(lambda self: self.job.whole_job_timeout)  # type: ignore[assignment]
-    label = property(lambda self: self.job.label)  # type: ignore[assignment]
-
-    def run(self, emit: Emit) -> None:
-        if self.cores:
-            os.sched_setaffinity(0, self.cores)  # before any runtime starts its thread pool
-        slot = MeasurementSlot(self.slot_path) if self.slot_path else None
-        try:
-            if slot is not None:
-                slot.share()
-            self.job.run(_SlotKeeper(emit, slot))
-        finally:
-            if slot is not None:
-                slot.close()
-
-    def lost(self, loss: Loss) -> list[Event]:
-        return self.job.lost(loss)
-
-
-class _SlotKeeper:
-    """The worker's ``emit``, taking the slot before a ``measure`` stage and giving it back at the next
-    stage or row; the row records the window in which the slot was held."""
-
-    def __init__(self, emit: Emit, slot: MeasurementSlot | None) -> None:
-        self.emit = emit
-        self.slot = slot
-        self.since: float | None = None
-
-    def __call__(self, event: Event) -> None:
-        if self.since is not None and isinstance(event, (StageEvent, RowEvent)):
-            until = time.time()
-            if self.slot is not None:
-                self.slot.give_back()
-            if isinstance(event, RowEvent):
-                event.row.update(measure_start_unix_s=self.since, measure_end_unix_s=until)
-            self.since = None
-        if isinstance(event, StageEvent) and event.stage == MEASURE_STAGE:
-            if self.slot is not None:
-                self.emit(StageEvent(event.job_id, event.batch, WAIT_STAGE))
-                self.slot.take()
-            self.since = time.time()
-        self.emit(event)
-
-
 @dataclass(frozen=True)
 class _Placed:
     """The task's first message: where the job landed (rows the driver writes for it say so too)."""
@@ -238,7 +127,7 @@ def _node_task(job: Job, shipped: dict[str, Any], settings: ExecutorSettings) ->
         usable = len(cores) or len(os.sched_getaffinity(0))
         if dataclasses.is_dataclass(job) and job.threads > usable:
             job = dataclasses.replace(job, threads=usable)  # type: ignore[type-var]
-        slot = "" if gpu_ids else os.path.join(tempfile.gettempdir(), SLOT_FILE)
+        slot = "" if gpu_ids else machine_slot_path()
         log = _LogTail(os.path.join(workdir, "worker.log"))
         for event in run_in_worker(SlottedJob(job, slot, cores), dataclasses.replace(settings, log_path=log.path)):
             yield from log.events(job.job_id)
@@ -463,15 +352,6 @@ def _placement(job: Job) -> Any:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     return NodeAffinitySchedulingStrategy(pinned.node_id, soft=False)
-
-
-def longest_first(jobs: Sequence[VariantJob]) -> list[VariantJob]:
-    """The jobs in the order Ray should start them: the compiling rungs (``Backend.compiles``) first, the
-    rest in ladder order. Ray starts tasks in submission order as resources free up; a 60 s compile
-    submitted last ran alone at the end on 2 GPUs and bounded the run (docs/results/ray.md)."""
-    from infertune.backends.registry import get_backend
-
-    return sorted(jobs, key=lambda job: not get_backend(job.variant.backend).compiles)
 
 
 @dataclass

@@ -1,0 +1,155 @@
+"""The measurement slot: several jobs prepare at once on one machine, and one measures at a time.
+
+Jobs that share a machine (the default executor with ``benchmark.concurrent_jobs`` above 1, or Ray's CPU
+jobs on one node) share its measurement slot: a reader-writer lock on a file in the machine's temp
+folder. A job holds it shared while it loads, converts, compiles, calibrates and verifies, and exclusive
+while it measures (warm-up, timed loop, end-to-end loop): preparations overlap each other, but a
+measurement overlaps nothing else of any infertune job on that machine, of any run or user. ``flock``
+locks die with their process, so a crashed worker never leaves the slot taken. Rows record when they held
+it (``measure_start_unix_s``, ``measure_end_unix_s``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from infertune.executors.base import (
+    WAIT_STAGE,
+    Emit,
+    Event,
+    Job,
+    Loss,
+    RowEvent,
+    StageEvent,
+)
+
+MEASURE_STAGE = "measure"
+#: the machine's slot file; every infertune job on the machine, of any run or user, shares it.
+SLOT_FILE = "infertune-measurement-slot.lock"
+
+
+def machine_slot_path() -> str:
+    """This machine's slot file (in its temp folder: shared by every run and user here)."""
+    return os.path.join(tempfile.gettempdir(), SLOT_FILE)
+
+
+class MeasurementSlot:
+    """A reader-writer lock shared by every process on one machine through two files (``flock``).
+
+    ``share()`` while preparing, ``take()`` to measure, ``give_back()`` after. A waiting ``take`` holds
+    the turnstile file, so preparations that start later wait behind it instead of starving it.
+    Locks belong to the open files: a process that dies releases them with its descriptors.
+    """
+
+    def __init__(self, path: str) -> None:
+        # read-only is enough for flock, and lets another user's run share a slot file it did not create
+        self._main = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+        self._turn = os.open(f"{path}.turn", os.O_RDONLY | os.O_CREAT, 0o644)
+
+    def share(self) -> None:
+        fcntl.flock(self._turn, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self._main, fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(self._turn, fcntl.LOCK_UN)
+
+    def take(self) -> None:
+        fcntl.flock(self._main, fcntl.LOCK_UN)
+        fcntl.flock(self._turn, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self._main, fcntl.LOCK_EX)
+        finally:
+            fcntl.flock(self._turn, fcntl.LOCK_UN)
+
+    def give_back(self) -> None:
+        fcntl.flock(self._main, fcntl.LOCK_UN)
+        self.share()
+
+    def close(self) -> None:
+        os.close(self._main)
+        os.close(self._turn)
+
+
+@dataclass(frozen=True)
+class SlottedJob(Job):
+    """A job as it runs beside others: inside the machine's measurement slot, and (Ray's GPU jobs) on its GPU's
+    share of the cores."""
+
+    job: Job
+    #: the slot file; empty for a Ray GPU job (its GPU is its own, and its cores too).
+    slot_path: str = ""
+    #: the cores the worker may use; empty: all of the node's.
+    cores: tuple[int, ...] = ()
+
+    job_id = property(lambda self: self.job.job_id)  # type: ignore[assignment]
+    device = property(lambda self: self.job.device)  # type: ignore[assignment]
+    threads = property(lambda self: self.job.threads)  # type: ignore[assignment]
+    batches = property(lambda self: self.job.batches)  # type: ignore[assignment]
+    memory_limit_mb = property(lambda self: self.job.memory_limit_mb)  # type: ignore[assignment]
+    modules = property(lambda self: self.job.modules)  # type: ignore[assignment]
+    unit = property(lambda self: self.job.unit)  # type: ignore[assignment]
+    whole_job_timeout = property(lambda self: self.job.whole_job_timeout)  # type: ignore[assignment]
+    label = property(lambda self: self.job.label)  # type: ignore[assignment]
+
+    def libraries(self) -> tuple[str, ...]:
+        return self.job.libraries()
+
+    def run(self, emit: Emit) -> None:
+        if self.cores:
+            os.sched_setaffinity(0, self.cores)  # before any runtime starts its thread pool
+        slot = MeasurementSlot(self.slot_path) if self.slot_path else None
+        try:
+            if slot is not None:
+                slot.share()
+            self.job.run(SlotKeeper(emit, slot))
+        finally:
+            if slot is not None:
+                slot.close()
+
+    def lost(self, loss: Loss) -> list[Event]:
+        return self.job.lost(loss)
+
+
+class SlotKeeper:
+    """The worker's ``emit``, taking the slot before a ``measure`` stage and giving it back at the next
+    stage or row; the row records the window in which the slot was held."""
+
+    def __init__(self, emit: Emit, slot: MeasurementSlot | None) -> None:
+        self.emit = emit
+        self.slot = slot
+        self.since: float | None = None
+
+    def __call__(self, event: Event) -> None:
+        if self.since is not None and isinstance(event, (StageEvent, RowEvent)):
+            until = time.time()
+            if self.slot is not None:
+                self.slot.give_back()
+            if isinstance(event, RowEvent):
+                event.row.update(measure_start_unix_s=self.since, measure_end_unix_s=until)
+            self.since = None
+        if isinstance(event, StageEvent) and event.stage == MEASURE_STAGE:
+            if self.slot is not None:
+                self.emit(StageEvent(event.job_id, event.batch, WAIT_STAGE))
+                self.slot.take()
+            self.since = time.time()
+        self.emit(event)
+
+
+def longest_first(jobs: Sequence[Job]) -> list[Job]:
+    """The jobs in the order to start them when several run at once: the compiling rungs
+    (``Backend.compiles``) first, the rest (other variants, other kinds of job) in their order. Started
+    last, a 60 s compile ran alone at the end on 2 GPUs and bounded the run (docs/results/ray.md)."""
+    from infertune.backends.registry import get_backend
+
+    def compiles(job: Job) -> bool:
+        variant = getattr(job, "variant", None)
+        return variant is not None and get_backend(variant.backend).compiles
+
+    return sorted(jobs, key=lambda job: not compiles(job))
+
+

@@ -1,0 +1,124 @@
+"""The default executor with ``benchmark.concurrent_jobs`` above 1: jobs prepare side by side and measure in
+turns (the machine's measurement slot), a crash or a hang beside them is still a row, and the workers' logs
+all reach the run's log."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from itertools import pairwise
+from pathlib import Path
+
+import yaml
+
+from infertune.config import validate_config
+from infertune.journal import read_journal
+from infertune.pipeline import run
+from infertune.plan import concurrent_jobs
+from infertune.results import ResultRow, read_rows
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"name": "infertune.testing:tiny_convnet", "input_shape": [1, 3, 32, 32], "pretrained": False}
+CLI = "import sys, tests.fault_backends; from infertune.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def _config(tmp_path: Path, variants: list[str], **bench) -> dict:
+    return {
+        "model": TINY,
+        "benchmark": {"batch_sizes": [1, 2], "warmup_iterations": 1, "benchmark_iterations": 2,
+                      "min_time_s": 0.3, "device": "cpu", **bench},
+        "optimization": {"variants": variants},
+        "output": {"dir": str(tmp_path / "results"), "models_dir": str(tmp_path / "models")},
+    }
+
+
+def _measure_windows_apart(rows: list[ResultRow]) -> None:
+    windows = sorted((r.measure_start_unix_s, r.measure_end_unix_s, r.variant, r.batch_size) for r in rows)
+    assert all(start is not None and end is not None and start <= end for start, end, *_ in windows), windows
+    for (_, end, *first), (start, _, *second) in pairwise(windows):
+        assert end <= start, f"{first} and {second} were measured at the same time"
+
+
+def _interval(markers: Path, name: str) -> tuple[float, float]:
+    start, end = (markers / name).read_text().split()
+    return float(start), float(end)
+
+
+def test_jobs_prepare_side_by_side_and_measure_in_turns(tmp_path, fault_backends):
+    variants = ["pytorch:fp32", "slow_prepare:fp32:a", "slow_prepare:fp32:b", "fault_segfault:fp32"]
+    result = run(validate_config(_config(tmp_path, variants, concurrent_jobs=3)), log=lambda m: None)
+
+    rows = {(r.variant, r.batch_size): r for r in result.rows}
+    assert len(rows) == 8
+    measured = [r for r in result.rows if r.variant != "fault_segfault:fp32"]
+    assert all(r.status == "ok" and r.latency_p50_ms for r in measured), [(r.variant, r.error) for r in measured]
+    _measure_windows_apart(measured)
+    crash = rows[("fault_segfault:fp32", 1)]
+    assert crash.status == "crashed" and "killed by SIGSEGV" in crash.error
+    assert rows[("fault_segfault:fp32", 2)].error == "not run: the worker crashed on batch 1"
+    # the two slow preparations of batch 1 ran at the same time
+    (a_start, a_end), (b_start, b_end) = (_interval(fault_backends, f"prepare.{v}.b1") for v in ("a", "b"))
+    assert a_start < b_end and b_start < a_end, "the preparations took turns instead of overlapping"
+    log = result.log_path.read_text()
+    assert all(f"=== {v} (pid" in log for v in variants)  # every worker's own log reached the run's
+    assert not list(result.log_path.parent.glob("*.part"))
+    assert len(read_journal(result.journal_path)) == 8
+
+
+def test_a_hang_beside_other_jobs_times_out_alone(tmp_path, fault_backends):
+    """The hung preparation holds the slot (shared) until its cell times out; the job waiting to measure
+    gets its own full cell time once the slot is free, so it still finishes."""
+    config = _config(tmp_path, ["fault_hang:fp32", "pytorch:fp32"], concurrent_jobs=2, cell_timeout_s=8)
+    result = run(validate_config(config), log=lambda m: None)
+
+    rows = {(r.variant, r.batch_size): r for r in result.rows}
+    hang = rows[("fault_hang:fp32", 1)]
+    assert hang.status == "timeout" and "benchmark.cell_timeout_s" in hang.error
+    assert rows[("pytorch:fp32", 1)].status == rows[("pytorch:fp32", 2)].status == "ok"
+
+
+def test_one_job_at_a_time_on_the_cpu_and_three_on_a_gpu_unless_configured():
+    config = validate_config({"model": TINY})
+    assert (concurrent_jobs(config, "cpu"), concurrent_jobs(config, "cuda")) == (1, 3)
+    config = validate_config({"model": TINY, "benchmark": {"concurrent_jobs": 2}})
+    assert (concurrent_jobs(config, "cpu"), concurrent_jobs(config, "cuda")) == (2, 2)
+
+
+def test_ctrl_c_stops_every_running_job_and_resume_finishes(tmp_path, fault_backends):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(_config(tmp_path, ["slow_once:fp32", "pytorch:fp32"], concurrent_jobs=2)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-c", CLI, "run", "-q", "--config", str(config)], cwd=tmp_path,
+                            env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    marker = fault_backends / "slow_once.1"
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists():  # slow_once asleep in its preparation, pytorch:fp32 started beside it
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the run never got there"
+            time.sleep(0.5)
+        time.sleep(3)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in out + err
+    csv = next((tmp_path / "results").glob("benchmark_results_*.csv"))
+    statuses = {(r.variant, r.batch_size): r.status for r in read_rows(csv)}
+    assert statuses[("slow_once:fp32", 1)] == "interrupted"
+    assert statuses.get(("pytorch:fp32", 1)) == "interrupted"  # it was waiting for the slow job's slot
+    worker = int(marker.read_text())
+    time.sleep(1)
+    assert not Path(f"/proc/{worker}").exists() or "\nState:\tZ" in Path(f"/proc/{worker}/status").read_text()
+
+    proc = subprocess.Popen([sys.executable, "-c", CLI, "run", "-q", "--resume", str(csv.parent)], cwd=tmp_path,
+                            env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert {r.status for r in read_rows(csv)} == {"ok"} and len(read_rows(csv)) == 4
