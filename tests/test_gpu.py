@@ -83,6 +83,18 @@ def test_gpu_variants_keep_predictions_and_time_on_the_device(make_ctx, backend,
 
 @needs_cuda
 @pytest.mark.gpu
+def test_a_compiled_cuda_graph_variant_compiles_once(make_ctx):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    runner = get_backend("torch_compile").prepare(make_ctx("fp16", {"cuda_graph": ""}, batch=4, device="cuda"))
+    runner(runner.to_native(np.zeros((4, 3, 32, 32), dtype=np.float32)))
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+
+
+@needs_cuda
+@pytest.mark.gpu
 def test_a_cuda_graph_refuses_another_batch_size(make_ctx):
     runner = get_backend("pytorch").prepare(make_ctx("fp16", {"cuda_graph": ""}, batch=4, device="cuda"))
     with pytest.raises(ConfigError, match="captured for input shape"):
