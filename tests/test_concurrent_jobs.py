@@ -80,9 +80,10 @@ def test_a_hang_beside_other_jobs_times_out_alone(tmp_path, fault_backends):
     assert rows[("pytorch:fp32", 1)].status == rows[("pytorch:fp32", 2)].status == "ok"
 
 
-def test_one_job_at_a_time_on_the_cpu_and_three_on_a_gpu_unless_configured():
+def test_one_job_at_a_time_on_the_cpu_and_one_per_four_cores_on_a_gpu_unless_configured():
     config = validate_config({"model": TINY})
-    assert (concurrent_jobs(config, "cpu"), concurrent_jobs(config, "cuda")) == (1, 3)
+    assert concurrent_jobs(config, "cpu", cores=64) == 1
+    assert [concurrent_jobs(config, "cuda", cores=n) for n in (2, 8, 16, 128)] == [1, 2, 4, 4]
     config = validate_config({"model": TINY, "benchmark": {"concurrent_jobs": 2}})
     assert (concurrent_jobs(config, "cpu"), concurrent_jobs(config, "cuda")) == (2, 2)
 

@@ -142,8 +142,8 @@ class BenchmarkConfig(_Section):
     #: cap on each worker's data memory (RLIMIT_DATA, MB; CPU runs only); None: no cap.
     memory_limit_mb: int | None = Field(None, ge=256)
     #: jobs the default executor runs at once, preparing side by side and measuring in turns
-    #: (executors/slot.py); None: 3 on a GPU (its run is mostly compiling), 1 on the CPU (2 workers would
-    #: share its cores while preparing, for little: conversions there already use every core).
+    #: (executors/slot.py); None: on a GPU one per 4 cores, at most 4 (its run is mostly compiling); on
+    #: the CPU 1 (workers preparing side by side would share the cores every conversion already uses).
     concurrent_jobs: int | None = Field(None, ge=1)
     rounds: int = Field(1, ge=1)
     #: time the baseline (pytorch:fp32) again at the end of the run; a drift beyond its noise flags the

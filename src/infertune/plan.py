@@ -12,6 +12,7 @@ A ``--per-node`` run (``place_on_nodes``) has a cell per (variant, batch size, n
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -252,11 +253,16 @@ def _memory_limit(cfg: RunConfig, device: str, log: Log) -> int | None:
     return limit
 
 
-def concurrent_jobs(cfg: RunConfig, device: str) -> int:
-    """``benchmark.concurrent_jobs``, or its default for ``device`` (see the config's comment)."""
+def concurrent_jobs(cfg: RunConfig, device: str, cores: int | None = None) -> int:
+    """``benchmark.concurrent_jobs``, or its default for ``device``: on a GPU one job per 4 cores, at most
+    4 (the default CUDA ladder's compiling rungs: three torch.compile variants and the AOTInductor build,
+    each compiling with its share of the cores); on the CPU 1 (see the config's comment)."""
     if cfg.benchmark.concurrent_jobs is not None:
         return cfg.benchmark.concurrent_jobs
-    return 3 if device == "cuda" else 1
+    if device != "cuda":
+        return 1
+    cores = cores if cores is not None else len(os.sched_getaffinity(0))
+    return max(1, min(4, cores // 4))
 
 
 def _warmup_time_s(cfg: RunConfig, device: str) -> float:

@@ -66,8 +66,11 @@ class MeasurementSlot:
         finally:
             fcntl.flock(self._turn, fcntl.LOCK_UN)
 
-    def give_back(self) -> None:
+    def release(self) -> None:
         fcntl.flock(self._main, fcntl.LOCK_UN)
+
+    def give_back(self) -> None:
+        self.release()
         self.share()
 
     def close(self) -> None:
@@ -127,11 +130,17 @@ class SlotKeeper:
     def __call__(self, event: Event) -> None:
         if self.since is not None and isinstance(event, (StageEvent, RowEvent)):
             until = time.time()
+            self.since, since = None, self.since
+            if isinstance(event, RowEvent):  # sent before sharing again, which waits while another job measures
+                event.row.update(measure_start_unix_s=since, measure_end_unix_s=until)
+                if self.slot is not None:
+                    self.slot.release()
+                self.emit(event)
+                if self.slot is not None:
+                    self.slot.share()
+                return
             if self.slot is not None:
                 self.slot.give_back()
-            if isinstance(event, RowEvent):
-                event.row.update(measure_start_unix_s=self.since, measure_end_unix_s=until)
-            self.since = None
         if isinstance(event, StageEvent) and event.stage == MEASURE_STAGE:
             if self.slot is not None:
                 self.emit(StageEvent(event.job_id, event.batch, WAIT_STAGE))
