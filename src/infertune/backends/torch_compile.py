@@ -1,8 +1,8 @@
 """torch.compile with the Inductor backend on CPU and CUDA, compiled inside ``prepare``.
 
 Compilation is lazy in torch.compile: it happens on the first call. ``prepare`` therefore calls the
-compiled function once on the cell's example input (under ``inference_mode``, as the runner does),
-so that compile time lands in prepare (timed by the harness) and never in the first timed
+compiled function once on the cell's example input (under ``inference_mode``, as the runner does; with
+``cuda_graph``, the capture's first warm-up call on the graph's own input buffer), so that compile time lands in prepare (timed by the harness) and never in the first timed
 iteration; it is also logged and kept as ``runner.compile_s``.
 
 Options (``torch_compile:fp32:max-autotune``, ``torch_compile:fp16:mode=reduce-overhead``...):
@@ -11,20 +11,17 @@ Options (``torch_compile:fp32:max-autotune``, ``torch_compile:fp16:mode=reduce-o
   ``reduce-overhead`` (CUDA graphs) exists only on CUDA and is refused on the CPU.
 - ``nofreeze`` / ``freeze``: Inductor freezing (weights become constants: batch norms folded into
   convolutions, and on the CPU weights pre-packed for oneDNN) is on by default: on the CPU it is
-  the whole gain (table below); on CUDA, fp16 channels_last at batch 256 ran at 30,805 img/s with
-  it against 26,172 img/s without (H200, two runs of one day).
+  the whole gain, and on CUDA it helps too.
 - ``dynamic``: mark the batch dimension dynamic (``torch._dynamo.mark_dynamic``), so one compiled
   graph serves every batch size >= 2 in this process (batch 1 is always specialised by dynamo and
-  recompiles); off by default (table below).
+  recompiles); off by default (slower at batch 8, and each cell compiles anyway).
 - ``channels_last``: NHWC memory format (the fast layout for fp16 convolutions on CUDA).
 - ``cuda_graph``: capture the compiled forward pass in one CUDA graph ourselves
-  (``torch_common.CudaGraphCall``) and replay it: H200 batch 1, 2.11 ms -> 0.43 ms. It composes with
+  (``torch_common.CudaGraphCall``) and replay it (batch 1 is launch-bound without it). It composes with
   freezing and the default mode; ``reduce-overhead`` is Inductor's own CUDA-graph mode.
 - ``cudnn_fused`` (CUDA): run the ``cudnn_fusion`` pass first (BatchNorm folded, conv+bias(+add)+ReLU as
   cuDNN's fused calls), then compile: Inductor keeps the cuDNN calls as extern kernels and fuses what is
-  left (pooling, the stem's padding, the head). H200, ResNet50 fp16 channels_last in a CUDA graph:
-  44,423 img/s at batch 1024 and 0.367 ms at batch 1, against 32,740 and 0.417 ms without the pass, in
-  one run (docs/results/h200.md); it also compiles 3-4x faster (fewer Triton kernels to generate).
+  left (pooling, the stem's padding, the head); it also compiles faster (fewer Triton kernels).
 
 Inductor's on-disk caches (FX graph cache, autotuning results, generated kernels) are kept in the run's
 models dir (``configure_inductor_caches``), so a rerun, and another variant compiling the same graph,
@@ -33,41 +30,15 @@ skip code generation; ``--no-cache`` switches them off.
 How freezing is switched on, and why twice: Inductor reads ``torch._inductor.config.freezing`` when
 it compiles, but dynamo reads it too, earlier, when it traces (``is_parameter_freezing``: only then
 are the parameters marked static and guarded, so Inductor can fold them). ``torch.compile(options=
-{"freezing": True})`` reaches Inductor only, and measured no gain at all (ResNet50 batch 1: 61.8 ms,
-eager 56.7 ms, with a ``config.patch`` 42.4 ms, interleaved in one process). So the options carry the
-Inductor settings for every compile, and with freezing on every call of the runner runs inside
-``torch._inductor.config.patch(freezing=True)`` (~18 us a call, measured), so that a recompile
+{"freezing": True})`` reaches Inductor only, and measured no gain at all (docs/results/cpu.md). So the
+options carry the Inductor settings for every compile, and with freezing on every call of the runner runs inside
+``torch._inductor.config.patch(freezing=True)`` (microseconds a call), so that a recompile
 triggered later (another batch size with ``dynamic``, a verification batch of another size) is
 traced for freezing too. ``mode`` and ``options`` cannot both be given to torch.compile, so the mode
 is expanded with ``list_mode_options`` first, as torch.compile does internally.
 
-Measured, CPU: ResNet50, random weights, 2 threads, AMD EPYC Zen 4 VM (AVX-512, VNNI, AVX512_BF16),
-torch 2.14.1; p50 of 8 interleaved rounds in one process, another user's job sometimes on the CPU:
-
-    batch 1 (ms)   eager 57.9   compiled 41.4 (1.40x)   nofreeze 61.1 (0.95x)   dynamic 43.4 (1.34x)
-    batch 8 (ms)   eager 520    compiled 341  (1.53x)   nofreeze 382  (1.36x)   dynamic 361  (1.44x)
-    bf16, batch 1  eager 39.4   compiled 23.0 (fp32 eager 60.5 in that run: 2.63x; cosine 0.99999)
-
-Compile (prepare) time: freezing on 21 s at batch 1 in a fresh process with an empty Inductor
-cache, 8-10 s once Inductor's on-disk cache holds the generated kernels (on the CPU a graph with
-frozen weights is never served whole by the FX graph cache: its oneDNN-packed weights are "mkldnn
-tensors unpickleable" to Inductor, which bypasses the cache, so ``cache_hit`` stays False; on CUDA
-there are no such weights); freezing off 14.7 s cold, 1.7 s warm (FX graph cache hit). ``dynamic`` compiles in 6-13 s
-and runs 6% slower at batch 8; at batch 1 it recompiles a static graph anyway. Since each cell is
-prepared on its own, a dynamic graph saves nothing unless one process serves several batch sizes,
-so static shapes stay the default. max-autotune was not timed on this CPU (on the Zen 3 reference
-it added nothing).
-
-Measured, CUDA: one H200, torch 2.11, fp16, host wall time with a device sync per call:
-
-    batch 1 (ms)   eager 4.67   compiled 2.24   channels_last 2.05   reduce-overhead 0.61
-    batch 8 (ms)   eager 4.26   compiled 2.29   channels_last 2.15   reduce-overhead 0.83
-
-Compiles took 8-17 s each. CUDA graphs (``reduce-overhead``) are 3.7x / 2.8x faster than the
-default mode at these batch sizes (the default mode is launch-bound), so a CUDA-graph variant is in
-the CUDA default ladder; max-autotune is not: at batch 256 (fp16, channels_last, freezing) it
-compiled for 270 s and ran at 29,007 img/s against the default mode's 30,805 img/s
-(benchmarks/h200_explore.py, docs/results/h200.md).
+Why these defaults (freezing on, static shapes, no max-autotune in the default ladder), with the
+measurements behind them: docs/results/cpu.md ("torch.compile's options") and docs/results/h200.md.
 """
 
 from __future__ import annotations
