@@ -25,28 +25,20 @@ killed it, is put into the error when it fails. Freezing is on by default on the
 Options: ``freeze``/``nofreeze``, ``dynamic``, ``channels_last``, ``max-autotune`` (or ``mode=``);
 ``reduce-overhead`` (CUDA graphs) is a torch.compile runtime feature that a package does not have.
 
-Measured, CPU: ResNet50, random weights, 2 threads, AMD EPYC Zen 4 VM, torch 2.14.1; p50 of 8
-interleaved rounds in one process (eager and torch.compile in the same rounds):
+Why freezing and static shapes are the defaults on the CPU: frozen, the package runs as fast as the
+in-process torch.compile, and without freezing it gains nothing at batch 1 and less at batch 8; a
+``dynamic`` package is built once and serves every batch size, but runs slower, most at batch 1 (oneDNN
+weight pre-packing wants static shapes). A build takes many seconds, a cache hit a fraction of one.
+Measurements: docs/results/cpu.md ("AOTInductor's defaults").
 
-    batch 1 (ms)   eager 57.9   aoti 40.3 (1.44x)   nofreeze 59.9 (0.97x)   dynamic 58.1 (1.00x)
-    batch 8 (ms)   eager 520    aoti 328  (1.59x)   nofreeze 372  (1.40x)   dynamic 346  (1.50x)
-    bf16, batch 1  aoti 21.5 (fp32 eager 60.5 in that run: 2.82x; cosine 0.99999)
-
-torch.compile with freezing in the same rounds: 41.4 / 341 ms, so the package runs as fast as the
-in-process compile (3-4% faster, within noise). Building: export 1-2 s, compile in the child 15-18 s
-(freezing on or off), so prepare is 21-25 s on a miss and 0.2 s on a cache hit. A ``dynamic``
-package is built once (25 s) and reused by every batch size (prepare 0.2 s at batch 8 after batch
-1), but it runs 5% slower at batch 8 and 45% slower at batch 1 (oneDNN weight pre-packing wants
-static shapes), so static shapes stay the default.
-
-CUDA (one H200, torch 2.11): the package compiles in the child (41-68 s for fp16 ResNet50), but
+CUDA (one H200, torch 2.11): the package compiles in the child (build times in docs/results/h200.md), but
 ``aoti_load_package`` segfaults there, also for a tiny model and in the process that compiled it,
 so no CUDA numbers; the child's trial run turns that crash into an error row, which names the cause
 found (``KNOWN_LOAD_CRASHES``; the backtrace is in docs/results/h200.md). A package that compiled
 and then crashed its loader is not rebuilt for the next batch sizes, nor by a later run on the same
 cache (same torch, precision, device and options: the same loader; ``LoadCrashes``, a file in the
-model's cache): those rows fail at once with the same reason, instead of spending a minute each
-compiling a package that cannot be loaded. ``--no-cache`` (or deleting the file) tries again.
+model's cache): those rows fail at once with the same reason, instead of each spending a long build
+on a package that cannot be loaded. ``--no-cache`` (or deleting the file) tries again.
 """
 
 from __future__ import annotations

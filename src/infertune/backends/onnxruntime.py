@@ -6,16 +6,13 @@ thread and sequential execution. The optimized graph is saved into the cache (so
 is the real size of what runs) and reloaded without re-optimizing on a cache hit: measured on
 ResNet50 INT8, a session from the saved graph ran as fast as one optimized at load time and gave
 identical outputs. Because level-ALL graphs can hold CPU-specific ops, the key includes the CPU's
-ISA flags. INT8 quantization lives in ``ort_quantize`` (recipes, defaults and their measurements).
+ISA flags. INT8 quantization lives in ``ort_quantize`` (recipes and the reasons for its defaults).
 
 Idle intra-op threads do NOT spin-wait by default (``session.intra_op.allow_spinning=0``; the variant
-option ``spin`` or the setting ``onnxruntime.allow_spinning: true`` turns it back on). Measured on the
-2-vCPU EPYC VM this was written on while other benchmarks shared it (ResNet50, 2 threads, interleaved
-rounds in one process, ratios paired per round): INT8 batch 1 median 23 ms without spinning vs 43 ms
-with it (1.8x), batch 8 178-205 vs 265-296 ms (1.2-1.4x); fp32 batch 1 81-84 vs 144-148 ms. A
-spinning thread burns the core that the other thread of the parallel loop (or another process)
-needs. The price when the CPU is idle is small: the fastest iterations (min) were 13.1 (spin) vs
-14.1 ms at batch 1 and 85 vs 86 ms at batch 8.
+option ``spin`` or the setting ``onnxruntime.allow_spinning: true`` turns it back on). A spinning
+thread burns the core that the other thread of the parallel loop (or another process) needs: on a
+machine with few cores shared with other work, spinning made INT8 and fp32 runs markedly slower, while
+on an idle CPU it gained next to nothing. Measurements: docs/results/cpu.md ("ONNX Runtime's defaults").
 """
 
 from __future__ import annotations

@@ -19,42 +19,13 @@ The runner keeps one synchronous ``InferRequest`` and calls ``infer`` with ``sha
 (no copy of the input batch into the request) and ``share_outputs=True``; the returned arrays are views
 into the request's output tensors that the next call overwrites, so ``to_numpy`` copies them.
 
-Measured (ResNet50, random weights, seed 0, 2 threads, one process, variants interleaved in 10
-rounds, p50; OpenVINO 2026.4.1, NNCF 3.4.0, 32 calibration samples). The CPU of this VM is an AMD
-EPYC Zen 4 (family 25 model 17: AVX-512, VNNI, AVX512_BF16), not the AVX2-only Zen 3 on which the
-reference "NNCF int8: 31.7 ms batch 1 / 239 ms batch 8" was taken, so that reference is compared
-against the same recipe re-run here (OpenVINO's defaults: LATENCY hint, no precision hint, input copied):
-
-    batch 1                               ms    vs same-recipe int8
-    int8, OpenVINO defaults (baseline)    11.10  1.00
-    int8, f32 hint, shared input (this)   10.97  1.01
-    int8, bf16 hint for the float ops     10.88  1.02
-    int8, preset MIXED                    10.86  1.02
-    int8, target_device CPU               10.87  1.02
-    int8, ENABLE_CPU_PINNING              10.90  1.02
-    int8, THROUGHPUT hint, 1 request      20.50  0.54  (2 streams x 1 thread: one stream idles)
-    fp32 (f32 hint)                       38.15  0.29
-    bf16                                  19.78  0.56  (cosine 0.99999 vs fp32)
-
-    batch 8                               ms
-    int8, OpenVINO defaults (baseline)    80.02  1.00
-    int8, f32 hint, shared input (this)   79.49  1.01
-    int8, bf16 hint for the float ops     78.34  1.02
-    int8, THROUGHPUT, 2 async requests x4 77.32  1.03  (AsyncInferQueue over the 2 streams)
-    int8, THROUGHPUT hint, 1 request     155.62  0.51
-    fp32 / bf16                  307.41 / 153.25
-
-What follows: every int8 knob (presets, bias correction, target device, pinning, precision of the
-ops left in float, splitting a batch over streams) is a tie within 3%; none reaches 1.1x over the
-same recipe. int8 is at about 4.1 GMAC / 11 ms = 370 GMAC/s on 2 cores, roughly one 512-bit VNNI
-instruction (64 MACs) per core per cycle at ~2.9 GHz, i.e. near this CPU's int8 peak (an estimate:
-the VM's clock is not known). Against the 31.7 / 239 ms reference the same int8 recipe is 2.9x /
-3.0x faster here, which is the hardware, not tuning. So the defaults stay simple: LATENCY hint, one
-synchronous request (no AsyncInferQueue: 1.03x is noise-level), f32 for the non-quantized ops
-(numerics that do not depend on the CPU), NNCF's default preset with fast bias correction;
-``hint=throughput`` with one request is ~2x slower on 2 cores and is kept only for many-core
-machines. Fidelity (cosine vs fp32, 8 inputs): int8 0.99985 (max abs error 1.45 on logits), bf16
-0.99999. One-off costs: convert 2-14 s, nncf.quantize 5-8 s, compile 0.2-0.3 s.
+Why the defaults stay simple (LATENCY hint, one synchronous request, no AsyncInferQueue, f32 for the
+non-quantized ops, NNCF's default preset with fast bias correction): measured on a few-core CPU with VNNI,
+every int8 knob (presets, bias correction, target device, pinning, precision of the ops left in float,
+splitting a batch over streams) was a tie within noise, and int8 already ran near that CPU's int8 peak;
+f32 for the float ops keeps numerics that do not depend on the CPU. ``hint=throughput`` with one
+request leaves streams idle on few cores (much slower there) and is kept only for many-core machines.
+Measurements, fidelity and one-off costs: docs/results/cpu.md ("OpenVINO's defaults").
 """
 
 from __future__ import annotations

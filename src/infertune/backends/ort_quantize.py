@@ -6,28 +6,21 @@ INT8). Three cached steps, so that changing one setting redoes only what depends
     export --quant_pre_process--> pre-processed  --calibration--> tensor ranges (JSON)
                                                  --quantize_static / quantize_dynamic--> model.int8.onnx
 
-Why the defaults are what they are (ResNet50, random weights, ORT 1.32, 2 threads, medians of
-interleaved runs in one process; the CPU was shared with other benchmarks, so minimums are quoted too):
+Why the defaults are what they are (measurements: docs/results/cpu.md, "ONNX Runtime's INT8 recipes"):
 
-* On an x86 CPU **without VNNI** (AMD EPYC Zen 3, AVX2 only; MEASUREMENT.md), u8 activations + s8
-  weights + ``reduce_range`` ran ~1.8x faster than s8/s8 (33 ms vs 70 ms at batch 1): MLAS's U8S8
-  kernel is ``vpmaddubsw``, whose 16-bit intermediate saturates unless weights use 7 bits.
-* On an x86 CPU **with AVX512-VNNI** (AMD EPYC Zen 4, the 2-core VM this was written on):
-  batch 1 min / median: fp32 37.9 / 42.6 ms; QDQ u8s8+reduce_range 12.1 / 13.8 ms; QDQ u8s8 without
-  reduce_range 12.2 / 14.4 ms (same speed, since ``vpdpbusd`` does not saturate, and more faithful:
-  lowest cosine vs fp32 0.99979 instead of 0.99933, max |error| 1.98 instead of 3.49 on logits
-  spanning 195); QDQ s8s8 28.7 / 38 ms (2.4x slower: the x86 S8S8 path is not the fast one);
-  QOperator, per-tensor weights, AddQDQPairToWeight, QDQKeepRemovableActivations and leaving
-  Add unquantized were all within noise (11.9-13.1 ms min) of QDQ u8s8. So: u8s8 everywhere on
-  x86, ``reduce_range`` only where there is no VNNI, QDQ format (the portable one).
+* On an x86 CPU **without VNNI** (AVX2 only), u8 activations + s8 weights + ``reduce_range``, which ran
+  much faster than s8/s8: MLAS's U8S8 kernel is ``vpmaddubsw``, whose 16-bit intermediate saturates
+  unless weights use 7 bits.
+* On an x86 CPU **with AVX512-VNNI**, u8s8 without ``reduce_range``: as fast (``vpdpbusd`` does not
+  saturate) and closer to fp32. s8s8 was clearly slower (the x86 S8S8 path is not the fast one);
+  QOperator, per-tensor weights, AddQDQPairToWeight, QDQKeepRemovableActivations and leaving Add
+  unquantized were all within noise of QDQ u8s8. So: u8s8 everywhere on x86, ``reduce_range`` only
+  where there is no VNNI, QDQ format (the portable one).
 * On 64-bit Arm ORT's own guidance is s8s8 QDQ (its int8 dot-product kernels are signed); not
   measured here.
-* Against the hand-tuned point (QDQ u8s8 + reduce_range, ORT's default spinning threads), through
-  this backend and infertune's timer, interleaved, paired per round, same VNNI VM while shared:
-  the default ``onnxruntime:int8`` ran 1.82-1.83x faster at batch 1 (median 22.3 vs 40.6 ms) and
-  1.08-1.43x at batch 8 (two runs; 194 vs 208 ms, 205 vs 296 ms). That gain is the session's
-  no-spinning default (see ``onnxruntime.py``), not the quantization: with spinning the same model
-  ran 0.98-1.02x of the reference. s8s8 ran 0.75x (batch 1) and 0.42x (batch 8).
+* Against the hand-tuned point (QDQ u8s8 + reduce_range, ORT's default spinning threads) the default
+  ``onnxruntime:int8`` is faster, but that gain is the session's no-spinning default (see
+  ``onnxruntime.py``), not the quantization: with spinning the two ran alike.
 """
 
 from __future__ import annotations

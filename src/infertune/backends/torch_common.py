@@ -161,8 +161,8 @@ class CudaGraphCall:
     """``fn`` captured once in a CUDA graph over a static input buffer, replayed on every call.
 
     A CUDA graph launches a whole forward pass with one call, so batch-1 latency stops being the
-    sum of ~160 kernel launches from Python (H200, ResNet50 fp16, batch 1: eager 4.4 ms, eager in a
-    graph 0.67 ms; torch.compile 2.1 ms, torch.compile in a graph 0.43 ms; benchmarks/h200_explore.py).
+    sum of ~160 kernel launches from Python: on a fast GPU that cuts it several-fold, eager or compiled
+    (docs/results/h200.md, "GPU figures moved from backend docstrings").
     The graph reads fixed input buffers (one per input) and writes one fixed output: ``load`` copies new
     inputs into them, and a call with other tensors of the same shapes copies too; another shape is
     refused (the graph was captured for one batch size).

@@ -2,11 +2,11 @@
 
 Freezing inlines the weights as constants so the JIT can fold batch norm into convolutions and drop
 attribute lookups; on CPU ``optimize_for_inference`` then rewrites convolutions to oneDNN (MKLDNN)
-kernels. Measured on a 2-core EPYC (MEASUREMENT.md): ResNet50 batch 1, eager 118 ms -> frozen 92 ms.
+kernels; together they make it faster than eager on the CPU (docs/results/cpu.md, "TorchScript").
 
 What is cached is the frozen module; ``optimize_for_inference`` is re-applied after every load because
 its oneDNN-rewritten graph cannot be saved (torch 2.14: ``torch.jit.save`` fails with "required keyword
-attribute 'value' is undefined" on its MKLDNN constants) and it is quick (0.1 s for ResNet50). On
+attribute 'value' is undefined" on its MKLDNN constants) and it takes a fraction of a second. On
 CUDA the half model is traced and frozen; ``optimize_for_inference`` is CPU-oriented and skipped there.
 Options: ``channels_last`` and ``cuda_graph`` (CUDA: replay the frozen module as one CUDA graph).
 """
