@@ -60,3 +60,22 @@ def test_an_entry_cached_without_hashes_is_not_trusted(tmp_path):
     manifest.write_text(json.dumps({"key": entry.key, "files": {"model.onnx": 10240}}))  # an older manifest
     again = cache.entry("onnx", opset=18)
     assert not again.hit and "no recorded content hash" in warnings[0]
+
+
+def test_a_settled_file_is_hashed_once_per_process_and_again_once_it_changes(tmp_path, monkeypatch):
+    import os
+
+    from infertune import cache
+
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"\1" * 4096)
+    old = 1_000_000_000_000_000_000  # written long ago (ns)
+    os.utime(path, ns=(old, old))
+    reads: list[str] = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda p, *a, **k: (reads.append(str(p)), real_open(p, *a, **k))[1])
+    first = cache.file_sha256(path)
+    assert cache.file_sha256(path) == first and reads == [str(path)]  # the second call read nothing
+    path.write_bytes(b"\2" * 4096)  # same size, written now: a new time, hashed again (and every time)
+    assert cache.file_sha256(path) != first and cache.file_sha256(path) == cache.file_sha256(path)
+    assert len(reads) == 4

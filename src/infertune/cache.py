@@ -8,7 +8,8 @@ removed or overwritten (a full disk, an interrupted copy, bytes zeroed in place)
 rebuilt, with one warning line (``CacheEntry.note`` says why too). ``entry_problem`` / ``verify_entry``
 re-check an artifact against its recorded hashes for code that reads a cached file directly. Hashing
 reads every byte (about 0.1 s per 100 MB), which is why it happens when an entry is reused, never
-while timing. Directory names are sanitised so no model or backend name can place files outside
+while timing, and once per process for a file whose size, inode and modification time have not changed
+since (a job reuses one export at every batch size: ``file_sha256``). Directory names are sanitised so no model or backend name can place files outside
 the cache root.
 """
 
@@ -19,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,12 +87,29 @@ class ArtifactCache:
 
 
 def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks.
+
+    Remembered for this process while the file's size, inode and modification time stay the same, for a
+    file last written more than a second before it was hashed: a later write then always gets a later
+    time, however coarse the file system's clock (a file written within that second is hashed each time).
+    """
+    stat = os.stat(path)
+    stamp = (os.path.abspath(path), stat.st_size, stat.st_ino, stat.st_mtime_ns)
+    known = _HASHED.get(stamp)
+    if known is not None:
+        return known
+    settled = stat.st_mtime_ns < time.time_ns() - 1_000_000_000
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
+    if settled:
+        _HASHED[stamp] = digest.hexdigest()
     return digest.hexdigest()
+
+
+#: (path, size, inode, mtime) -> SHA-256 of the files this process hashed.
+_HASHED: dict[tuple[str, int, int, int], str] = {}
 
 
 def entry_problem(path: Path | str) -> str:

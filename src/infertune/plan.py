@@ -118,6 +118,7 @@ class Plan:
             model=self.cfg.model, verify=self.cfg.verify, workdir=workdir, batches=self.batches, threads=self.threads,
             inputs=self.inputs,
             needs_calibration_id=any(v.precision == "int8" for v in self.ladder), memory_limit_mb=self.memory_limit_mb,
+            cache_root=self.cfg.output.models_dir if self.cfg.output.use_cache else "",
         )
 
     def variant_jobs(self, reference: Reference, run_id: str, round_index: int,

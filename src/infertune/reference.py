@@ -12,6 +12,10 @@ batch (``if x.mean() > 0``, batch statistics) is then judged against what it rea
 Outputs are stored per batch size in one ``.npz``; the exact weights go beside it so every variant
 worker rebuilds the same model. An ONNX file has no eager form: its reference is ONNX Runtime fp32 on
 the CPU with every graph optimization off (``models_onnx``), and the file itself is its weights.
+
+The outputs are cached under the models dir, keyed by the weights' digest, the verification inputs'
+hash, the batch sizes, the torch version, the thread count and the CPU (model name and ISA flags): the
+same computation gives the same numbers, so a rerun reads them instead of running the model again.
 """
 
 from __future__ import annotations
@@ -45,6 +49,10 @@ if TYPE_CHECKING:
 REFERENCE_JOB_ID = "reference"
 LOAD_STAGE = "load model"
 FORWARD_STAGE = "forward"
+
+
+#: the file of a cached reference entry holding its outputs (``save_reference``'s format).
+CACHED_OUTPUTS = "outputs.npz"
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,9 @@ class ReferenceJob(Job):
     inputs: tuple[InputSpec, ...] = ()
     job_id: str = REFERENCE_JOB_ID
     device: str = "cpu"  # the reference is FP32 eager on the CPU, with TF32 off, whatever the run's device
+    #: the artifact cache (``output.models_dir``): a rerun with the same weights, inputs, torch, CPU and
+    #: threads reads the outputs computed before instead of running the model again ("": no cache).
+    cache_root: str = ""
     modules: tuple[str, ...] = ()
     unit: ClassVar[str] = "the stage"
     whole_job_timeout: ClassVar[bool] = False
@@ -162,20 +173,28 @@ class ReferenceJob(Job):
         else:  # an ONNX file is its own weights: variant workers read it
             weights_mb = Path(loaded.module.path).stat().st_size / 1e6
         source, inputs, labels = self._inputs(loaded, emit)
+        digest = loaded.digest()
+        cached = self._cache_entry(loaded, digest, inputs)
         outputs: dict[int, list[tuple[str, np.ndarray]]] = {}
         failed: dict[int, str] = {}
-        for i, batch in enumerate(self.batches):
-            emit(StageEvent(self.job_id, batch, FORWARD_STAGE))
-            try:
-                outputs[batch] = self._forward(loaded, inputs, batch, shape_check=i == 0)
-            except _Stop:
-                raise
-            except Exception as err:
-                from infertune.cell import is_out_of_memory, one_line
-
-                if is_out_of_memory(err):
+        if cached is not None and cached.hit:
+            outputs = _read_outputs(cached.file(CACHED_OUTPUTS), self.batches)
+        else:
+            for i, batch in enumerate(self.batches):
+                emit(StageEvent(self.job_id, batch, FORWARD_STAGE))
+                try:
+                    outputs[batch] = self._forward(loaded, inputs, batch, shape_check=i == 0)
+                except _Stop:
                     raise
-                failed[batch] = one_line(err)
+                except Exception as err:
+                    from infertune.cell import is_out_of_memory, one_line
+
+                    if is_out_of_memory(err):
+                        raise
+                    failed[batch] = one_line(err)
+            if cached is not None and not failed:
+                save_reference(cached.file(CACHED_OUTPUTS), inputs, outputs)
+                cached.commit()
         path = workdir / "reference.npz"
         save_reference(path, inputs, outputs, labels)
         accuracy = None
@@ -184,11 +203,31 @@ class ReferenceJob(Job):
 
             accuracy = {b: score(out[0][1], labels) for b, out in outputs.items()}
         return Reference(
-            path=str(path), weights_path=str(weights_path), weights_tag=loaded.weights, digest=loaded.digest(),
+            path=str(path), weights_path=str(weights_path), weights_tag=loaded.weights, digest=digest,
             weights_mb=weights_mb, source=source, verify_description=source.describe_verification(batch_size(inputs)),
             failed_batches=failed, accuracy=accuracy, calibration_id=self._calibration_id(source),
             description=loaded.reference,
         )
+
+    def _cache_entry(self, loaded: Any, digest: str, inputs: Batch) -> Any:
+        """The cache entry of these outputs, keyed by all they depend on, or None without a cache."""
+        if not self.cache_root:
+            return None
+        import hashlib
+
+        import torch
+
+        from infertune import env
+        from infertune.cache import ArtifactCache
+        from infertune.inputs import named
+
+        feeds = hashlib.sha256()
+        for name, arr in named(inputs).items():
+            feeds.update(f"{name}:{arr.dtype}:{arr.shape}".encode())
+            feeds.update(np.ascontiguousarray(arr).tobytes())
+        return ArtifactCache(self.cache_root, f"{loaded.name}-{digest}").entry(
+            "reference", how=loaded.reference, inputs=feeds.hexdigest(), batches=list(self.batches),
+            torch=torch.__version__, threads=self.threads, cpu=env.cpu_model(), isa=sorted(env.cpu_flags()))
 
     def _inputs(self, loaded: Any, emit: Emit) -> tuple[InputSource, Batch, np.ndarray | None]:
         """The input source, the verification samples and their labels (accuracy mode) or None."""
@@ -291,6 +330,13 @@ def save_reference(path: Path, inputs: Batch, outputs: dict[int, list[tuple[str,
     feeds = {f"input_{i}": arr for i, arr in enumerate(named.values())}
     np.savez(path, input_names=np.array(list(named)), output_names=np.array(names),
              batches=np.array(sorted(outputs), dtype=np.int64), **feeds, **arrays, **extra)
+
+
+def _read_outputs(path: Path, batches: tuple[int, ...]) -> dict[int, list[tuple[str, np.ndarray]]]:
+    """The per-batch output tensors ``save_reference`` wrote to ``path``, as ``output_list`` pairs."""
+    with np.load(path) as saved:
+        names = [str(n) for n in saved["output_names"]]
+        return {b: [(name, saved[f"b{b}_output_{i}"]) for i, name in enumerate(names)] for b in batches}
 
 
 def load_reference(path: str | Path, batch: int) -> tuple[Batch, Any, np.ndarray | None]:
