@@ -105,6 +105,10 @@ def test_availability_and_defaults():
     assert not backend.availability("cpu", "tf32").ok
     with pytest.raises(ConfigError, match="cannot be combined"):
         parse_options("torch_compile", {"cuda_graph": "", "reduce-overhead": ""}, "cuda")
+    # torch.compile shares a dynamic-batch graph across the CUDA graphs of its batch sizes; a package cannot
+    assert parse_options("torch_compile", {"cuda_graph": "", "dynamic": ""}, "cuda").dynamic
+    with pytest.raises(ConfigError, match="cannot be combined with 'dynamic'"):
+        parse_options("aoti", {"cuda_graph": "", "dynamic": ""}, "cuda")
 
 
 @needs_cuda

@@ -95,6 +95,22 @@ def test_a_compiled_cuda_graph_variant_compiles_once(make_ctx):
 
 @needs_cuda
 @pytest.mark.gpu
+def test_a_cuda_graph_variant_shares_one_compiled_graph_across_batch_sizes(make_ctx):
+    """Batch 1 is specialised by dynamo; 4 and 8 replay CUDA graphs of one dynamic-batch graph, each verified."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    for batch in (1, 4, 8):
+        ctx = make_ctx("fp16", {"channels_last": "", "cuda_graph": ""}, batch=batch, device="cuda")
+        runner, fid, samples = smoke_cell("torch_compile", ctx)
+        assert fid.ok, (batch, fid.failures)
+        assert runner.graph is not None and all(s > 0 for s in samples)
+    assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])
+
+
+@needs_cuda
+@pytest.mark.gpu
 def test_a_cuda_graph_refuses_another_batch_size(make_ctx):
     runner = get_backend("pytorch").prepare(make_ctx("fp16", {"cuda_graph": ""}, batch=4, device="cuda"))
     with pytest.raises(ConfigError, match="captured for input shape"):

@@ -96,12 +96,13 @@ class TorchRunner(Runner):
         with self._torch.inference_mode():
             return call(self.fn, inputs)
 
-    def capture_cuda_graph(self, example: Any) -> None:
-        """From now on every call replays one CUDA graph of ``fn`` captured at ``example``'s shape."""
+    def capture_cuda_graph(self, example: Any, dynamic_batch: bool = False) -> None:
+        """From now on every call replays one CUDA graph of ``fn`` captured at ``example``'s shape
+        (``dynamic_batch``: a torch.compile'd ``fn`` compiles for any batch size, see ``CudaGraphCall``)."""
         if not self.is_cuda:
             raise ConfigError("option 'cuda_graph' needs a CUDA device; on the CPU leave it out")
         with self._torch.inference_mode():
-            self.graph = CudaGraphCall(self.fn, example)
+            self.graph = CudaGraphCall(self.fn, example, dynamic_batch=dynamic_batch)
 
     def to_numpy(self, outputs: Any) -> Any:
         """One float32 array, or a {name: array} dict when the model returns several tensors."""
@@ -168,11 +169,16 @@ class CudaGraphCall:
     refused (the graph was captured for one batch size).
     """
 
-    def __init__(self, fn: Any, example: Any, warmup: int = 3) -> None:
+    def __init__(self, fn: Any, example: Any, warmup: int = 3, dynamic_batch: bool = False) -> None:
+        """``dynamic_batch``: mark the input buffers' batch dimension dynamic for torch.compile, so that ``fn``
+        compiles (in the first warm-up call) a graph that other batch sizes reuse."""
         import torch
 
         self._torch = torch
         self.static_input = tuple(t.clone() for t in example) if isinstance(example, tuple) else example.clone()
+        if dynamic_batch:
+            for buffer in self.static_input if isinstance(self.static_input, tuple) else (self.static_input,):
+                torch._dynamo.mark_dynamic(buffer, 0)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):  # lazy init, cuDNN autotuning and allocations happen outside the graph

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import os
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,11 +126,14 @@ def parse_options(backend: str, options: dict[str, str], device: str) -> Compile
     if "freeze" in options and "nofreeze" in options:
         raise ConfigError(f"{backend}: options 'freeze' and 'nofreeze' exclude each other")
     cuda_graph = wants_cuda_graph(backend, options, device)
-    if cuda_graph and (mode == "reduce-overhead" or "dynamic" in options):
+    if cuda_graph and mode == "reduce-overhead":
         raise ConfigError(
-            f"{backend}: option 'cuda_graph' captures one static graph itself; it cannot be combined with "
-            "'reduce-overhead' (Inductor's own CUDA graphs) or 'dynamic'"
+            f"{backend}: option 'cuda_graph' captures a CUDA graph itself; it cannot be combined with "
+            "'reduce-overhead' (Inductor's own CUDA graphs)"
         )
+    if cuda_graph and "dynamic" in options and backend != "torch_compile":
+        raise ConfigError(f"{backend}: option 'cuda_graph' captures one static graph per batch size; it cannot be "
+                          "combined with 'dynamic'")
     if "cudnn_fused" in options and device != "cuda":
         raise ConfigError(
             f"{backend}: option 'cudnn_fused' calls cuDNN's fused convolutions, which exist only on CUDA "
@@ -176,21 +180,30 @@ class TorchCompileBackend(InductorBackend):
         import torch
 
         configure_inductor_caches(ctx.cache)
-        source = ctx.model
-        if opts.cudnn_fused:
-            from infertune.backends.cudnn_fused import fuse_model
-            from infertune.backends.cudnn_fusion import register_shape_functions
+        shared = _SHARED.setdefault(ctx.model, {}) if opts.cuda_graph else {}
+        key = (ctx.precision, ctx.device, tuple(sorted(ctx.options.items())))
+        compiled = shared.get(key)
+        reused = compiled is not None
+        if compiled is None:
+            source = ctx.model
+            if opts.cudnn_fused:
+                from infertune.backends.cudnn_fused import fuse_model
+                from infertune.backends.cudnn_fusion import register_shape_functions
 
-            register_shape_functions()
-            source = fuse_model(ctx, self.name)
-        model = model_copy(source, ctx.device, ctx.precision, opts.channels_last)
-        # dynamic=False: no automatic dynamic shapes; with option 'dynamic' only the batch dimension
-        # is made dynamic, by mark_dynamic below (which dynamic=False still honours).
-        compiled = torch.compile(model, backend="inductor", options=opts.inductor_options(), dynamic=False)
+                register_shape_functions()
+                source = fuse_model(ctx, self.name)
+            model = model_copy(source, ctx.device, ctx.precision, opts.channels_last)
+            # dynamic=False: no automatic dynamic shapes; only the batch dimension is made dynamic, by
+            # mark_dynamic (which dynamic=False still honours): with option 'dynamic', and in a CUDA graph
+            compiled = torch.compile(model, backend="inductor", options=opts.inductor_options(), dynamic=False)
+            shared[key] = compiled
         fn = FreezingCall(compiled) if opts.freeze else compiled
         runner = TorchRunner(fn, ctx.device, torch_dtype(ctx.precision), opts.channels_last)
         example = runner.to_native(ctx.example_input)
-        if opts.dynamic:
+        # in a CUDA graph every batch size above 1 shares one compiled graph (dynamo specialises batch 1):
+        # the replayed kernels ran as fast as per-size graphs on the H200 (docs/results/h200.md)
+        dynamic = opts.dynamic or (opts.cuda_graph and ctx.batch_size > 1)
+        if dynamic and not opts.cuda_graph:
             for tensor in example if isinstance(example, tuple) else (example,):
                 torch._dynamo.mark_dynamic(tensor, 0)
         before = _fx_cache_counts()
@@ -199,7 +212,7 @@ class TorchCompileBackend(InductorBackend):
             # compiles in the capture's first warm-up call, on the input buffer the graph keeps: a first call
             # on ``example`` itself would compile a graph that is never used (dynamo guards on the input
             # being an inference tensor, as the captured buffer is), doubling the compile time
-            runner.capture_cuda_graph(example)
+            runner.capture_cuda_graph(example, dynamic_batch=dynamic)
         else:
             runner(example)  # compiles now, inside prepare, not in the first timed call
         runner.synchronize()
@@ -208,12 +221,18 @@ class TorchCompileBackend(InductorBackend):
         # dynamo had already compiled in this process)
         runner.cache_hit = _fx_cache_counts()[1:] == before[1:]
         ctx.log(
-            f"torch_compile: compiled ({opts.mode}, freezing {'on' if opts.freeze else 'off'}"
-            f"{', dynamic batch' if opts.dynamic else ''}{', in a CUDA graph' if opts.cuda_graph else ''})"
+            f"torch_compile: {'reused the variant' + chr(39) + 's compiled module' if reused else 'compiled'} "
+            f"({opts.mode}, freezing {'on' if opts.freeze else 'off'}"
+            f"{', dynamic batch' if dynamic else ''}{', in a CUDA graph' if opts.cuda_graph else ''})"
             f" in {runner.compile_s:.1f} s"
             f"{' (no new code generated: cache hit)' if runner.cache_hit else ''}"
         )
         return runner
+
+
+#: the compiled modules of this worker's CUDA-graph variants, per source model and (precision, device,
+#: options): the variant's later batch sizes reuse its dynamic-batch graph instead of compiling again.
+_SHARED: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()
 
 
 def configure_inductor_caches(cache: Any) -> Path | None:
