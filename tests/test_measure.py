@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from infertune.backends.base import Runner
-from infertune.measure.stats import summarize
-from infertune.measure.timer import TimingPolicy, measure, time_first_call
+from infertune.measure.stats import median_ci, summarize
+from infertune.measure.timer import (
+    PRECISION_MIN_SAMPLES,
+    PRECISION_MIN_TIME_SHARE,
+    TimingPolicy,
+    measure,
+    time_first_call,
+)
 
 
 class CountingRunner(Runner):
@@ -139,3 +147,43 @@ def test_a_cell_whose_median_drifts_while_timed_is_noisy():
     assert not summarize(steady * 2, 1).noisy
     s = summarize(drifting, 1)
     assert s.iqr_over_median < 0.10 and s.drift_over_median == pytest.approx(0.05, rel=0.1) and s.noisy
+
+
+def test_a_steady_cell_ends_once_its_median_is_known_to_the_precision_asked(fake_clock):
+    # 1 ms per clock read (2 reads per timed call): every sample is 1 ms, the median's interval is 0
+    policy = TimingPolicy(0, 10, min_time_s=1.0, precision=0.005)
+    timing = measure(CountingRunner(), None, policy, clock=fake_clock(1_000_000))
+    n = len(timing.samples_ns)
+    assert PRECISION_MIN_SAMPLES <= n < 400  # without the target: 1 s / 2 ms = 500 calls
+    assert timing.wall_ns >= PRECISION_MIN_TIME_SHARE * 1e9  # not before a fifth of min_time_s
+    full = measure(CountingRunner(), None, dataclasses.replace(policy, precision=None), clock=fake_clock(1_000_000))
+    assert len(full.samples_ns) == 500
+
+
+def test_a_noisy_cell_still_runs_its_whole_min_time(fake_clock):
+    # samples spread 0.5-1.5 ms: after 500 calls the median is known to some +-4%, not +-0.5%
+    steps = [int(s) for s in np.random.default_rng(0).uniform(0.5e6, 1.5e6, 997)]
+    timing = measure(CountingRunner(), None, TimingPolicy(0, 10, min_time_s=1.0, precision=0.005),
+                     clock=fake_clock(steps))
+    assert timing.wall_ns >= 1e9
+
+
+def test_the_median_interval_spans_the_order_statistics_around_it():
+    a = np.arange(1.0, 101.0)  # ranks 50 -+ 9.8 -> the 40th and 60th values around a median of 50.5
+    assert median_ci(a) == pytest.approx((60 - 40) / 2 / 50.5)
+    assert median_ci(np.full(50, 3.0)) == 0.0
+    assert median_ci(np.arange(1.0, 6.0)) is None  # 5 samples: the interval is the whole sample
+    assert summarize(list(a), 1).p50_ci_over_median == median_ci(a)
+
+
+def test_the_precision_target_is_half_a_percent_on_a_gpu_and_off_on_the_cpu_unless_configured():
+    from infertune.config import validate_config
+    from infertune.plan import timing_precision
+
+    tiny = {"name": "resnet18", "pretrained": False}
+    config = validate_config({"model": tiny})
+    assert (timing_precision(config, "cuda"), timing_precision(config, "cpu")) == (0.005, None)
+    config = validate_config({"model": tiny, "benchmark": {"precision_pct": 2}})
+    assert (timing_precision(config, "cuda"), timing_precision(config, "cpu")) == (0.02, 0.02)
+    config = validate_config({"model": tiny, "benchmark": {"precision_pct": 0}})
+    assert timing_precision(config, "cuda") is None

@@ -53,8 +53,12 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=_int_arg("warmup count", minimum=0), help="warmup iterations per cell")
     p.add_argument("--iterations", type=_int_arg("iteration count"), help="minimum timed iterations per cell")
     p.add_argument("--min-time", type=float, metavar="S", help="minimum timed seconds per cell")
+    p.add_argument("--precision", type=float, metavar="PCT", dest="precision_pct",
+                   help="end a cell's timing sooner once its median is known within +-PCT%% "
+                        "(default 0.5 on a GPU, off on the CPU; 0: always time --min-time)")
     p.add_argument("--concurrent-jobs", type=_int_arg("job count"), metavar="N",
-                   help="variants prepared side by side, each measured alone (default: 3 on a GPU, 1 on the CPU)")
+                   help="variants prepared side by side, each measured alone (default on a GPU: one per 4 cores, "
+                        "at most 4; on the CPU 1)")
     p.add_argument("--rounds", type=_int_arg("round count"),
                    help="measure the whole ladder this many times, interleaved, pooling samples per cell")
     p.add_argument("--output-dir", "-o", help="where result files go (default results/)")
@@ -192,7 +196,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
                   "input_shape": args.input_shape, "sequence_length": args.sequence_length},
         "benchmark": {"batch_sizes": args.batch_sizes, "device": args.device, "threads": args.threads,
                       "warmup_iterations": args.warmup, "benchmark_iterations": args.iterations,
-                      "min_time_s": args.min_time, "isolation": args.isolation,
+                      "min_time_s": args.min_time, "precision_pct": args.precision_pct,
+                      "isolation": args.isolation,
                       "rounds": args.rounds, "concurrent_jobs": args.concurrent_jobs},
         "optimization": {"variants": args.variants},
         "output": {"dir": args.output_dir, "use_cache": False if args.no_cache else None},

@@ -129,6 +129,11 @@ class BenchmarkConfig(_Section):
     warmup_time_s: float | None = Field(None, ge=0)
     benchmark_iterations: int = Field(10, ge=1)
     min_time_s: float = Field(1.0, ge=0)
+    #: end a cell's timed loop sooner once its median is known within this many percent either side (95%
+    #: confidence; measure/timer.py); None: 0.5 on CUDA (device-event timings repeat closely there), off on the
+    #: CPU (its speed drifts in phases that one cell's samples cannot show, so every cell runs min_time_s);
+    #: 0: off everywhere.
+    precision_pct: float | None = Field(None, ge=0)
     max_iterations: int = Field(10_000, ge=1)
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 4, 8])
     device: Literal["auto", "cpu", "cuda"] = "auto"

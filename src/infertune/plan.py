@@ -214,7 +214,8 @@ def make_plan(cfg: RunConfig, measure: bool, log: Log) -> Plan:
     b = cfg.benchmark
     timing = TimingPolicy(warmup_iterations=b.warmup_iterations, min_iterations=b.benchmark_iterations,
                           min_time_s=b.min_time_s, max_iterations=b.max_iterations,
-                          warmup_min_time_s=_warmup_time_s(cfg, device)) if measure else None
+                          warmup_min_time_s=_warmup_time_s(cfg, device),
+                          precision=timing_precision(cfg, device)) if measure else None
     return Plan(
         cfg=cfg, device=device, threads=b.threads or envmod.usable_cores(), ladder=ladder,
         batches=tuple(b.batch_sizes), rounds=b.rounds, timing=timing, tolerances=tolerances(cfg),
@@ -264,6 +265,14 @@ def concurrent_jobs(cfg: RunConfig, device: str, cores: int | None = None) -> in
         return 1
     cores = cores if cores is not None else len(os.sched_getaffinity(0))
     return max(1, min(4, cores // 4))
+
+
+def timing_precision(cfg: RunConfig, device: str) -> float | None:
+    """The precision target as a fraction: configured, else ±0.5% on CUDA and none on the CPU
+    (docs/measurement.md, "How long is a cell timed")."""
+    if cfg.benchmark.precision_pct is not None:
+        return cfg.benchmark.precision_pct / 100 or None
+    return 0.005 if device == "cuda" else None
 
 
 def _warmup_time_s(cfg: RunConfig, device: str) -> float:

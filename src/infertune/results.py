@@ -98,6 +98,8 @@ class ResultRow:
     cv: float | None = None
     iqr_over_median: float | None = None
     drift_over_median: float | None = None
+    #: half the width of the p50's 95% confidence interval over the p50 (measure/stats.py ``median_ci``).
+    p50_ci_over_median: float | None = None
     noisy: bool | None = None
     iterations: int | None = None
     rounds: int | None = None

@@ -19,6 +19,8 @@ NOISE_IQR_OVER_MEDIAN = 0.10
 NOISE_DRIFT_OVER_MEDIAN = 0.02
 #: fewer samples than this and the two halves say nothing about drift.
 _MIN_SAMPLES_FOR_DRIFT = 4
+#: fewer samples than this and the median's confidence interval spans the whole sample.
+_MIN_SAMPLES_FOR_CI = 6
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,8 @@ class LatencyStats:
     drift_over_median: float
     noisy: bool
     iterations: int
+    #: half the width of the median's 95% confidence interval, as a fraction of the median (``median_ci``).
+    p50_ci_over_median: float | None = None
     batch_size: int = 1
     #: the raw samples these numbers summarise (kept so that rounds can be pooled: ``merge``).
     samples_ms: tuple[float, ...] = field(default=(), repr=False)
@@ -65,6 +69,7 @@ class LatencyStats:
             "drift_over_median": self.drift_over_median,
             "noisy": self.noisy,
             "iterations": self.iterations,
+            "p50_ci_over_median": self.p50_ci_over_median,
         }
 
 
@@ -95,9 +100,28 @@ def summarize(samples_ms: list[float], batch_size: int) -> LatencyStats:
         drift_over_median=drift,
         noisy=iqr_over_median > NOISE_IQR_OVER_MEDIAN or drift > NOISE_DRIFT_OVER_MEDIAN,
         iterations=int(a.size),
+        p50_ci_over_median=median_ci(a),
         batch_size=batch_size,
         samples_ms=tuple(float(s) for s in samples_ms),
     )
+
+
+def median_ci(samples_ms: np.ndarray) -> float | None:
+    """Half the width of the median's 95% confidence interval, as a fraction of the median (None below 6 samples).
+
+    Distribution-free: the interval runs between the order statistics at ranks n/2 -+ 1.96 sqrt(n)/2 (the
+    normal approximation of the binomial), so it holds for any latency distribution, skewed ones included.
+    Like every statistic of one cell's samples it cannot see drift between runs (docs/measurement.md).
+    """
+    n = samples_ms.size
+    if n < _MIN_SAMPLES_FOR_CI:
+        return None
+    ordered = np.sort(samples_ms)
+    spread = 1.96 * np.sqrt(n) / 2
+    low = ordered[max(0, int(np.floor(n / 2 - spread)) - 1)]
+    high = ordered[min(n - 1, int(np.ceil(n / 2 + spread)) - 1)]
+    median = float(np.median(ordered))
+    return float((high - low) / 2 / median) if median > 0 else None
 
 
 def half_drift(samples_ms: np.ndarray, p50: float) -> float:

@@ -6,7 +6,10 @@ in the first call, timed apart). The count includes the untimed calls the cell a
 runner at the same batch size (the first call, the verification batches: ``already_warm``), so the
 warm-up tops them up instead of repeating them; the time does not (a first call's compile keeps the
 GPU idle). Then run until BOTH the configured iteration count and a minimum
-wall time are met (so fast variants get enough samples and slow ones are not cut short); each
+wall time are met (so fast variants get enough samples and slow ones are not cut short), or, with a
+precision target, until the median is known that well (its 95% confidence interval, ``stats.median_ci``)
+after at least ``PRECISION_MIN_SAMPLES`` calls and ``PRECISION_MIN_TIME_SHARE`` of the minimum time: a
+steady cell then ends early and a noisy one still runs its full time; each
 iteration is timed with ``time.perf_counter_ns`` around ``runner(inputs)`` and ``runner.synchronize()``.
 On a GPU runner the per-iteration device time also comes from CUDA events recorded around the call
 on the current stream; the synchronised host time of the same iterations is kept too, so the two can
@@ -21,9 +24,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from infertune.backends.base import Runner
+from infertune.measure.stats import median_ci
 
 Clock = Callable[[], int]
+
+#: a precision target may end the loop only after this many timed calls (enough for a p99 that is not the max) ...
+PRECISION_MIN_SAMPLES = 100
+#: ... and this share of ``min_time_s``.
+PRECISION_MIN_TIME_SHARE = 0.2
+#: the median is checked each time the sample count has grown by this factor (sorting every call would cost).
+_PRECISION_CHECK_GROWTH = 1.25
 
 
 @dataclass(frozen=True)
@@ -36,6 +49,8 @@ class TimingPolicy:
         min_time_s: timed seconds at least (the loop ends when both minimums are met).
         max_iterations: a hard cap so a very fast variant with a long min_time stays bounded.
         warmup_min_time_s: untimed seconds at least (warmup ends when both warmup minimums are met).
+        precision: end the timed loop before ``min_time_s`` once the median's 95% confidence interval is
+            within this fraction of it either side (None: always run ``min_time_s``).
     """
 
     warmup_iterations: int = 3
@@ -43,6 +58,16 @@ class TimingPolicy:
     min_time_s: float = 1.0
     max_iterations: int = 10_000
     warmup_min_time_s: float = 0.0
+    precision: float | None = None
+
+    def precise_enough(self, samples_ms: list[float], elapsed_ns: int) -> bool:
+        """Whether a precision target lets the loop end now, before ``min_time_s``."""
+        if self.precision is None or len(samples_ms) < max(PRECISION_MIN_SAMPLES, self.min_iterations):
+            return False
+        if elapsed_ns < PRECISION_MIN_TIME_SHARE * self.min_time_s * 1e9:
+            return False
+        ci = median_ci(np.asarray(samples_ms))
+        return ci is not None and ci <= self.precision
 
 
 @dataclass
@@ -101,9 +126,14 @@ def measure(
     events = runner.cuda_event_pair()
     start = clock()
     elapsed = 0
+    next_check = PRECISION_MIN_SAMPLES
     while len(samples) < policy.max_iterations and (
         len(samples) < policy.min_iterations or elapsed < min_ns
     ):
+        if policy.precision is not None and len(samples) >= next_check:
+            next_check = int(len(samples) * _PRECISION_CHECK_GROWTH) + 1
+            if policy.precise_enough(device_ms or [s / 1e6 for s in samples], elapsed):
+                break
         t0 = clock()
         if events is not None:
             events[0].record()
