@@ -139,6 +139,30 @@ def test_cuda_event_timing_agrees_with_synchronised_host_timing():
 
 @needs_cuda
 @pytest.mark.gpu
+def test_nvml_reads_the_sm_clock_and_a_busy_gpu_ends_the_warmup_at_its_count():
+    """The warm-up's clock probe finds this GPU by its UUID; right after a second of work, when NVML says the
+    GPU is at full clock, the warm-up stops at its count instead of running its half second."""
+    import torchvision
+
+    from infertune.backends.torch_common import TorchRunner
+    from infertune.measure.gpu_clock import current_gpu_clock, gpu_warmed_up
+
+    pytest.importorskip("pynvml", reason="nvidia-ml-py is an infertune dependency; this environment lacks it")
+    clock = current_gpu_clock()
+    assert clock is not None and clock.max_mhz > 0 and 0 < clock.mhz() <= clock.max_mhz * 1.05
+    configure_torch(1)
+    model = torchvision.models.resnet18().eval().cuda().half()
+    runner = TorchRunner(model, "cuda", torch.float16)
+    x = runner.to_native(np.random.default_rng(0).standard_normal((64, 3, 224, 224)).astype(np.float32))
+    measure(runner, x, TimingPolicy(3, 10, 1.0))  # a second of work
+    if not gpu_warmed_up():
+        pytest.skip(f"this GPU stays below 95% of its max clock under load ({clock.mhz()} of {clock.max_mhz} MHz)")
+    timing = measure(runner, x, TimingPolicy(3, 10, 0.1, warmup_min_time_s=0.5), warmed_up=gpu_warmed_up)
+    assert timing.warmup_calls == 3
+
+
+@needs_cuda
+@pytest.mark.gpu
 def test_a_cuda_run_records_device_and_end_to_end_latency_and_device_memory(tmp_path):
     from infertune.config import validate_config
     from infertune.pipeline import run

@@ -187,3 +187,49 @@ def test_the_precision_target_is_half_a_percent_on_a_gpu_and_off_on_the_cpu_unle
     assert (timing_precision(config, "cuda"), timing_precision(config, "cpu")) == (0.02, 0.02)
     config = validate_config({"model": tiny, "benchmark": {"precision_pct": 0}})
     assert timing_precision(config, "cuda") is None
+
+
+def test_the_warmup_time_ends_early_once_the_gpu_is_known_to_be_at_full_clock(fake_clock):
+    policy = TimingPolicy(warmup_iterations=3, min_iterations=1, min_time_s=0.0, warmup_min_time_s=0.5)
+    runner = CountingRunner()
+    measure(runner, None, policy, clock=fake_clock(1_000_000), warmed_up=lambda: True)
+    assert runner.calls == 3 + 1  # the count still holds; the half second does not
+    runner = CountingRunner()
+    measure(runner, None, policy, clock=fake_clock(1_000_000), warmed_up=lambda: False)
+    assert runner.calls > 100  # ~1 ms per call: the whole 0.5 s
+
+
+class FakeNvml:
+    """pynvml's calls that gpu_clock uses, with a scripted SM clock."""
+
+    NVML_CLOCK_SM = 1
+
+    def __init__(self, mhz, max_mhz=1980):
+        self.clock, self.max = mhz, max_mhz
+
+    def nvmlDeviceGetMaxClockInfo(self, handle, kind):
+        return self.max
+
+    def nvmlDeviceGetClockInfo(self, handle, kind):
+        if isinstance(self.clock, Exception):
+            raise self.clock
+        return self.clock
+
+
+def test_a_gpu_counts_as_warmed_up_at_95_percent_of_its_max_sm_clock_and_not_when_nvml_fails():
+    from infertune.measure.gpu_clock import SmClock
+
+    assert SmClock(FakeNvml(1980), None).at_full_speed()
+    assert SmClock(FakeNvml(1890), None).at_full_speed()  # 95.5%
+    assert not SmClock(FakeNvml(345), None).at_full_speed()  # an idle H200 seen on 2026-11-28
+    assert not SmClock(FakeNvml(RuntimeError("NVML_ERROR_GPU_IS_LOST")), None).at_full_speed()
+
+
+def test_without_a_gpu_the_clock_is_not_known_and_the_warmup_runs_its_time():
+    import torch
+
+    from infertune.measure.gpu_clock import current_gpu_clock, gpu_warmed_up
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: tests/test_gpu.py checks the clock there")
+    assert current_gpu_clock() is None and gpu_warmed_up() is False

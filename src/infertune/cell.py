@@ -264,6 +264,7 @@ def _calibration_text(calibration: _RecordedCalibration, row: ResultRow, job: Va
 def _run_cell(backend: Any, ctx: Any, row: ResultRow, verification: tuple[Any, Any, Any] | None,
               job: VariantJob, emit: Emit) -> list[float] | None:
     from infertune.cache import artifact_ref, dir_size_mb
+    from infertune.measure.gpu_clock import gpu_warmed_up
     from infertune.measure.load import LoadMeter
     from infertune.measure.load import row_fields as load_fields
     from infertune.measure.memory import MemoryProbe
@@ -295,7 +296,8 @@ def _run_cell(backend: Any, ctx: Any, row: ResultRow, verification: tuple[Any, A
         emit(StageEvent(job.job_id, batch, "measure"))
         meter = LoadMeter()
         meter.start()
-        timing = measure(runner, timed_input, policy, already_warm=warm_calls)
+        timing = measure(runner, timed_input, policy, already_warm=warm_calls,
+                         warmed_up=gpu_warmed_up if runner.cuda_event_pair() is not None else lambda: False)
         row.update(**summarize(timing.samples_ms, batch).as_row_fields(), warmup_iterations=timing.warmup_calls,
                    measured_s=timing.wall_ns / 1e9, rounds=1,
                    **load_fields(meter.stop(ctx.threads), meter.load_avg_before))

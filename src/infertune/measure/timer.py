@@ -1,8 +1,8 @@
 """The one timed loop every backend goes through.
 
-Warm up until both a count and a minimum time are met (a GPU idles at a fraction of its clock and
-needs some hundred milliseconds of work to ramp up; cuDNN autotuning and lazy initialisation happen
-in the first call, timed apart). The count includes the untimed calls the cell already made on the same
+Warm up until both a count and a minimum time are met (a GPU may idle at a fraction of its clock and
+need some hundred milliseconds of work to ramp up; the time ends early once the GPU is known to be at its
+full clock, ``gpu_clock``; cuDNN autotuning and lazy initialisation happen in the first call, timed apart). The count includes the untimed calls the cell already made on the same
 runner at the same batch size (the first call, the verification batches: ``already_warm``), so the
 warm-up tops them up instead of repeating them; the time does not (a first call's compile keeps the
 GPU idle). Then run until BOTH the configured iteration count and a minimum
@@ -108,15 +108,20 @@ def measure(
     policy: TimingPolicy,
     clock: Clock = time.perf_counter_ns,
     already_warm: int = 0,
+    warmed_up: Callable[[], bool] = lambda: False,
 ) -> Timing:
     """Warm up, then time iterations until ``policy`` is satisfied; returns the raw samples.
 
     ``already_warm``: untimed calls of ``runner`` on inputs of this shape made just before (they count
     towards ``policy.warmup_iterations``, not towards its minimum warm-up time).
+    ``warmed_up``: asked after the warm-up count is met; True ends the warm-up before its minimum time
+    (a GPU already at its full clock: ``gpu_clock.gpu_warmed_up``).
     """
     warm_until = clock() + int(policy.warmup_min_time_s * 1e9)
     done = already_warm
-    while done < policy.warmup_iterations or (clock() < warm_until and done < policy.max_iterations):
+    while done < policy.warmup_iterations or (
+        clock() < warm_until and done < policy.max_iterations and not warmed_up()
+    ):
         runner(inputs)
         runner.synchronize()
         done += 1
