@@ -4,6 +4,7 @@
 # Prints each run's wall time and, per variant, the seconds spent preparing (convert_s) in each run; each run
 # goes through benchmarks/timeline.py (the same CLI as benchmark_all.py), whose $OUT/<run>.timeline.txt says
 # where the time went (worker starts, prepare, verify, measure).
+# THIRD="--concurrent-jobs 6" adds a third run, warm too, with those flags (a setting against the warm run).
 # Usage (device machine, from a copy of the repo with .whl/): OUT=/some/dir bash benchmarks/h200_cold_warm.sh
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,10 +16,11 @@ if [ -d "$REPO/.whl" ]; then
 fi
 export PYTHONUNBUFFERED=1
 WORK=$(mktemp -d /tmp/cold_warm.XXXX); cp "$REPO/config.yaml" "$WORK/"; cd "$WORK"
-for run in cold warm; do
+for run in cold warm ${THIRD:+third}; do
   start=$(date +%s.%N)
+  flags=""; [ "$run" = third ] && flags=$THIRD
   timeout ${RUN_TIMEOUT:-540} python3 "$REPO/benchmarks/timeline.py" "$OUT/$run.timeline.txt" run --quiet \
-    --output-dir "results_$run" > "$OUT/$run.log" 2>&1
+    --output-dir "results_$run" $flags > "$OUT/$run.log" 2>&1
   echo "$run run: exit $?, $(python3 -c "print(f'{$(date +%s.%N) - $start:.0f}')") s wall" | tee -a "$OUT/summary.txt"
   cp results_$run/*.csv "$OUT/$run.csv" 2>/dev/null
 done
@@ -27,15 +29,15 @@ import csv, sys
 from collections import defaultdict
 out = sys.argv[1]
 prep = defaultdict(dict)
-for run in ("cold", "warm"):
+for run in ("cold", "warm", "third"):
     try:
         rows = list(csv.DictReader(open(f"{out}/{run}.csv")))
     except OSError:
         continue
     for r in rows:
         prep[r["variant"]][run] = prep[r["variant"]].get(run, 0.0) + float(r["convert_s"] or 0)
-print(f"{'variant':60s} {'prepare cold (s)':>17s} {'warm (s)':>9s}")
+print(f"{'variant':60s} {'prepare cold (s)':>17s} {'warm (s)':>9s} {'third (s)':>9s}")
 for v, d in prep.items():
-    print(f"{v:60s} {d.get('cold', float('nan')):17.1f} {d.get('warm', float('nan')):9.1f}")
+    print(f"{v:60s} {d.get('cold', float('nan')):17.1f} {d.get('warm', float('nan')):9.1f} {d.get('third', float('nan')):9.1f}")
 PY
 du -sh models 2>/dev/null | tee -a "$OUT/summary.txt"
