@@ -3,9 +3,15 @@ holder frees it, a slotted job is its job to the executors, and the compiling ru
 
 from __future__ import annotations
 
+import fcntl
 import multiprocessing as mp
+import os
+import sys
 import time
 from itertools import pairwise
+from typing import Any
+
+import pytest
 
 from infertune.executors.base import RowEvent, StageEvent
 from infertune.executors.slot import MeasurementSlot, SlottedJob
@@ -104,3 +110,48 @@ def test_compiling_rungs_start_first():
     assert order == ["torch_compile:fp32", "aoti:fp32", "pytorch:fp32", "torchscript:fp32", "onnxruntime:fp32",
                      "openvino:int8"]
     assert get_backend("tensorrt").compiles and not get_backend("cudnn_fused").compiles
+
+
+def _hold_until_exit(path: str, held: Any, go: Any) -> None:
+    slot = MeasurementSlot(path)
+    slot.share()
+    slot.keep_until_exit()
+    held.send(slot._main)
+    go.recv()  # exit when the test says so
+
+
+def test_a_job_keeps_its_share_of_the_slot_until_its_process_has_exited(tmp_path):
+    """A worker's exit (its memory, its CUDA context) must not run beside another job's measurement."""
+    path = str(tmp_path / "slot")
+    held_recv, held_send = mp.Pipe(duplex=False)
+    go_recv, go_send = mp.Pipe(duplex=False)
+    child = mp.get_context("fork").Process(target=_hold_until_exit, args=(path, held_send, go_recv))
+    child.start()
+    fd = held_recv.recv()
+    assert fd > 1000  # above every descriptor the worker opened, so the kernel closes it last
+    probe = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(BlockingIOError):  # still shared by the child: no measurement may start
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        go_send.send(None)
+        child.join(10)
+        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the child exited: the slot is free
+    finally:
+        os.close(probe)
+
+
+def test_a_job_ends_inductors_compile_workers_before_it_leaves_the_slot(monkeypatch):
+    """run_variant's last step: the compile pool torch.compile started ends inside
+    the job's share of the slot, not after the worker, beside someone's measurement."""
+    import types
+
+    from infertune.cell import stop_compile_workers
+
+    stopped = []
+    fake = types.SimpleNamespace(shutdown_compile_workers=lambda: stopped.append(True))
+    monkeypatch.setitem(sys.modules, "torch._inductor.async_compile", fake)
+    stop_compile_workers()
+    assert stopped == [True]
+    monkeypatch.delitem(sys.modules, "torch._inductor.async_compile")
+    stop_compile_workers()  # a job that never compiled: nothing to stop, no import of Inductor
+    assert "torch._inductor.async_compile" not in sys.modules and stopped == [True]

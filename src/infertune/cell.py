@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -138,6 +139,14 @@ def configure_torch(threads: int) -> None:
     torch.backends.cudnn.benchmark = True
 
 
+def stop_compile_workers() -> None:
+    """End Inductor's compile-worker processes (torch.compile, AOTInductor) while this job still shares the
+    measurement slot: left to notice the worker's exit, they wind down beside another job's measurement."""
+    async_compile = sys.modules.get("torch._inductor.async_compile")
+    if async_compile is not None:
+        async_compile.shutdown_compile_workers()
+
+
 def rebuild_model(model: ModelConfig, weights_path: str) -> Any:
     """Rebuild the architecture without downloading, then load the reference worker's exact weights
     (an ONNX file is its own weights).
@@ -231,6 +240,7 @@ def run_variant(job: VariantJob, emit: Emit) -> None:
             emit(LogEvent(job.job_id, batch, traceback.format_exc()))
         row.calibration_inputs = _calibration_text(calibration, row, job)
         emit(RowEvent(job.job_id, row, samples))
+    stop_compile_workers()
 
 
 class _RecordedCalibration:
