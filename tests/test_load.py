@@ -205,3 +205,20 @@ def test_the_end_of_run_check_does_not_verify_again(tmp_path, monkeypatch) -> No
     rows = run(cfg, log=lambda m: None).rows
     assert all(r.recheck_p50_ms for r in rows)  # the check ran at both batch sizes...
     assert sorted(loaded) == [1, 2]  # ...but only the run's own cells loaded the reference to verify
+
+
+def test_a_gpu_cell_leaves_free_every_core_it_did_not_use() -> None:
+    # 16 cores, 10 s: the GPU cell's process used 1 core (its launching thread), others used 3 cores
+    before, after = _snap(0, 0, own=0, cores=16), _snap(40, 120, own=10, cores=16)
+    assert between(before, after, threads=16).busy  # judged by its thread count, the cell had no free core
+    gpu = between(before, after, threads=None)
+    assert not gpu.busy and gpu.other_cpu_cores == pytest.approx(3.0)
+    # others took 15.4 of the 16 cores and the cell got 0.6 of its one: its own core was contended
+    assert between(_snap(0, 0, own=0, cores=16), _snap(160, 0, own=6, cores=16), threads=None).busy
+
+
+def test_a_window_shorter_than_ten_clock_ticks_gets_no_verdict() -> None:
+    # 50 ms of a 2-core machine with one tick of someone else's work: /proc/stat cannot tell 0.2 cores from 0
+    short = between(_snap(0, 0, own=0), _snap(0.06, 0.04, own=0.05), threads=2)
+    assert short is None
+    assert between(_snap(0, 0, own=0), _snap(0.6, 0.4, own=0.5), threads=2) is not None

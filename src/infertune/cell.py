@@ -310,7 +310,8 @@ def _run_cell(backend: Any, ctx: Any, row: ResultRow, verification: tuple[Any, A
                          warmed_up=gpu_warmed_up if runner.cuda_event_pair() is not None else lambda: False)
         row.update(**summarize(timing.samples_ms, batch).as_row_fields(), warmup_iterations=timing.warmup_calls,
                    measured_s=timing.wall_ns / 1e9, rounds=1,
-                   **load_fields(meter.stop(ctx.threads), meter.load_avg_before))
+                   **load_fields(meter.stop(None if runner.latency_scope == "device" else ctx.threads),
+                                 meter.load_avg_before))
         if runner.latency_scope == "device":
             row.update(**_end_to_end_fields(runner, ctx.example_input, policy, timing))
     finally:

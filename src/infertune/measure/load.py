@@ -7,7 +7,8 @@ process's own CPU time: what the machine spent beyond this process is other proc
 
 The rules (docs/measurement.md): a cell was measured on a **busy** machine when other processes used more
 CPU than the cores this cell left free, by more than ``BUSY_MARGIN_CORES`` (on a 2-core machine timing
-with 2 threads: any other work above a quarter of a core), or when the hypervisor stole more than
+with 2 threads: any other work above a quarter of a core; a GPU cell leaves free all but the cores it used
+itself), or when the hypervisor stole more than
 ``STEAL_BUSY`` of the machine's time. On machines without ``/proc/stat`` nothing is recorded.
 The baseline is timed again, briefly and without verifying it again (``recheck_policy``), at the end of
 the run; when that p50 lies further from the first than
@@ -19,6 +20,7 @@ its baseline's was timed on a busy machine, or its baseline drifted.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
 
 #: other processes' CPU use (in cores) beyond the cores a cell leaves free, above which it was busy.
 BUSY_MARGIN_CORES = 0.25
+#: a timed loop shorter than this many clock ticks of /proc/stat (10 ms each, usually) is too short to judge.
+MIN_TICKS = 10
 #: share of the machine's time stolen by the hypervisor above which a cell was busy.
 STEAL_BUSY = 0.05
 
@@ -109,17 +113,25 @@ def snapshot(stat_text: Callable[[], str] | None = None, own_cpu_s: Callable[[],
     )
 
 
-def between(before: CpuSnapshot | None, after: CpuSnapshot | None, threads: int) -> MachineLoad | None:
-    """The load over the interval between two snapshots, judged for a cell timed with ``threads`` threads."""
+def between(before: CpuSnapshot | None, after: CpuSnapshot | None, threads: int | None) -> MachineLoad | None:
+    """The load over the interval between two snapshots, judged for a cell timed with ``threads`` threads.
+
+    ``threads`` None: the cell needs the cores it used itself, at least one (a GPU cell: its host work is
+    one launching thread, whatever the intra-op thread count, and another process on the other cores of a
+    16-core machine does not slow it). Intervals shorter than ``MIN_TICKS`` clock ticks get no verdict:
+    ``/proc/stat`` counts in ticks, so one tick of anyone's work in a 20 ms window reads as half a core.
+    """
     if before is None or after is None:
         return None
     total = after.total_s - before.total_s
     wall_core_s = total / after.cores  # the interval's length, as /proc/stat counts it
-    if wall_core_s <= 0:
+    if wall_core_s * os.sysconf("SC_CLK_TCK") < MIN_TICKS:
         return None
-    other = max(0.0, (after.busy_s - before.busy_s) - (after.own_cpu_s - before.own_cpu_s)) / wall_core_s
+    own = after.own_cpu_s - before.own_cpu_s
+    other = max(0.0, (after.busy_s - before.busy_s) - own) / wall_core_s
     steal = max(0.0, after.steal_s - before.steal_s) / total
-    free_cores = max(0, after.cores - threads)
+    needed = threads if threads is not None else max(1, math.ceil(own / wall_core_s - BUSY_MARGIN_CORES))
+    free_cores = max(0, after.cores - needed)
     busy = other > free_cores + BUSY_MARGIN_CORES or steal > STEAL_BUSY
     return MachineLoad(other_cpu_cores=other, steal_fraction=steal, load_avg_1m=after.load_avg_1m, busy=busy)
 
@@ -138,7 +150,7 @@ class LoadMeter:
     def start(self) -> None:
         self._before = snapshot()
 
-    def stop(self, threads: int) -> MachineLoad | None:
+    def stop(self, threads: int | None) -> MachineLoad | None:
         return between(self._before, snapshot(), threads)
 
     @property
