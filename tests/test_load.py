@@ -148,7 +148,7 @@ def test_a_run_records_the_load_and_rechecks_the_baseline(tmp_path) -> None:
 
     cfg = validate_config({
         "model": {"name": "infertune.testing:tiny_convnet", "input_shape": [1, 3, 32, 32], "pretrained": False},
-        # a timed loop longer than /proc/stat's tick (10 ms), so the load over it can be judged
+        # a timed loop longer than 10 of /proc/stat's ticks (100 ms), so the load over it can be judged
         "benchmark": {"batch_sizes": [1], "warmup_iterations": 1, "benchmark_iterations": 3, "min_time_s": 0.2,
                       "isolation": "none", "device": "cpu"},
         "optimization": {"variants": ["pytorch:fp32", "null:fp32"]},

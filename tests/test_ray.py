@@ -29,8 +29,10 @@ CLI = "import sys, tests.fault_backends; from infertune.cli import main; sys.exi
 NODE_FIELDS = ("node", "node_cpu", "node_isa")
 #: filled by Ray runs only: where the cell ran, and when it held the node's measurement slot
 RAY_ONLY = (*NODE_FIELDS, "node_gpu", "measure_start_unix_s", "measure_end_unix_s")
-#: the machine's load over a timed loop: empty when the loop was shorter than /proc/stat's tick (measure/load.py)
+#: the machine's load over a timed loop: empty when the loop was shorter than 10 of /proc/stat's ticks (measure/load.py)
 LOAD_FIELDS = ("other_cpu_cores", "cpu_steal_pct", "load_avg_1m_before", "load_avg_1m_after", "machine_busy")
+#: empty below 6 samples: the Ray run times each cell longer (min_time_s) than the local one
+SAMPLE_COUNT_FIELDS = ("p50_ci_over_median",)
 
 
 def _config(tmp_path: Path, variants: list[str], isolation: str = "ray", batches=(1, 2), **bench) -> dict:
@@ -60,7 +62,7 @@ def test_rows_match_a_local_run_and_measurements_take_turns(tmp_path):
     assert local.csv_path.read_text().splitlines()[0] == on_ray.csv_path.read_text().splitlines()[0] \
         == ",".join(FIELD_NAMES)
     def shape(rows):  # what each row says, and which fields it fills
-        return [(r.variant, r.batch_size, r.status, r.threads, [f for f in FIELD_NAMES if getattr(r, f) is None and f not in (*RAY_ONLY, *LOAD_FIELDS)])
+        return [(r.variant, r.batch_size, r.status, r.threads, [f for f in FIELD_NAMES if getattr(r, f) is None and f not in (*RAY_ONLY, *LOAD_FIELDS, *SAMPLE_COUNT_FIELDS)])
                 for r in rows]
 
     assert shape(on_ray.rows) == shape(local.rows)
