@@ -306,13 +306,13 @@ def _run_cell(backend: Any, ctx: Any, row: ResultRow, verification: tuple[Any, A
         emit(StageEvent(job.job_id, batch, "measure"))
         meter = LoadMeter()
         meter.start()
+        on_gpu = runner.latency_scope == "device"
         timing = measure(runner, timed_input, policy, already_warm=warm_calls,
-                         warmed_up=gpu_warmed_up if runner.cuda_event_pair() is not None else lambda: False)
+                         warmed_up=gpu_warmed_up if on_gpu else lambda: False)
         row.update(**summarize(timing.samples_ms, batch).as_row_fields(), warmup_iterations=timing.warmup_calls,
                    measured_s=timing.wall_ns / 1e9, rounds=1,
-                   **load_fields(meter.stop(None if runner.latency_scope == "device" else ctx.threads),
-                                 meter.load_avg_before))
-        if runner.latency_scope == "device":
+                   **load_fields(meter.stop(None if on_gpu else ctx.threads), meter.load_avg_before))
+        if on_gpu:
             row.update(**_end_to_end_fields(runner, ctx.example_input, policy, timing))
     finally:
         peak = probe.stop()
