@@ -82,15 +82,14 @@ class MeasurementSlot:
         A worker's exit frees its memory and closes its GPU driver files (which tears down the CUDA context):
         seconds of CPU that would otherwise run beside the next job's measurement (seen on the H200 as
         ``machine_busy`` rows right after a job ended). The kernel frees a dying process's memory first and
-        then closes its descriptors in ascending order, so the lock moves to the highest descriptors this
+        then closes its descriptors in ascending order, so the lock moves to the highest descriptor this
         process may have, released after everything else.
         """
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         top = _HIGHEST_FD if soft == resource.RLIM_INFINITY else min(soft, _HIGHEST_FD)
-        for name in ("_main", "_turn"):
-            fd = getattr(self, name)
-            setattr(self, name, fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, max(fd + 1, top - 4)))
-            os.close(fd)
+        held = self._main  # the turnstile is only ever held for a moment
+        self._main = fcntl.fcntl(held, fcntl.F_DUPFD_CLOEXEC, max(held + 1, top - 1))
+        os.close(held)
 
     def close(self) -> None:
         os.close(self._main)

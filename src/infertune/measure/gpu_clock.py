@@ -1,11 +1,10 @@
 """Is the GPU at its full clock? The timer's warm-up on a GPU stops as soon as it is.
 
-A GPU left idle may clock down (an H200 seen on 2026-11-28 sat at 345 of 1980 MHz), so the warm-up on CUDA
-lasts ``benchmark.warmup_time_s`` (0.5 s). Another H200 (2026-11-30) held 1980 MHz after 5 s of idling and
-its first 25 ms of replays already ran within 1% of the steady latency (docs/results/h200.md): there the
-half second bought nothing, for every cell. So the warm-up asks NVML (nvidia-ml-py, the library
-``torch.cuda.clock_rate`` uses too) for the SM clock and stops at 95% of the maximum. Without NVML, or when a
-read fails, the clock counts as not known and the warm-up runs its whole time, as before.
+A GPU left idle may clock down, so the warm-up on CUDA lasts ``benchmark.warmup_time_s`` (0.5 s); but some
+GPUs hold their clock while idle, and there that half second buys nothing, for every cell
+(docs/results/h200.md: one H200 idled at 345 MHz, another held its maximum). So the warm-up asks NVML
+(nvidia-ml-py, the library ``torch.cuda.clock_rate`` uses too) for the SM clock and stops at 95% of the
+maximum. Without NVML, or when a read fails, the clock counts as not known and the warm-up runs its whole time.
 """
 
 from __future__ import annotations
