@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -19,7 +20,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.mark.slow
 def test_cpu_fp32_compiles_in_prepare_and_matches_reference(make_ctx):
     cells = []
-    folded = _folded_after(lambda: cells.append(smoke_cell("torch_compile", make_ctx("fp32", batch=2))))
+    folded = _folded_after(lambda: cells.append(smoke_cell("torch_compile", make_ctx("fp32", {"noprefold": ""}))))
     runner, fid, samples = cells[0]
     assert fid.ok, fid.failures
     assert fid.max_abs_err < 1e-4
@@ -29,6 +30,41 @@ def test_cpu_fp32_compiles_in_prepare_and_matches_reference(make_ctx):
     # frozen for real: Inductor's freezing passes folded batch norms into the convolutions, which
     # they can only do when dynamo traced the parameters as constants (freezing on at trace time)
     assert folded > 0
+
+
+@pytest.mark.slow
+def test_with_freezing_the_batch_norms_are_folded_before_compiling(make_ctx):
+    logs: list[str] = []
+    ctx = dataclasses.replace(make_ctx("fp32"), log=logs.append)
+    runners = []
+    folded_by_inductor = _folded_after(lambda: runners.append(get_backend("torch_compile").prepare(ctx)))
+    assert any("2 batch norm(s) folded into convolutions before compiling" in line for line in logs), logs
+    assert folded_by_inductor == 0  # nothing left for freezing to fold
+    runner = runners[0]
+    x = ctx.example_input
+    np.testing.assert_allclose(runner.to_numpy(runner(runner.to_native(x))), reference_outputs(ctx.model, x),
+                               atol=1e-4)
+
+
+def test_a_model_torch_fx_cannot_trace_is_compiled_as_it_is_with_a_line_saying_so(make_ctx):
+    from torch import nn
+
+    from infertune.backends.torch_compile import prefolded
+
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.bn(self.conv(x))
+            return y if x.sum() > 0 else -y
+
+    logs: list[str] = []
+    model = Branchy().eval()
+    ctx = dataclasses.replace(make_ctx("fp32"), model=model, log=logs.append)
+    assert prefolded(ctx, "torch_compile") is model
+    assert logs and "batch norms left to freezing: torch.fx could not trace the model" in logs[0]
 
 
 def _folded_after(fn) -> int:
@@ -63,6 +99,8 @@ def test_freezing_defaults_per_device_and_modes_expand():
     assert not parse_options("torch_compile", {"nofreeze": ""}, "cpu").freeze
     assert parse_options("torch_compile", {}, "cuda").freeze  # 30.8k vs 26.2k img/s on the H200
     assert not parse_options("torch_compile", {"nofreeze": ""}, "cuda").freeze
+    assert parse_options("torch_compile", {}, "cuda").prefold
+    assert not parse_options("torch_compile", {"noprefold": ""}, "cuda").prefold
     opts = parse_options("torch_compile", {"mode": "max-autotune"}, "cpu")
     assert opts.mode == "max-autotune"
     assert opts.inductor_options() == {
@@ -85,6 +123,7 @@ def test_reduce_overhead_is_refused_on_cpu_with_the_reason(make_ctx):
         ({"max-autotune": "yes"}, "no value"),
         ({"default": "", "max-autotune": ""}, "choose one mode"),
         ({"freeze": "", "nofreeze": ""}, "exclude each other"),
+        ({"nofreeze": "", "noprefold": ""}, "'noprefold'.*'nofreeze'.*leave one out"),
         ({"cuda_graph": ""}, "'cuda_graph' needs a CUDA device"),
     ],
 )

@@ -166,6 +166,30 @@ def test_an_untraceable_model_is_a_config_error_naming_the_option():
         fuse_for_cudnn(_Untraceable(), _x(1, 8))
 
 
+def test_folding_alone_folds_every_conv_batch_norm_pair_and_keeps_the_function():
+    from infertune.backends.cudnn_fusion import fold_batch_norms
+    from infertune.testing import tiny_convnet
+
+    model = tiny_convnet()
+    folded, count = fold_batch_norms(model)
+    assert count == 2
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the model itself is left as it was
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_folding_alone_returns_the_model_itself_when_nothing_folds_and_names_an_untraceable_one():
+    from infertune.backends.cudnn_fusion import Untraceable, fold_batch_norms
+    from infertune.testing import tiny_mlp
+
+    mlp = tiny_mlp()
+    assert fold_batch_norms(mlp) == (mlp, 0)
+    with pytest.raises(Untraceable, match="torch.fx could not trace the model"):
+        fold_batch_norms(_Untraceable())
+
+
 def test_backend_and_option_are_cuda_only_with_the_fix(make_ctx):
     backend = get_backend("cudnn_fused")
     assert not backend.availability("cpu", "fp16").ok

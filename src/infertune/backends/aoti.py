@@ -68,6 +68,7 @@ from infertune.backends.torch_compile import (
     check_options,
     configure_inductor_caches,
     parse_options,
+    prefolded,
 )
 from infertune.errors import ConfigError
 
@@ -243,7 +244,8 @@ def _export(ctx: PrepareContext, opts: CompileOptions, path: Path) -> None:
 
     from infertune.inputs import batch_size, concat
 
-    model = model_copy(ctx.model, ctx.device, ctx.precision, opts.channels_last)
+    source = prefolded(ctx, "aoti") if opts.freeze and opts.prefold else ctx.model
+    model = model_copy(source, ctx.device, ctx.precision, opts.channels_last)
     batch = ctx.example_input
     if opts.dynamic and batch_size(batch) < 2:
         batch = concat([batch, batch])  # a batch of 1 would be specialised (0/1 specialisation): trace 2 samples

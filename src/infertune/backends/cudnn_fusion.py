@@ -6,6 +6,9 @@ ResNet special case):
 
 1. ``BatchNorm2d`` (eval mode, running statistics) whose input is a ``Conv2d`` used only by it is
    folded into that convolution (``torch.nn.utils.fusion.fuse_conv_bn_eval``), in fp32, before any cast.
+   This step alone (``fold_batch_norms``) also runs before torch.compile and AOTInductor compile with
+   freezing: it is the fold freezing would do later, inside every compile, for a multiple of the compile
+   time (``backends.torch_compile``).
 2. ``relu(conv(x))`` becomes ``torch.cudnn_convolution_relu(x, w, b, ...)``.
 3. ``relu(conv(x) + z)`` (``+``, ``torch.add`` or ``.add``; ``z`` of the convolution's exact shape)
    becomes ``torch.cudnn_convolution_add_relu(x, w, z, 1.0, b, ...)``. When ``z`` is itself a
@@ -50,18 +53,13 @@ def fuse_for_cudnn(model: Any, example: Any) -> tuple[Any, FusionCounts]:
 
     ``example``: a float32 CPU input, used once to read every node's shape (``ShapeProp``).
     """
-    import copy
-
     import torch
     from torch.fx.passes.shape_prop import ShapeProp
 
     try:
-        gm = torch.fx.symbolic_trace(copy.deepcopy(model).eval())
-    except Exception as err:  # noqa: BLE001 - tracing a user model can raise anything (data-dependent control flow...)
-        raise ConfigError(
-            f"option 'cudnn_fused': torch.fx could not trace the model ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}); the pass needs a graph it can rewrite: leave the option out"
-        ) from None
+        gm = _trace(model)
+    except Untraceable as err:
+        raise ConfigError(f"option 'cudnn_fused': {err}; the pass needs a graph it can rewrite: leave the option out") from None
     folded = _fold_batchnorms(gm)
     with torch.no_grad():
         ShapeProp(gm).propagate(example)
@@ -71,6 +69,36 @@ def fuse_for_cudnn(model: Any, example: Any) -> tuple[Any, FusionCounts]:
     gm.recompile()
     gm.delete_all_unused_submodules()
     return gm, FusionCounts(folded, *counts)
+
+
+class Untraceable(Exception):
+    """torch.fx could not trace the model (data-dependent control flow, unsupported calls...)."""
+
+
+def fold_batch_norms(model: Any) -> tuple[Any, int]:
+    """Step 1 alone: a traced copy of the eval-mode ``model`` with each BatchNorm2d folded into the Conv2d
+    before it, and how many were folded (0: ``model`` itself). Raises ``Untraceable``."""
+    gm = _trace(model)
+    folded = _fold_batchnorms(gm)
+    if not folded:
+        return model, 0
+    gm.graph.lint()
+    gm.recompile()
+    gm.delete_all_unused_submodules()
+    return gm, folded
+
+
+def _trace(model: Any) -> Any:
+    """``torch.fx.symbolic_trace`` of an eval-mode copy of ``model`` (the model itself is left as it is)."""
+    import copy
+
+    import torch
+
+    try:
+        return torch.fx.symbolic_trace(copy.deepcopy(model).eval())
+    except Exception as err:  # noqa: BLE001 - tracing a user model can raise anything (data-dependent control flow...)
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise Untraceable(f"torch.fx could not trace the model ({type(err).__name__}: {first})") from None
 
 
 def _modules(gm: Any) -> dict[str, Any]:

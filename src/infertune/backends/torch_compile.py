@@ -12,6 +12,11 @@ Options (``torch_compile:fp32:max-autotune``, ``torch_compile:fp16:mode=reduce-o
 - ``nofreeze`` / ``freeze``: Inductor freezing (weights become constants: batch norms folded into
   convolutions, and on the CPU weights pre-packed for oneDNN) is on by default: on the CPU it is
   the whole gain, and on CUDA it helps too.
+- ``noprefold``: with freezing, the batch norms are folded into the convolutions before compiling, in
+  FP32 on the CPU (``cudnn_fusion.fold_batch_norms``, for a model torch.fx can trace): the same fold
+  freezing would do inside every compile, where it is most of a warm compile's time (dynamo traces,
+  AOTAutograd and constant folding run on every batch norm's parameters again each time).
+  ``noprefold`` leaves them to freezing, as torch.compile alone would.
 - ``dynamic``: mark the batch dimension dynamic (``torch._dynamo.mark_dynamic``), so one compiled
   graph serves every batch size >= 2 in this process (batch 1 is always specialised by dynamo and
   recompiles); off by default (slower at batch 8, and each cell compiles anyway).
@@ -70,6 +75,7 @@ ALLOWED_OPTIONS: dict[str, tuple[str, ...]] = {
     **{m: ("",) for m in MODES},
     "freeze": ("",),
     "nofreeze": ("",),
+    "noprefold": ("",),
     "dynamic": ("",),
     "channels_last": ("",),
     "cuda_graph": ("",),
@@ -87,6 +93,7 @@ class CompileOptions:
     channels_last: bool = False
     cuda_graph: bool = False
     cudnn_fused: bool = False
+    prefold: bool = True
 
     def inductor_options(self) -> dict[str, Any]:
         """Inductor config for ``torch.compile(options=...)``: the mode's settings plus freezing."""
@@ -139,8 +146,11 @@ def parse_options(backend: str, options: dict[str, str], device: str) -> Compile
             f"{backend}: option 'cudnn_fused' calls cuDNN's fused convolutions, which exist only on CUDA "
             f"(this run is on {device}); leave it out")
     freeze = "nofreeze" not in options
+    if "noprefold" in options and not freeze:
+        raise ConfigError(f"{backend}: option 'noprefold' leaves the batch norms to freezing, which 'nofreeze' "
+                          "switches off (batch norms are folded only with freezing); leave one out")
     return CompileOptions(mode, freeze, "dynamic" in options, "channels_last" in options, cuda_graph,
-                          "cudnn_fused" in options)
+                          "cudnn_fused" in options, prefold="noprefold" not in options)
 
 
 class InductorBackend(Backend):
@@ -192,6 +202,8 @@ class TorchCompileBackend(InductorBackend):
 
                 register_shape_functions()
                 source = fuse_model(ctx, self.name)
+            elif opts.freeze and opts.prefold:
+                source = prefolded(ctx, self.name)
             model = model_copy(source, ctx.device, ctx.precision, opts.channels_last)
             # dynamic=False: no automatic dynamic shapes; only the batch dimension is made dynamic, by
             # mark_dynamic (which dynamic=False still honours): with option 'dynamic', and in a CUDA graph
@@ -233,6 +245,24 @@ class TorchCompileBackend(InductorBackend):
 #: the compiled modules of this worker's CUDA-graph variants, per source model and (precision, device,
 #: options): the variant's later batch sizes reuse its dynamic-batch graph instead of compiling again.
 _SHARED: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()
+
+
+def prefolded(ctx: PrepareContext, backend: str) -> Any:
+    """The cell's FP32 model with its batch norms folded into the convolutions before them (option
+    ``noprefold`` says why); the model itself when none fold or torch.fx cannot trace it (freezing folds
+    them then, as without the step). Logs what it did."""
+    from infertune.backends.cudnn_fusion import Untraceable, fold_batch_norms
+
+    start = time.perf_counter()
+    try:
+        folded, count = fold_batch_norms(ctx.model)
+    except Untraceable as err:
+        ctx.log(f"{backend}: batch norms left to freezing: {err}")
+        return ctx.model
+    if count:
+        ctx.log(f"{backend}: {count} batch norm(s) folded into convolutions before compiling, in "
+                f"{time.perf_counter() - start:.1f} s")
+    return folded
 
 
 def configure_inductor_caches(cache: Any) -> Path | None:
