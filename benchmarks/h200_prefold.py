@@ -17,11 +17,13 @@ import time
 
 
 def main(batches: list[int]) -> None:
+    import numpy as np
     import torch
     import torchvision
 
     from infertune.backends.cudnn_fusion import fold_batch_norms
-    from infertune.backends.torch_common import CudaGraphCall
+    from infertune.backends.torch_common import TorchRunner
+    from infertune.measure.timer import TimingPolicy, measure
 
     torch.backends.cudnn.benchmark = True
     torch._inductor.config.freezing = True
@@ -29,39 +31,27 @@ def main(batches: list[int]) -> None:
     sources = {"prefold": fold_batch_norms(base)[0], "noprefold": base}
     compiled = {name: torch.compile(m.cuda().half().to(memory_format=torch.channels_last), backend="inductor",
                                     options={"freezing": True}, dynamic=False) for name, m in sources.items()}
-    with torch.inference_mode():
-        for batch in batches:
-            x = torch.randn(batch, 3, 224, 224, device="cuda", dtype=torch.half).to(memory_format=torch.channels_last)
-            graphs = {}
-            for name, fn in compiled.items():
-                t0 = time.perf_counter()
-                call = CudaGraphCall(fn, x)  # the tool's capture: warm-up (compiles) on a side stream, then the graph
-                torch.cuda.synchronize()
-                graphs[name] = (call.graph, call.static_output)
-                print(f"batch {batch} {name}: compiled and captured in {time.perf_counter() - t0:.1f} s", flush=True)
-            a, b = graphs["prefold"][1].float(), graphs["noprefold"][1].float()
-            print(f"batch {batch}: max |prefold - noprefold| {float((a - b).abs().max()):.4f}")
-            calls = max(20, 4000 // batch)
-            medians: dict[str, list[float]] = {name: [] for name in graphs}
-            for rnd in range(8):
-                order = list(graphs) if rnd % 2 == 0 else list(reversed(graphs))
-                for name in order:
-                    graph = graphs[name][0]
-                    for _ in range(10):
-                        graph.replay()
-                    times = []
-                    for _ in range(calls):
-                        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                        start.record()
-                        graph.replay()
-                        end.record()
-                        end.synchronize()
-                        times.append(start.elapsed_time(end))
-                    medians[name].append(statistics.median(times))
-            pre, no = statistics.median(medians["prefold"]), statistics.median(medians["noprefold"])
-            print(f"batch {batch}: p50 prefold {pre:.4f} ms, noprefold {no:.4f} ms, prefold/noprefold {pre / no:.4f}; "
-                  f"round medians prefold {[round(v, 4) for v in medians['prefold']]} "
-                  f"noprefold {[round(v, 4) for v in medians['noprefold']]}", flush=True)
+    for batch in batches:
+        host = np.random.default_rng(batch).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+        runners, outputs = {}, {}
+        for name, fn in compiled.items():
+            t0 = time.perf_counter()
+            runner = TorchRunner(fn, "cuda", torch.half, channels_last=True)
+            runner.capture_cuda_graph(runner.to_native(host))  # the tool's capture: warm-up (compiles), then the graph
+            outputs[name] = runner.to_numpy(runner(runner.to_native(host)))
+            runners[name] = runner
+            print(f"batch {batch} {name}: compiled and captured in {time.perf_counter() - t0:.1f} s", flush=True)
+        print(f"batch {batch}: max |prefold - noprefold| {float(np.abs(outputs['prefold'] - outputs['noprefold']).max()):.4f}")
+        policy = TimingPolicy(warmup_iterations=10, min_iterations=max(20, 4000 // batch), min_time_s=0.0)
+        medians: dict[str, list[float]] = {name: [] for name in runners}
+        for rnd in range(8):
+            for name in runners if rnd % 2 == 0 else reversed(list(runners)):  # the tool's timed loop, CUDA events
+                runner = runners[name]
+                medians[name].append(statistics.median(measure(runner, runner.to_native(host), policy).samples_ms))
+        pre, no = statistics.median(medians["prefold"]), statistics.median(medians["noprefold"])
+        print(f"batch {batch}: p50 prefold {pre:.4f} ms, noprefold {no:.4f} ms, prefold/noprefold {pre / no:.4f}; "
+              f"round medians prefold {[round(v, 4) for v in medians['prefold']]} "
+              f"noprefold {[round(v, 4) for v in medians['noprefold']]}", flush=True)
 
 
 if __name__ == "__main__":
