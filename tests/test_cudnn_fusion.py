@@ -161,6 +161,16 @@ class _Untraceable(nn.Module):
         return x * 2 if x.sum() > 0 else x
 
 
+class _UntraceableWithBatchNorm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        return y if x.sum() > 0 else -y
+
+
 def test_an_untraceable_model_is_a_config_error_naming_the_option():
     with pytest.raises(ConfigError, match="cudnn_fused.*could not trace.*leave the option out"):
         fuse_for_cudnn(_Untraceable(), _x(1, 8))
@@ -186,8 +196,11 @@ def test_folding_alone_returns_the_model_itself_when_nothing_folds_and_names_an_
 
     mlp = tiny_mlp()
     assert fold_batch_norms(mlp) == (mlp, 0)
+    no_batch_norm = _Untraceable()
+    assert fold_batch_norms(no_batch_norm) == (no_batch_norm, 0)  # no batch norm: not even traced, so no error
+    untraceable = _UntraceableWithBatchNorm().eval()
     with pytest.raises(Untraceable, match="torch.fx could not trace the model"):
-        fold_batch_norms(_Untraceable())
+        fold_batch_norms(untraceable)
 
 
 def test_backend_and_option_are_cuda_only_with_the_fix(make_ctx):

@@ -77,7 +77,12 @@ class Untraceable(Exception):
 
 def fold_batch_norms(model: Any) -> tuple[Any, int]:
     """Step 1 alone: a traced copy of the eval-mode ``model`` with each BatchNorm2d folded into the Conv2d
-    before it, and how many were folded (0: ``model`` itself). Raises ``Untraceable``."""
+    before it, and how many were folded (0: ``model`` itself). Raises ``Untraceable``. A model without a
+    BatchNorm2d is not traced at all (a transformer, say, need not be copied and fail to trace)."""
+    from torch import nn
+
+    if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        return model, 0
     gm = _trace(model)
     folded = _fold_batchnorms(gm)
     if not folded:
