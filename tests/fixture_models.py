@@ -220,3 +220,19 @@ def needs_real_tensors() -> nn.Module:
     if float(torch.ones(1).sum()) != 1.0:
         raise AssertionError("unreachable")
     return model
+
+
+class _BranchyConvBn(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        return y if x.sum() > 0 else -y
+
+
+def untraceable_conv_bn() -> nn.Module:
+    """A conv+BatchNorm pair behind data-dependent control flow: torch.fx cannot trace it, so no FX pass may
+    fold it (8 input channels)."""
+    return _BranchyConvBn().eval()

@@ -47,21 +47,11 @@ def test_with_freezing_the_batch_norms_are_folded_before_compiling(make_ctx):
 
 
 def test_a_model_torch_fx_cannot_trace_is_compiled_as_it_is_with_a_line_saying_so(make_ctx):
-    from torch import nn
-
     from infertune.backends.torch_compile import prefolded
-
-    class Branchy(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
-
-        def forward(self, x):
-            y = self.bn(self.conv(x))
-            return y if x.sum() > 0 else -y
+    from tests.fixture_models import untraceable_conv_bn
 
     logs: list[str] = []
-    model = Branchy().eval()
+    model = untraceable_conv_bn()
     ctx = dataclasses.replace(make_ctx("fp32"), model=model, log=logs.append)
     assert prefolded(ctx, "torch_compile") is model
     assert logs and "batch norms left to freezing: torch.fx could not trace the model" in logs[0]
@@ -101,6 +91,7 @@ def test_freezing_defaults_per_device_and_modes_expand():
     assert not parse_options("torch_compile", {"nofreeze": ""}, "cuda").freeze
     assert parse_options("torch_compile", {}, "cuda").prefold
     assert not parse_options("torch_compile", {"noprefold": ""}, "cuda").prefold
+    assert not parse_options("torch_compile", {"nofreeze": ""}, "cuda").prefold  # folding belongs to freezing
     opts = parse_options("torch_compile", {"mode": "max-autotune"}, "cpu")
     assert opts.mode == "max-autotune"
     assert opts.inductor_options() == {

@@ -161,16 +161,6 @@ class _Untraceable(nn.Module):
         return x * 2 if x.sum() > 0 else x
 
 
-class _UntraceableWithBatchNorm(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv, self.bn = nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)
-
-    def forward(self, x):
-        y = self.bn(self.conv(x))
-        return y if x.sum() > 0 else -y
-
-
 def test_an_untraceable_model_is_a_config_error_naming_the_option():
     with pytest.raises(ConfigError, match="cudnn_fused.*could not trace.*leave the option out"):
         fuse_for_cudnn(_Untraceable(), _x(1, 8))
@@ -198,7 +188,9 @@ def test_folding_alone_returns_the_model_itself_when_nothing_folds_and_names_an_
     assert fold_batch_norms(mlp) == (mlp, 0)
     no_batch_norm = _Untraceable()
     assert fold_batch_norms(no_batch_norm) == (no_batch_norm, 0)  # no batch norm: not even traced, so no error
-    untraceable = _UntraceableWithBatchNorm().eval()
+    from tests.fixture_models import untraceable_conv_bn
+
+    untraceable = untraceable_conv_bn()
     with pytest.raises(Untraceable, match="torch.fx could not trace the model"):
         fold_batch_norms(untraceable)
 

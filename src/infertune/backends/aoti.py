@@ -244,7 +244,7 @@ def _export(ctx: PrepareContext, opts: CompileOptions, path: Path) -> None:
 
     from infertune.inputs import batch_size, concat
 
-    source = prefolded(ctx, "aoti") if opts.freeze and opts.prefold else ctx.model
+    source = prefolded(ctx, "aoti") if opts.prefold else ctx.model
     model = model_copy(source, ctx.device, ctx.precision, opts.channels_last)
     batch = ctx.example_input
     if opts.dynamic and batch_size(batch) < 2:

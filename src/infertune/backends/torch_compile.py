@@ -93,6 +93,7 @@ class CompileOptions:
     channels_last: bool = False
     cuda_graph: bool = False
     cudnn_fused: bool = False
+    #: fold the batch norms before compiling (with freezing only: option ``noprefold``)
     prefold: bool = True
 
     def inductor_options(self) -> dict[str, Any]:
@@ -150,7 +151,7 @@ def parse_options(backend: str, options: dict[str, str], device: str) -> Compile
         raise ConfigError(f"{backend}: option 'noprefold' leaves the batch norms to freezing, which 'nofreeze' "
                           "switches off (batch norms are folded only with freezing); leave one out")
     return CompileOptions(mode, freeze, "dynamic" in options, "channels_last" in options, cuda_graph,
-                          "cudnn_fused" in options, prefold="noprefold" not in options)
+                          "cudnn_fused" in options, prefold=freeze and "noprefold" not in options)
 
 
 class InductorBackend(Backend):
@@ -202,7 +203,7 @@ class TorchCompileBackend(InductorBackend):
 
                 register_shape_functions()
                 source = fuse_model(ctx, self.name)
-            elif opts.freeze and opts.prefold:
+            elif opts.prefold:
                 source = prefolded(ctx, self.name)
             model = model_copy(source, ctx.device, ctx.precision, opts.channels_last)
             # dynamic=False: no automatic dynamic shapes; only the batch dimension is made dynamic, by
