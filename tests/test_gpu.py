@@ -180,7 +180,6 @@ def test_a_cuda_run_records_device_and_end_to_end_latency_and_device_memory(tmp_
         assert r.device == "cuda" and r.latency_scope == "device"
         assert r.peak_device_mb and r.peak_device_mb > 0
         assert r.host_latency_p50_ms >= r.latency_p50_ms * 0.98
-        # (a launch-bound tiny model can be faster end to end than its event-timed device latency, so
-        # only consistency is checked here; docs/results/h200.md has the ResNet50 numbers)
-        assert r.e2e_latency_p50_ms > 0 and r.e2e_latency_p99_ms >= r.e2e_latency_p50_ms
+        # each call is timed alone and end to end in one loop: the trip adds both copies to the call's host time
+        assert r.e2e_latency_p50_ms >= r.host_latency_p50_ms and r.e2e_latency_p99_ms >= r.e2e_latency_p50_ms
         assert r.e2e_throughput_ips == pytest.approx(r.batch_size * 1000 / r.e2e_latency_p50_ms)

@@ -11,7 +11,6 @@ prints results.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import sys
 import time
 import traceback
@@ -308,12 +307,13 @@ def _run_cell(backend: Any, ctx: Any, row: ResultRow, verification: tuple[Any, A
         meter.start()
         on_gpu = runner.latency_scope == "device"
         timing = measure(runner, timed_input, policy, already_warm=warm_calls,
-                         warmed_up=gpu_warmed_up if on_gpu else lambda: False)
+                         warmed_up=gpu_warmed_up if on_gpu else lambda: False,
+                         host_batch=ctx.example_input if on_gpu else None)
         row.update(**summarize(timing.samples_ms, batch).as_row_fields(), warmup_iterations=timing.warmup_calls,
                    measured_s=timing.wall_ns / 1e9, rounds=1,
                    **load_fields(meter.stop(None if on_gpu else ctx.threads), meter.load_avg_before))
         if on_gpu:
-            row.update(**_end_to_end_fields(runner, ctx.example_input, policy, timing))
+            row.update(**_end_to_end_fields(timing, batch))
     finally:
         peak = probe.stop()
         row.update(peak_host_mb=peak.host_mb, peak_device_mb=peak.device_mb)
@@ -321,18 +321,14 @@ def _run_cell(backend: Any, ctx: Any, row: ResultRow, verification: tuple[Any, A
     return timing.samples_ms
 
 
-def _end_to_end_fields(runner: Any, host_batch: Any, policy: TimingPolicy, device_timing: Any) -> dict[str, float]:
-    """For a device-latency runner: the synchronised host time of the device loop (a check on the CUDA
-    events) and a second loop timed end to end, host array in and host array out. The device loop has
-    just kept the GPU busy for the policy's minimum time, so this loop's warm-up is its count alone."""
-    from infertune.inputs import batch_size
+def _end_to_end_fields(timing: Any, batch: int) -> dict[str, float]:
+    """For a device-latency runner: the synchronised host time of its calls (a check on the CUDA events)
+    and their end-to-end time, host array in and host array out (``measure.timer.measure``)."""
     from infertune.measure.stats import summarize
-    from infertune.measure.timer import EndToEnd, measure
 
-    hot = dataclasses.replace(policy, warmup_min_time_s=0.0)
-    e2e = summarize(measure(EndToEnd(runner), host_batch, hot).samples_ms, batch_size(host_batch))
+    e2e = summarize(timing.e2e_samples_ms, batch)
     return {
-        "host_latency_p50_ms": float(np.median(device_timing.host_samples_ms)),
+        "host_latency_p50_ms": float(np.median(timing.host_samples_ms)),
         "e2e_latency_p50_ms": e2e.p50_ms,
         "e2e_latency_p99_ms": e2e.p99_ms,
         "e2e_throughput_ips": e2e.throughput_ips,

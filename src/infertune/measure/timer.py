@@ -13,8 +13,11 @@ steady cell then ends early and a noisy one still runs its full time; each
 iteration is timed with ``time.perf_counter_ns`` around ``runner(inputs)`` and ``runner.synchronize()``.
 On a GPU runner the per-iteration device time also comes from CUDA events recorded around the call
 on the current stream; the synchronised host time of the same iterations is kept too, so the two can
-be checked against each other. ``EndToEnd`` wraps a GPU runner for the second, end-to-end loop: host
-input in, host output out. The clock is a parameter so tests can drive the loop with a fake clock.
+be checked against each other. Given the host batch, each of those calls is also timed end to end, as
+trtexec does: the host array copied in (``to_native``), the call, the outputs copied back (``to_numpy``);
+one loop gives both figures from the same calls, so a launch-bound cell, which no precision target ends
+early, times its ``min_time_s`` once rather than once per figure. The clock is a parameter so tests can
+drive the loop with a fake clock.
 """
 
 from __future__ import annotations
@@ -77,6 +80,8 @@ class Timing:
     samples_ns: list[int]
     first_call_ns: int | None = None
     device_samples_ms: list[float] = field(default_factory=list)
+    #: each timed call's whole trip, host array in and host array out (only when ``measure`` had the host batch)
+    e2e_samples_ns: list[int] = field(default_factory=list)
     wall_ns: int = 0
     #: untimed calls before the timed loop: those made before ``measure`` plus its own warm-up calls.
     warmup_calls: int = 0
@@ -85,6 +90,11 @@ class Timing:
     def host_samples_ms(self) -> list[float]:
         """Synchronised host time per iteration in ms (equal to ``samples_ms`` on CPU runners)."""
         return [s / 1e6 for s in self.samples_ns]
+
+    @property
+    def e2e_samples_ms(self) -> list[float]:
+        """End-to-end time per iteration in ms (empty unless ``measure`` had the host batch)."""
+        return [s / 1e6 for s in self.e2e_samples_ns]
 
     @property
     def samples_ms(self) -> list[float]:
@@ -109,6 +119,7 @@ def measure(
     clock: Clock = time.perf_counter_ns,
     already_warm: int = 0,
     warmed_up: Callable[[], bool] = lambda: False,
+    host_batch: Any = None,
 ) -> Timing:
     """Warm up, then time iterations until ``policy`` is satisfied; returns the raw samples.
 
@@ -116,19 +127,43 @@ def measure(
     towards ``policy.warmup_iterations``, not towards its minimum warm-up time).
     ``warmed_up``: asked after the warm-up count is met; True ends the warm-up before its minimum time
     (a GPU already at its full clock: ``gpu_clock.gpu_warmed_up``).
+    ``host_batch``: the host array ``inputs`` came from; every call (warm-up included) then takes a fresh
+    copy of it and brings its outputs back to the host, and ``e2e_samples_ns`` times that whole trip.
     """
+
+    events = runner.cuda_event_pair()
+
+    def call() -> tuple[int, int, int | None]:
+        """One call: when it ended, its synchronised host time and, with a host batch, its end-to-end time
+        (the device and host samples time the call alone, between the copies)."""
+        trip_start = clock() if host_batch is not None else 0
+        native = runner.to_native(host_batch) if host_batch is not None else inputs
+        t0 = clock()
+        if events is not None:
+            events[0].record()
+        outputs = runner(native)
+        if events is not None:
+            events[1].record()
+        runner.synchronize()
+        t1 = clock()
+        if host_batch is None:
+            return t1, t1 - t0, None
+        runner.to_numpy(outputs)
+        runner.synchronize()
+        end = clock()
+        return end, t1 - t0, end - trip_start
+
     warm_until = clock() + int(policy.warmup_min_time_s * 1e9)
     done = already_warm
     while done < policy.warmup_iterations or (
         clock() < warm_until and done < policy.max_iterations and not warmed_up()
     ):
-        runner(inputs)
-        runner.synchronize()
+        call()
         done += 1
     samples: list[int] = []
     device_ms: list[float] = []
+    e2e: list[int] = []
     min_ns = int(policy.min_time_s * 1e9)
-    events = runner.cuda_event_pair()
     start = clock()
     elapsed = 0
     next_check = PRECISION_MIN_SAMPLES
@@ -139,35 +174,12 @@ def measure(
             next_check = int(len(samples) * _PRECISION_CHECK_GROWTH) + 1
             if policy.precise_enough(device_ms or [s / 1e6 for s in samples], elapsed):
                 break
-        t0 = clock()
-        if events is not None:
-            events[0].record()
-        runner(inputs)
-        if events is not None:
-            events[1].record()
-        runner.synchronize()
-        t1 = clock()
-        samples.append(t1 - t0)
+        end, host_ns, trip_ns = call()
+        samples.append(host_ns)
+        if trip_ns is not None:
+            e2e.append(trip_ns)
         if events is not None:
             device_ms.append(float(events[0].elapsed_time(events[1])))
-        elapsed = t1 - start
-    return Timing(samples_ns=samples, device_samples_ms=device_ms, wall_ns=clock() - start, warmup_calls=done)
-
-
-class EndToEnd(Runner):
-    """A runner whose call is the whole trip: host array -> device input -> inference -> host array.
-
-    Timed by ``measure`` like any runner, it gives the latency a caller holding host data sees
-    (copies both ways included), next to the device latency of the wrapped runner.
-    """
-
-    latency_scope = "end_to_end"
-
-    def __init__(self, runner: Runner) -> None:
-        self.runner = runner
-
-    def __call__(self, inputs: Any) -> Any:
-        return self.runner.to_numpy(self.runner(self.runner.to_native(inputs)))
-
-    def synchronize(self) -> None:
-        self.runner.synchronize()
+        elapsed = end - start
+    return Timing(samples_ns=samples, device_samples_ms=device_ms, e2e_samples_ns=e2e, wall_ns=clock() - start,
+                  warmup_calls=done)
