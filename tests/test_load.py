@@ -222,3 +222,31 @@ def test_a_window_shorter_than_ten_clock_ticks_gets_no_verdict() -> None:
     short = between(_snap(0, 0, own=0), _snap(0.06, 0.04, own=0.05), threads=2)
     assert short is None
     assert between(_snap(0, 0, own=0), _snap(0.6, 0.4, own=0.5), threads=2) is not None
+
+
+def test_the_baseline_recheck_is_queued_behind_the_last_round_of_the_ladder(tmp_path, monkeypatch) -> None:
+    """Handed to the executor with the last round's jobs (so it can prepare beside them), never as a row."""
+    from infertune.config import validate_config
+    from infertune.executors.inprocess import InProcessExecutor
+    from infertune.pipeline import run
+
+    handed: list[list[str]] = []
+    original = InProcessExecutor.run
+
+    def recording(self, jobs):  # type: ignore[no-untyped-def]
+        handed.append([job.job_id for job in jobs])
+        return original(self, jobs)
+
+    monkeypatch.setattr(InProcessExecutor, "run", recording)
+    cfg = validate_config({
+        "model": {"name": "infertune.testing:tiny_convnet", "input_shape": [1, 3, 32, 32], "pretrained": False},
+        "benchmark": {"batch_sizes": [1], "warmup_iterations": 1, "benchmark_iterations": 3, "min_time_s": 0.0,
+                      "isolation": "none", "device": "cpu", "rounds": 2},
+        "optimization": {"variants": ["pytorch:fp32", "null:fp32"]},
+        "output": {"dir": str(tmp_path / "results"), "models_dir": str(tmp_path / "models")},
+    })
+    rows = run(cfg, log=lambda m: None).rows
+    reference, first_round, last_round = handed
+    assert not any(job.endswith("@recheck") for job in reference + first_round)
+    assert last_round[-1] == "pytorch:fp32@recheck" and len(last_round) == len(first_round) + 1
+    assert len(rows) == 2 and rows[0].recheck_p50_ms is not None

@@ -252,9 +252,9 @@ def _variants(plan: Plan, executor: Executor, sink: Sink, reference: Reference, 
                                                     and plan.availability[c[0].name].ok], round_index)
         if sink.progress and skipped:
             sink.progress.advance(skipped)
-        _execute(executor, plan.variant_jobs(reference, sink.run_id, round_index, todo), sink, round_index)
-    if plan.cfg.benchmark.baseline_check:
-        _recheck_baseline(plan, executor, sink, reference)
+        last = round_index == plan.rounds - 1
+        _execute(executor, plan.variant_jobs(reference, sink.run_id, round_index, todo), sink, round_index,
+                 rechecks=_recheck_jobs(plan, sink, reference) if last else ())
 
 
 def _not_on_the_cluster(plan: Plan, sink: Sink, reference: Reference, cells: list[tuple[Variant, int, str]],
@@ -270,46 +270,47 @@ def _not_on_the_cluster(plan: Plan, sink: Sink, reference: Reference, cells: lis
             sink.progress.advance()
 
 
-def _recheck_baseline(plan: Plan, executor: Executor, sink: Sink, reference: Reference) -> None:
-    """Time the baseline again at the end of the run: a machine that changed during the run shows as the
+def _recheck_jobs(plan: Plan, sink: Sink, reference: Reference) -> list[Job]:
+    """The baseline, timed again at the end of the run: a machine that changed during the run shows as the
     baseline's drift, and every speedup of that batch size says so (``measure.load.speedup_caveats``).
-    A ``--per-node`` run rechecks each node's baseline on its node."""
-    jobs = plan.variant_jobs(reference, sink.run_id, 0, lambda v, b, n: v.name == BASELINE)
-    if plan.timing is None or not jobs:
-        return
+    Queued after the last round's jobs, it prepares beside the last of them and measures when its turn
+    comes. A ``--per-node`` run rechecks each node's baseline on its node."""
+    if not plan.cfg.benchmark.baseline_check or plan.timing is None:
+        return []
     from infertune.measure.load import recheck_policy
 
-    jobs = [dataclasses.replace(job, job_id=f"{job.job_id.rsplit('@', 1)[0]}@recheck", verify_outputs=False,
+    jobs = plan.variant_jobs(reference, sink.run_id, 0, lambda v, b, n: v.name == BASELINE)
+    return [dataclasses.replace(job, job_id=f"{job.job_id.rsplit('@', 1)[0]}@recheck", verify_outputs=False,
                                 timing=recheck_policy(plan.timing)) for job in jobs]
-    rows: list[ResultRow] = []
-    events = executor.run(jobs)
-    try:
-        for event in events:
-            if isinstance(event, RowEvent):
-                rows.append(event.row)
-            elif isinstance(event, StageEvent) and sink.progress:
-                job = next((j for j in jobs if j.job_id == event.job_id), jobs[0])
-                sink.progress.stage(f"{job.label} (end-of-run check)", event.batch or "", event.stage)
-    finally:
-        events.close()
-    sink.recheck(rows)
 
 
-def _execute(executor: Executor, jobs: Sequence[Job], sink: Sink, round_index: int = 0) -> list[Event]:
-    """Hand ``jobs`` to the executor and each event to the sink; returns the reference's outcome, if any.
+def _execute(executor: Executor, jobs: Sequence[Job], sink: Sink, round_index: int = 0,
+             rechecks: Sequence[Job] = ()) -> list[Event]:
+    """Hand ``jobs`` (then ``rechecks``, the end-of-run check of the baseline) to the executor and each event
+    to the sink; returns the reference's outcome, if any.
 
     Leaving early (an interrupt, a failed write) closes the executor's iterator, which kills what still runs.
     """
     sink.expect(list(jobs), round_index)
-    events = executor.run(jobs)
+    recheck_ids = {job.job_id: job for job in rechecks}
+    recheck_rows: list[ResultRow] = []
+    events = executor.run([*jobs, *rechecks])
     outcomes: list[Event] = []
     try:
         for event in events:
-            sink.take(event)
-            if isinstance(event, (ReferenceEvent, JobFailedEvent)):
-                outcomes.append(event)
+            recheck = recheck_ids.get(getattr(event, "job_id", ""))
+            if recheck is None:
+                sink.take(event)
+                if isinstance(event, (ReferenceEvent, JobFailedEvent)):
+                    outcomes.append(event)
+            elif isinstance(event, RowEvent):
+                recheck_rows.append(event.row)
+            elif isinstance(event, StageEvent) and sink.progress:
+                sink.progress.stage(f"{recheck.label} (end-of-run check)", event.batch or "", event.stage)
     finally:
         events.close()
+    if rechecks:
+        sink.recheck(recheck_rows)
     return outcomes
 
 
