@@ -3,7 +3,8 @@
 # folder on one machine: cold (empty models/, so no artifact and no Inductor cache), then warm (the same models/).
 # Prints each run's wall time and, per variant, the seconds spent preparing (convert_s) in each run; each run
 # goes through benchmarks/timeline.py (the same CLI as benchmark_all.py), whose $OUT/<run>.timeline.txt says
-# where the time went (worker starts, prepare, verify, measure).
+# where the time went (worker starts, prepare, verify, measure), and $OUT/<run>.runlog.txt is the run's own log
+# (each compile's time, among others).
 # THIRD="--concurrent-jobs 6" adds a third run, warm too, with those flags (a setting against the warm run).
 # Usage (device machine, from a copy of the repo with .whl/): OUT=/some/dir bash benchmarks/h200_cold_warm.sh
 set -uo pipefail
@@ -22,7 +23,7 @@ for run in cold warm ${THIRD:+third}; do
   timeout ${RUN_TIMEOUT:-540} python3 "$REPO/benchmarks/timeline.py" "$OUT/$run.timeline.txt" run --quiet \
     --output-dir "results_$run" $flags > "$OUT/$run.log" 2>&1
   echo "$run run: exit $?, $(python3 -c "print(f'{$(date +%s.%N) - $start:.0f}')") s wall" | tee -a "$OUT/summary.txt"
-  cp results_$run/*.csv "$OUT/$run.csv" 2>/dev/null
+  cp results_$run/*.csv "$OUT/$run.csv" 2>/dev/null; cp results_$run/*.log "$OUT/$run.runlog.txt" 2>/dev/null
 done
 python3 - "$OUT" <<'PY' | tee -a "$OUT/summary.txt"
 import csv, sys

@@ -33,7 +33,7 @@ def main(batches: list[int]) -> None:
         if batch == 1:
             runners["eager"] = TorchRunner(model, "cuda", torch.half, channels_last=True)
         for kind, runner in runners.items():
-            policy = TimingPolicy(warmup_iterations=10, min_iterations=max(50, 2000 // batch), min_time_s=0.0)
+            policy = TimingPolicy(warmup_iterations=10, min_iterations=max(20, 200 // batch), min_time_s=0.0)
             native = runner.to_native(host)
             alone: list[float] = []
             in_loop: list[float] = []

@@ -81,3 +81,18 @@ def test_null_backend_returns_its_input(make_ctx):
     runner = get_backend("null").prepare(ctx)
     x = runner.to_native(ctx.example_input)
     assert runner(x) is x
+
+
+def test_the_eager_backend_copies_the_model_once_per_worker_for_all_its_batch_sizes(make_ctx, tiny_model):
+    """Later batch sizes run the first one's device copy (its copy costs seconds beside other jobs on a GPU);
+    another precision gets its own copy, and the source model stays as it was."""
+    import torch
+
+    from infertune.backends.registry import get_backend
+
+    eager = get_backend("pytorch")
+    first, second = eager.prepare(make_ctx(batch=1)), eager.prepare(make_ctx(batch=4))
+    assert first.fn is second.fn and first.fn is not tiny_model
+    bf16 = eager.prepare(make_ctx(precision="bf16", batch=1))
+    assert bf16.fn is not first.fn and next(bf16.fn.parameters()).dtype == torch.bfloat16
+    assert next(tiny_model.parameters()).dtype == torch.float32

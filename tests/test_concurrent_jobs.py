@@ -88,6 +88,16 @@ def test_one_job_at_a_time_on_the_cpu_and_one_per_four_cores_on_a_gpu_unless_con
     assert (concurrent_jobs(config, "cpu"), concurrent_jobs(config, "cuda")) == (2, 2)
 
 
+def test_each_of_the_jobs_side_by_side_on_a_gpu_gets_its_share_of_the_cores_unless_configured():
+    from infertune.plan import default_threads
+
+    config = validate_config({"model": TINY})
+    assert default_threads(config, "cpu", 16) == 16
+    assert [default_threads(config, "cuda", n) for n in (2, 8, 16, 128)] == [2, 4, 4, 32]
+    config = validate_config({"model": TINY, "benchmark": {"concurrent_jobs": 3}})
+    assert default_threads(config, "cuda", 16) == 5 and default_threads(config, "cpu", 16) == 16
+
+
 def test_ctrl_c_stops_every_running_job_and_resume_finishes(tmp_path, fault_backends):
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(_config(tmp_path, ["slow_once:fp32", "pytorch:fp32"], concurrent_jobs=2)))

@@ -137,6 +137,7 @@ class BenchmarkConfig(_Section):
     max_iterations: int = Field(10_000, ge=1)
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 4, 8])
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: intra-op threads per job; None: every usable core on the CPU, on a GPU each concurrent job's share.
     threads: int | None = Field(None, ge=1)
     #: the executor (``infertune.executors``): process (a worker per job, the default), none (in this
     #: process, for debugging), or another registered one.

@@ -217,7 +217,7 @@ def make_plan(cfg: RunConfig, measure: bool, log: Log) -> Plan:
                           warmup_min_time_s=_warmup_time_s(cfg, device),
                           precision=timing_precision(cfg, device)) if measure else None
     return Plan(
-        cfg=cfg, device=device, threads=b.threads or envmod.usable_cores(), ladder=ladder,
+        cfg=cfg, device=device, threads=b.threads or default_threads(cfg, device, envmod.usable_cores()), ladder=ladder,
         batches=tuple(b.batch_sizes), rounds=b.rounds, timing=timing, tolerances=tolerances(cfg),
         memory_limit_mb=_memory_limit(cfg, device, log),
         availability={v.name: _availability(get_backend(v.backend), device, v.precision, kind) for v in ladder},
@@ -265,6 +265,16 @@ def concurrent_jobs(cfg: RunConfig, device: str, cores: int | None = None) -> in
         return 1
     cores = cores if cores is not None else len(os.sched_getaffinity(0))
     return max(1, min(4, cores // 4))
+
+
+def default_threads(cfg: RunConfig, device: str, cores: int) -> int:
+    """A job's intra-op threads when ``benchmark.threads`` is unset: every usable core on the CPU, where jobs
+    run one at a time; on a GPU, where ``concurrent_jobs`` prepare side by side, each job's share of them (a
+    pool of every core in each of several workers oversubscribes the CPU work of their preparations, such as
+    the batch-norm fold and the model's copy: docs/results/h200.md)."""
+    if device != "cuda":
+        return cores
+    return max(1, cores // concurrent_jobs(cfg, device, cores))
 
 
 def timing_precision(cfg: RunConfig, device: str) -> float | None:

@@ -12,8 +12,8 @@ from infertune.backends.registry import register_backend
 from infertune.backends.torch_common import (
     TF32_CPU_REASON,
     TorchRunner,
-    model_copy,
     parse_eager_options,
+    shared_model_copy,
     torch_dtype,
 )
 
@@ -47,7 +47,7 @@ class PyTorchBackend(Backend):
     def prepare(self, ctx: PrepareContext) -> Runner:
         channels_last, cuda_graph = parse_eager_options(self.name, ctx.options, ctx.device)
         self.check(ctx.device, ctx.precision)
-        model = model_copy(ctx.model, ctx.device, ctx.precision, channels_last)
+        model = shared_model_copy(ctx.model, ctx.device, ctx.precision, channels_last)
         runner = TorchRunner(model, ctx.device, torch_dtype(ctx.precision), channels_last)
         if cuda_graph:
             runner.capture_cuda_graph(runner.to_native(ctx.example_input))

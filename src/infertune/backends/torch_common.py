@@ -8,6 +8,7 @@ its own worker only.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -156,6 +157,24 @@ def model_copy(model: Any, device: str, precision: str, channels_last: bool = Fa
 
         m = m.to(memory_format=torch.channels_last)
     return m
+
+
+#: this worker's device copies for the eager backend, per source model and (device, precision, channels_last).
+_EAGER_COPIES: weakref.WeakKeyDictionary[Any, dict[tuple[str, str, bool], Any]] = weakref.WeakKeyDictionary()
+
+
+def shared_model_copy(model: Any, device: str, precision: str, channels_last: bool = False) -> Any:
+    """``model_copy``, made once per worker: a variant's later batch sizes run the copy its first one made.
+
+    For backends that run the copy as it is (never change it): the copy and its move to the device cost
+    seconds per batch size while other jobs prepare beside it, and every such second keeps measurements waiting.
+    """
+    copies = _EAGER_COPIES.setdefault(model, {})
+    key = (device, precision, channels_last)
+    if key not in copies:
+        copies[key] = model_copy(model, device, precision, channels_last)
+    set_tf32(precision == "tf32")
+    return copies[key]
 
 
 class CudaGraphCall:
