@@ -224,8 +224,8 @@ def test_a_window_shorter_than_ten_clock_ticks_gets_no_verdict() -> None:
     assert between(_snap(0, 0, own=0), _snap(0.6, 0.4, own=0.5), threads=2) is not None
 
 
-def test_the_baseline_recheck_is_queued_behind_the_last_round_of_the_ladder(tmp_path, monkeypatch) -> None:
-    """Handed to the executor with the last round's jobs (so it can prepare beside them), never as a row."""
+def _handed_jobs(tmp_path, monkeypatch, **benchmark) -> tuple[list[list[str]], list]:
+    """The job ids of each call to the executor in a run of two variants, and the run's rows."""
     from infertune.config import validate_config
     from infertune.executors.inprocess import InProcessExecutor
     from infertune.pipeline import run
@@ -241,12 +241,25 @@ def test_the_baseline_recheck_is_queued_behind_the_last_round_of_the_ladder(tmp_
     cfg = validate_config({
         "model": {"name": "infertune.testing:tiny_convnet", "input_shape": [1, 3, 32, 32], "pretrained": False},
         "benchmark": {"batch_sizes": [1], "warmup_iterations": 1, "benchmark_iterations": 3, "min_time_s": 0.0,
-                      "isolation": "none", "device": "cpu", "rounds": 2},
+                      "isolation": "none", "device": "cpu", **benchmark},
         "optimization": {"variants": ["pytorch:fp32", "null:fp32"]},
         "output": {"dir": str(tmp_path / "results"), "models_dir": str(tmp_path / "models")},
     })
-    rows = run(cfg, log=lambda m: None).rows
+    return handed, run(cfg, log=lambda m: None).rows
+
+
+def test_the_baseline_recheck_is_queued_behind_the_last_round_of_the_ladder(tmp_path, monkeypatch) -> None:
+    """Behind more jobs than run at once, it is handed over with the last round's jobs (so it can prepare
+    beside the last of them), never as a row."""
+    handed, rows = _handed_jobs(tmp_path, monkeypatch, rounds=2)
     reference, first_round, last_round = handed
     assert not any(job.endswith("@recheck") for job in reference + first_round)
     assert last_round[-1] == "pytorch:fp32@recheck" and len(last_round) == len(first_round) + 1
     assert len(rows) == 2 and rows[0].recheck_p50_ms is not None
+
+
+def test_the_baseline_recheck_waits_for_the_ladder_when_every_job_could_start_at_once(tmp_path, monkeypatch) -> None:
+    """With a worker free for it from the start it would be measured among the first: it comes after."""
+    handed, rows = _handed_jobs(tmp_path, monkeypatch, concurrent_jobs=2)
+    assert handed[1:] == [["pytorch:fp32@0", "null:fp32@0"], ["pytorch:fp32@recheck"]]
+    assert rows[0].recheck_p50_ms is not None

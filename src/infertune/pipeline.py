@@ -252,9 +252,14 @@ def _variants(plan: Plan, executor: Executor, sink: Sink, reference: Reference, 
                                                     and plan.availability[c[0].name].ok], round_index)
         if sink.progress and skipped:
             sink.progress.advance(skipped)
-        last = round_index == plan.rounds - 1
-        _execute(executor, plan.variant_jobs(reference, sink.run_id, round_index, todo), sink, round_index,
-                 rechecks=_recheck_jobs(plan, sink, reference) if last else ())
+        jobs = plan.variant_jobs(reference, sink.run_id, round_index, todo)
+        rechecks = _recheck_jobs(plan, sink, reference) if round_index == plan.rounds - 1 else []
+        # behind more jobs than run at once, the check starts only once the last of them are running; with a
+        # worker free for it from the start, it would be measured among the first, so it runs after them
+        width = concurrent_jobs(plan.cfg, plan.device)
+        _execute(executor, jobs, sink, round_index, rechecks=rechecks if len(jobs) > width else ())
+        if rechecks and len(jobs) <= width:
+            _execute(executor, [], sink, round_index, rechecks=rechecks)
 
 
 def _not_on_the_cluster(plan: Plan, sink: Sink, reference: Reference, cells: list[tuple[Variant, int, str]],
@@ -273,8 +278,8 @@ def _not_on_the_cluster(plan: Plan, sink: Sink, reference: Reference, cells: lis
 def _recheck_jobs(plan: Plan, sink: Sink, reference: Reference) -> list[Job]:
     """The baseline, timed again at the end of the run: a machine that changed during the run shows as the
     baseline's drift, and every speedup of that batch size says so (``measure.load.speedup_caveats``).
-    Queued after the last round's jobs, it prepares beside the last of them and measures when its turn
-    comes. A ``--per-node`` run rechecks each node's baseline on its node."""
+    Queued after the last round's jobs (when they are more than run at once), it prepares beside the last
+    of them and measures when its turn comes. A ``--per-node`` run rechecks each node's baseline on its node."""
     if not plan.cfg.benchmark.baseline_check or plan.timing is None:
         return []
     from infertune.measure.load import recheck_policy
