@@ -82,7 +82,7 @@ def summary(events: list[tuple[float, str, str, str]], total: float) -> str:
         previous_end = last[job]
     lines.append(f"\ntotal {total:.1f} s: gaps between jobs (worker start, imports, model load) {gaps:.1f} s; "
                  + ", ".join(f"{k} {v:.1f} s" for k, v in sorted(totals.items(), key=lambda kv: -kv[1]))
-                 + f"; after the last event {max(0.0, total - previous_end):.1f} s\n")
+                 + f"; after the last event {max(0.0, total - max(last.values(), default=0.0)):.1f} s\n")
     return "\n".join(lines)
 
 
