@@ -224,8 +224,8 @@ def test_a_window_shorter_than_ten_clock_ticks_gets_no_verdict() -> None:
     assert between(_snap(0, 0, own=0), _snap(0.6, 0.4, own=0.5), threads=2) is not None
 
 
-def _handed_jobs(tmp_path, monkeypatch, **benchmark) -> tuple[list[list[str]], list]:
-    """The job ids of each call to the executor in a run of two variants, and the run's rows."""
+def _handed_jobs(tmp_path, monkeypatch, variants=("pytorch:fp32", "null:fp32"), **benchmark) -> tuple[list[list[str]], list]:
+    """The job ids of each call to the (one-at-a-time) executor in a run of ``variants``, and the run's rows."""
     from infertune.config import validate_config
     from infertune.executors.inprocess import InProcessExecutor
     from infertune.pipeline import run
@@ -242,7 +242,7 @@ def _handed_jobs(tmp_path, monkeypatch, **benchmark) -> tuple[list[list[str]], l
         "model": {"name": "infertune.testing:tiny_convnet", "input_shape": [1, 3, 32, 32], "pretrained": False},
         "benchmark": {"batch_sizes": [1], "warmup_iterations": 1, "benchmark_iterations": 3, "min_time_s": 0.0,
                       "isolation": "none", "device": "cpu", **benchmark},
-        "optimization": {"variants": ["pytorch:fp32", "null:fp32"]},
+        "optimization": {"variants": list(variants)},
         "output": {"dir": str(tmp_path / "results"), "models_dir": str(tmp_path / "models")},
     })
     return handed, run(cfg, log=lambda m: None).rows
@@ -259,7 +259,15 @@ def test_the_baseline_recheck_is_queued_behind_the_last_round_of_the_ladder(tmp_
 
 
 def test_the_baseline_recheck_waits_for_the_ladder_when_every_job_could_start_at_once(tmp_path, monkeypatch) -> None:
-    """With a worker free for it from the start it would be measured among the first: it comes after."""
-    handed, rows = _handed_jobs(tmp_path, monkeypatch, concurrent_jobs=2)
-    assert handed[1:] == [["pytorch:fp32@0", "null:fp32@0"], ["pytorch:fp32@recheck"]]
+    """With a worker free for it from the start it could be measured among the first: it comes after."""
+    handed, rows = _handed_jobs(tmp_path, monkeypatch, variants=("pytorch:fp32",))
+    assert handed[1:] == [["pytorch:fp32@0"], ["pytorch:fp32@recheck"]]
     assert rows[0].recheck_p50_ms is not None
+
+
+def test_only_an_executor_that_starts_jobs_in_turn_can_queue_the_recheck_behind_them() -> None:
+    from infertune.executors.base import ExecutorSettings, make_executor
+
+    assert make_executor("process", ExecutorSettings(concurrent_jobs=3)).jobs_at_once == 3
+    assert make_executor("none", ExecutorSettings(concurrent_jobs=3)).jobs_at_once == 1
+    assert make_executor("ray", ExecutorSettings(concurrent_jobs=3)).jobs_at_once is None  # the cluster decides

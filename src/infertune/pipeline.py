@@ -255,10 +255,12 @@ def _variants(plan: Plan, executor: Executor, sink: Sink, reference: Reference, 
         jobs = plan.variant_jobs(reference, sink.run_id, round_index, todo)
         rechecks = _recheck_jobs(plan, sink, reference) if round_index == plan.rounds - 1 else []
         # behind more jobs than run at once, the check starts only once the last of them are running; with a
-        # worker free for it from the start, it would be measured among the first, so it runs after them
-        width = concurrent_jobs(plan.cfg, plan.device)
-        _execute(executor, jobs, sink, round_index, rechecks=rechecks if len(jobs) > width else ())
-        if rechecks and len(jobs) <= width:
+        # worker free for it from the start (or an executor that cannot say), it could be measured among the
+        # first, so it runs after them
+        width = executor.jobs_at_once
+        behind = width is not None and len(jobs) > width
+        _execute(executor, jobs, sink, round_index, rechecks=rechecks if behind else ())
+        if rechecks and not behind:
             _execute(executor, [], sink, round_index, rechecks=rechecks)
 
 

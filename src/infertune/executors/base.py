@@ -222,6 +222,12 @@ class Executor(ABC):
     def close(self) -> None:
         """The run is over: release what the executor started for it (a local Ray instance). Nothing by default."""
 
+    @property
+    def jobs_at_once(self) -> int | None:
+        """How many jobs ``run`` starts at once, in the order given (later ones as earlier ones end); None when
+        it cannot say (a cluster starts what its resources allow)."""
+        return None
+
     def nodes(self) -> list[ClusterNode]:
         """The alive nodes a job can be pinned to (``--per-node``); an executor of one machine has none to offer."""
         raise ConfigError(f"--per-node (ray.per_node) pins jobs to a cluster's nodes, which the {self.name!r} executor "

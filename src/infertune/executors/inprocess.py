@@ -27,6 +27,7 @@ class InProcessExecutor(Executor):
     """Runs each job in this process, one after the other."""
 
     name = "none"
+    jobs_at_once = 1
 
     def run(self, jobs: Sequence[Job]) -> Iterator[Event]:
         for job in jobs:

@@ -73,6 +73,10 @@ class ProcessExecutor(Executor):
 
     name = "process"
 
+    @property
+    def jobs_at_once(self) -> int:
+        return self.settings.concurrent_jobs
+
     @classmethod
     def get_ready(cls, libraries: Sequence[str]) -> None:
         """Start the fork server now: it imports ``WORKER_PRELOAD`` on another core while the parent plans."""
