@@ -49,7 +49,8 @@ def _interval(markers: Path, name: str) -> tuple[float, float]:
 
 def test_jobs_prepare_side_by_side_and_measure_in_turns(tmp_path, fault_backends):
     variants = ["pytorch:fp32", "slow_prepare:fp32:a", "slow_prepare:fp32:b", "fault_segfault:fp32"]
-    result = run(validate_config(_config(tmp_path, variants, concurrent_jobs=3)), log=lambda m: None)
+    config = _config(tmp_path, variants, concurrent_jobs=3, job_per_cell=False)
+    result = run(validate_config(config), log=lambda m: None)
 
     rows = {(r.variant, r.batch_size): r for r in result.rows}
     assert len(rows) == 8
@@ -68,6 +69,26 @@ def test_jobs_prepare_side_by_side_and_measure_in_turns(tmp_path, fault_backends
     assert len(read_journal(result.journal_path)) == 8
 
 
+def test_side_by_side_each_cell_has_a_worker_of_its_own(tmp_path, fault_backends):
+    """The default with several jobs at once: a variant's batch sizes prepare at the same time, in workers of
+    their own, and a crash at one batch size takes nothing else with it."""
+    variants = ["slow_prepare:fp32:a", "fault_segfault:fp32", "pytorch:fp32"]
+    result = run(validate_config(_config(tmp_path, variants, concurrent_jobs=4)), log=lambda m: None)
+
+    rows = {(r.variant, r.batch_size): r for r in result.rows}
+    assert len(rows) == 6
+    measured = [r for r in result.rows if r.variant != "fault_segfault:fp32"]
+    assert all(r.status == "ok" and r.latency_p50_ms for r in measured), [(r.variant, r.error) for r in measured]
+    _measure_windows_apart(measured)
+    for batch in (1, 2):
+        crash = rows[("fault_segfault:fp32", batch)]
+        assert crash.status == "crashed" and "killed by SIGSEGV" in crash.error, crash.error
+    (b1_start, b1_end), (b2_start, b2_end) = (_interval(fault_backends, f"prepare.a.b{b}") for b in (1, 2))
+    assert b1_start < b2_end and b2_start < b1_end, "a variant's batch sizes were prepared in turn"
+    assert result.log_path.read_text().count("=== slow_prepare:fp32:a (pid") == 2
+    assert len(read_journal(result.journal_path)) == 6
+
+
 def test_a_hang_beside_other_jobs_times_out_alone(tmp_path, fault_backends):
     """The hung preparation holds the slot (shared) until its cell times out; the job waiting to measure
     gets its own full cell time once the slot is free, so it still finishes."""
@@ -80,27 +101,55 @@ def test_a_hang_beside_other_jobs_times_out_alone(tmp_path, fault_backends):
     assert rows[("pytorch:fp32", 1)].status == rows[("pytorch:fp32", 2)].status == "ok"
 
 
-def test_one_job_at_a_time_on_the_cpu_and_one_per_four_cores_on_a_gpu_unless_configured():
+def test_one_job_at_a_time_on_the_cpu_and_on_a_gpu_as_many_as_the_machine_holds_unless_configured():
     config = validate_config({"model": TINY})
-    assert concurrent_jobs(config, "cpu", cores=64) == 1
-    assert [concurrent_jobs(config, "cuda", cores=n) for n in (2, 8, 16, 128)] == [1, 2, 4, 4]
+    assert concurrent_jobs(config, "cpu", cores=64, host_gb=512, gpu_gb=80) == 1
+    # three per core, one per 2 GB of the host's memory and of the GPU's, whichever allows fewest
+    assert concurrent_jobs(config, "cuda", cores=16, host_gb=128, gpu_gb=143) == 48
+    assert concurrent_jobs(config, "cuda", cores=16, host_gb=32, gpu_gb=143) == 16
+    assert concurrent_jobs(config, "cuda", cores=16, host_gb=128, gpu_gb=16) == 8
+    assert concurrent_jobs(config, "cuda", cores=2, host_gb=128, gpu_gb=143) == 6
+    assert concurrent_jobs(config, "cuda", cores=1, host_gb=1, gpu_gb=1) == 1
     config = validate_config({"model": TINY, "benchmark": {"concurrent_jobs": 2}})
     assert (concurrent_jobs(config, "cpu"), concurrent_jobs(config, "cuda")) == (2, 2)
 
 
-def test_each_of_the_jobs_side_by_side_on_a_gpu_gets_its_share_of_the_cores_unless_configured():
+def test_each_of_the_jobs_side_by_side_on_a_gpu_gets_its_share_of_the_cores_unless_configured(monkeypatch):
+    from infertune import env
     from infertune.plan import default_threads
 
+    monkeypatch.setattr(env, "host_memory_gb", lambda: 16.0)  # 8 jobs at most
+    monkeypatch.setattr(env, "gpu_memory_gb", lambda: 80.0)
     config = validate_config({"model": TINY})
     assert default_threads(config, "cpu", 16) == 16
-    assert [default_threads(config, "cuda", n) for n in (2, 8, 16, 128)] == [2, 4, 4, 32]
+    assert [default_threads(config, "cuda", n) for n in (2, 16, 128)] == [1, 2, 16]
     config = validate_config({"model": TINY, "benchmark": {"concurrent_jobs": 3}})
     assert default_threads(config, "cuda", 16) == 5 and default_threads(config, "cpu", 16) == 16
 
 
+def test_gpu_and_host_memory_are_read_without_touching_cuda(monkeypatch):
+    import subprocess
+
+    from infertune import env
+
+    env.gpu_memory_gb.cache_clear()
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, "143771\n", ""))
+    assert round(env.gpu_memory_gb(), 1) == 150.8  # MiB
+    env.gpu_memory_gb.cache_clear()
+
+    def missing(*a, **k):
+        raise FileNotFoundError("nvidia-smi")
+
+    monkeypatch.setattr(subprocess, "run", missing)
+    assert env.gpu_memory_gb() is None
+    env.gpu_memory_gb.cache_clear()
+    assert env.host_memory_gb() > 0.5
+
+
 def test_ctrl_c_stops_every_running_job_and_resume_finishes(tmp_path, fault_backends):
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump(_config(tmp_path, ["slow_once:fp32", "pytorch:fp32"], concurrent_jobs=2)))
+    config.write_text(yaml.safe_dump(_config(tmp_path, ["slow_once:fp32", "pytorch:fp32"], concurrent_jobs=2,
+                                             job_per_cell=False)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen([sys.executable, "-c", CLI, "run", "-q", "--config", str(config)], cwd=tmp_path,
                             env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

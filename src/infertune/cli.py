@@ -59,6 +59,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrent-jobs", type=_int_arg("job count"), metavar="N",
                    help="variants prepared side by side, each measured alone (default on a GPU: one per 4 cores, "
                         "at most 4; on the CPU 1)")
+    p.add_argument("--job-per-cell", action=argparse.BooleanOptionalAction, default=None,
+                   help="a worker per cell (variant and batch size) rather than per variant (default: when several "
+                        "jobs run at once)")
     p.add_argument("--rounds", type=_int_arg("round count"),
                    help="measure the whole ladder this many times, interleaved, pooling samples per cell")
     p.add_argument("--output-dir", "-o", help="where result files go (default results/)")
@@ -198,7 +201,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
                       "warmup_iterations": args.warmup, "benchmark_iterations": args.iterations,
                       "min_time_s": args.min_time, "precision_pct": args.precision_pct,
                       "isolation": args.isolation,
-                      "rounds": args.rounds, "concurrent_jobs": args.concurrent_jobs},
+                      "rounds": args.rounds, "concurrent_jobs": args.concurrent_jobs,
+                      "job_per_cell": args.job_per_cell},
         "optimization": {"variants": args.variants},
         "output": {"dir": args.output_dir, "use_cache": False if args.no_cache else None},
         "ray": {"address": args.ray_address, "per_node": args.per_node},

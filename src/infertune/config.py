@@ -151,6 +151,10 @@ class BenchmarkConfig(_Section):
     #: (executors/slot.py); None: on a GPU one per 4 cores, at most 4 (its run is mostly compiling); on
     #: the CPU 1 (workers preparing side by side would share the cores every conversion already uses).
     concurrent_jobs: int | None = Field(None, ge=1)
+    #: a worker per cell (variant and batch size) instead of per variant; None: when several jobs run at once,
+    #: so that every cell's preparation (a compile per batch size, above all) overlaps the others' and the
+    #: measurements follow one another (docs/measurement.md, "Jobs side by side").
+    job_per_cell: bool | None = None
     rounds: int = Field(1, ge=1)
     #: time the baseline (pytorch:fp32) again at the end of the run; a drift beyond its noise flags the
     #: speedups of that batch size (measure/load.py).

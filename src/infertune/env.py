@@ -7,6 +7,7 @@ and the report uses these flags to explain an INT8 variant that is not faster th
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import platform
@@ -101,6 +102,25 @@ def gpu_info() -> dict[str, Any]:
             info["cuda_version"] = torch.version.cuda
             info["gpu_capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
     return info
+
+
+@functools.lru_cache(maxsize=1)
+def gpu_memory_gb() -> float | None:
+    """The first GPU's memory in GB, from nvidia-smi (the parent never initialises CUDA); None when it cannot say."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout.split()
+        return float(out[0]) * 2**20 / 1e9 if out else None  # MiB
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+
+
+def host_memory_gb() -> float | None:
+    """This machine's memory in GB; None when the OS cannot say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def capture(threads: int | None = None) -> dict[str, Any]:

@@ -252,7 +252,7 @@ def _variants(plan: Plan, executor: Executor, sink: Sink, reference: Reference, 
                                                     and plan.availability[c[0].name].ok], round_index)
         if sink.progress and skipped:
             sink.progress.advance(skipped)
-        jobs = plan.variant_jobs(reference, sink.run_id, round_index, todo)
+        jobs = plan.variant_jobs(reference, sink.run_id, round_index, todo, per_cell=_job_per_cell(plan, executor))
         rechecks = _recheck_jobs(plan, sink, reference) if round_index == plan.rounds - 1 else []
         # behind more jobs than run at once, the check starts only once the last of them are running; with a
         # worker free for it from the start (or an executor that cannot say), it could be measured among the
@@ -262,6 +262,15 @@ def _variants(plan: Plan, executor: Executor, sink: Sink, reference: Reference, 
         _execute(executor, jobs, sink, round_index, rechecks=rechecks if behind else ())
         if rechecks and not behind:
             _execute(executor, [], sink, round_index, rechecks=rechecks)
+
+
+def _job_per_cell(plan: Plan, executor: Executor) -> bool:
+    """``benchmark.job_per_cell``, else whether the executor runs several jobs at once: a job measures its
+    cells in turn between preparations, and every other job's next preparation waits for its measurements (the
+    slot of executors/slot.py), so jobs of several cells prepare in lock step, a phase per batch size; a job
+    per cell prepares everything at once and measures it in one stretch (docs/measurement.md)."""
+    setting = plan.cfg.benchmark.job_per_cell
+    return setting if setting is not None else (executor.jobs_at_once or 1) > 1
 
 
 def _not_on_the_cluster(plan: Plan, sink: Sink, reference: Reference, cells: list[tuple[Variant, int, str]],

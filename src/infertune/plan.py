@@ -12,7 +12,6 @@ A ``--per-node`` run (``place_on_nodes``) has a cell per (variant, batch size, n
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -122,9 +121,10 @@ class Plan:
         )
 
     def variant_jobs(self, reference: Reference, run_id: str, round_index: int,
-                     todo: Callable[[Variant, int, str], bool]) -> list[VariantJob]:
+                     todo: Callable[[Variant, int, str], bool], per_cell: bool = False) -> list[VariantJob]:
         """One job per available variant (and node, when pinned) over the batch sizes ``todo`` still wants in
-        this round; ``todo`` gets the variant, the batch size and the node's name ("" when not pinned)."""
+        this round, or with ``per_cell`` one job per such batch size; ``todo`` gets the variant, the batch size
+        and the node's name ("" when not pinned)."""
         from infertune.backends.registry import get_backend
 
         cfg = self.cfg
@@ -138,16 +138,18 @@ class Plan:
             batches = tuple(b for b in self.batches if todo(variant, b, name))
             if not batches or not self.availability[variant.name].ok:
                 continue
-            jobs.append(VariantJob(
-                job_id=f"{variant.name}@{name}@{round_index}" if name else f"{variant.name}@{round_index}",
-                variant=variant, batches=batches, model=cfg.model,
-                reference=reference, model_label=self.model_label, device=self.device,
-                requested_device=cfg.benchmark.device, threads=self.threads_on(node), timing=self.timing,
-                tolerance=self.tolerances.get(variant.precision, Tolerance()), cache_root=cfg.output.models_dir,
-                use_cache=cfg.output.use_cache, settings=settings, run_id=run_id, round_index=round_index,
-                rounds=self.rounds, memory_limit_mb=self.memory_limit_mb,
-                modules=(type(get_backend(variant.backend)).__module__,), pinned=node,
-            ))
+            for group in [(b,) for b in batches] if per_cell else [batches]:
+                cell = f"@b{group[0]}" if per_cell else ""
+                jobs.append(VariantJob(
+                    job_id=f"{variant.name}{cell}@{name}@{round_index}" if name else f"{variant.name}{cell}@{round_index}",
+                    variant=variant, batches=group, model=cfg.model,
+                    reference=reference, model_label=self.model_label, device=self.device,
+                    requested_device=cfg.benchmark.device, threads=self.threads_on(node), timing=self.timing,
+                    tolerance=self.tolerances.get(variant.precision, Tolerance()), cache_root=cfg.output.models_dir,
+                    use_cache=cfg.output.use_cache, settings=settings, run_id=run_id, round_index=round_index,
+                    rounds=self.rounds, memory_limit_mb=self.memory_limit_mb,
+                    modules=(type(get_backend(variant.backend)).__module__,), pinned=node,
+                ))
         return jobs
 
 
@@ -255,16 +257,30 @@ def _memory_limit(cfg: RunConfig, device: str, log: Log) -> int | None:
     return limit
 
 
-def concurrent_jobs(cfg: RunConfig, device: str, cores: int | None = None) -> int:
-    """``benchmark.concurrent_jobs``, or its default for ``device``: on a GPU one job per 4 cores, at most
-    4 (the default CUDA ladder's compiling rungs: three torch.compile variants and the AOTInductor build,
-    each compiling with its share of the cores); on the CPU 1 (see the config's comment)."""
+#: a GPU run's jobs at once, by default: up to this many per core (most of a job is waiting for the slot, or
+#: compiling on one core) ...
+GPU_JOBS_PER_CORE = 3
+#: ... and one per this many GB of the host's memory, and of the GPU's (a worker holds a CUDA context, the model
+#: and its workspace in each).
+GPU_JOB_GB = 2.0
+
+
+def concurrent_jobs(cfg: RunConfig, device: str, cores: int | None = None, host_gb: float | None = None,
+                    gpu_gb: float | None = None) -> int:
+    """``benchmark.concurrent_jobs``, or its default for ``device``: on the CPU 1 (see the config's comment); on a
+    GPU as many as the machine holds (``GPU_JOBS_PER_CORE``, ``GPU_JOB_GB``), so that with a job per cell every
+    cell of the ladder prepares at once and the measurements follow in one stretch (docs/measurement.md, "Jobs
+    side by side"). ``cores``, ``host_gb``, ``gpu_gb``: this machine's, read when not given."""
+    from infertune import env as envmod
+
     if cfg.benchmark.concurrent_jobs is not None:
         return cfg.benchmark.concurrent_jobs
     if device != "cuda":
         return 1
-    cores = cores if cores is not None else len(os.sched_getaffinity(0))
-    return max(1, min(4, cores // 4))
+    cores = cores if cores is not None else envmod.usable_cores()
+    host_gb = host_gb if host_gb is not None else envmod.host_memory_gb()
+    gpu_gb = gpu_gb if gpu_gb is not None else envmod.gpu_memory_gb()
+    return max(1, min([GPU_JOBS_PER_CORE * cores] + [int(gb // GPU_JOB_GB) for gb in (host_gb, gpu_gb) if gb]))
 
 
 def default_threads(cfg: RunConfig, device: str, cores: int) -> int:
