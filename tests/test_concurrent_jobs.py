@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from infertune.config import validate_config
+from infertune.executors.base import RowEvent, StageEvent
 from infertune.journal import read_journal
 from infertune.pipeline import run
 from infertune.plan import concurrent_jobs
@@ -87,6 +88,35 @@ def test_side_by_side_each_cell_has_a_worker_of_its_own(tmp_path, fault_backends
     assert b1_start < b2_end and b2_start < b1_end, "a variant's batch sizes were prepared in turn"
     assert result.log_path.read_text().count("=== slow_prepare:fp32:a (pid") == 2
     assert len(read_journal(result.journal_path)) == 6
+
+
+def test_side_by_side_the_baseline_recheck_prepares_beside_the_ladder_and_measures_after_it(tmp_path, fault_backends,
+                                                                                            monkeypatch):
+    from infertune.executors.process import ProcessExecutor
+
+    events: list = []
+    original = ProcessExecutor.run_then
+
+    def recording(self, jobs, last):  # type: ignore[no-untyped-def]
+        for event in original(self, jobs, last):
+            events.append(event)
+            yield event
+
+    monkeypatch.setattr(ProcessExecutor, "run_then", recording)
+    config = _config(tmp_path, ["pytorch:fp32", "slow_prepare:fp32:a"], concurrent_jobs=8)
+    result = run(validate_config(config), log=lambda m: None)
+
+    assert all(r.status == "ok" and r.recheck_p50_ms for r in result.rows if r.variant == "pytorch:fp32")
+    rows = [e for e in events if isinstance(e, RowEvent)]
+    ladder = [e.row for e in rows if not e.job_id.endswith("@recheck")]
+    rechecks = [e.row for e in rows if e.job_id.endswith("@recheck")]
+    assert len(ladder) == 4 and len(rechecks) == 2
+    assert min(r.measure_start_unix_s for r in rechecks) >= max(r.measure_end_unix_s for r in ladder)
+    recheck_prepared = next(i for i, e in enumerate(events) if isinstance(e, StageEvent) and e.stage == "prepare"
+                            and e.job_id.endswith("@recheck"))
+    last_ladder_row = max(i for i, e in enumerate(events) if isinstance(e, RowEvent)
+                          and not e.job_id.endswith("@recheck"))
+    assert recheck_prepared < last_ladder_row, "the recheck waited for the ladder to prepare"
 
 
 def test_a_hang_beside_other_jobs_times_out_alone(tmp_path, fault_backends):

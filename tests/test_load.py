@@ -248,24 +248,16 @@ def _handed_jobs(tmp_path, monkeypatch, variants=("pytorch:fp32", "null:fp32"), 
     return handed, run(cfg, log=lambda m: None).rows
 
 
-def test_the_baseline_recheck_is_queued_behind_the_last_round_of_the_ladder(tmp_path, monkeypatch) -> None:
-    """Behind more jobs than run at once, it is handed over with the last round's jobs (so it can prepare
-    beside the last of them), never as a row."""
+def test_the_baseline_recheck_comes_after_the_last_round_of_the_ladder(tmp_path, monkeypatch) -> None:
+    """One job at a time, it is handed over after the last round's jobs (never as a row of its own)."""
     handed, rows = _handed_jobs(tmp_path, monkeypatch, rounds=2)
-    reference, first_round, last_round = handed
-    assert not any(job.endswith("@recheck") for job in reference + first_round)
-    assert last_round[-1] == "pytorch:fp32@recheck" and len(last_round) == len(first_round) + 1
+    reference, first_round, last_round, recheck = handed
+    assert not any(job.endswith("@recheck") for job in reference + first_round + last_round)
+    assert recheck == ["pytorch:fp32@recheck"] and len(last_round) == len(first_round)
     assert len(rows) == 2 and rows[0].recheck_p50_ms is not None
 
 
-def test_the_baseline_recheck_waits_for_the_ladder_when_every_job_could_start_at_once(tmp_path, monkeypatch) -> None:
-    """With a worker free for it from the start it could be measured among the first: it comes after."""
-    handed, rows = _handed_jobs(tmp_path, monkeypatch, variants=("pytorch:fp32",))
-    assert handed[1:] == [["pytorch:fp32@0"], ["pytorch:fp32@recheck"]]
-    assert rows[0].recheck_p50_ms is not None
-
-
-def test_only_an_executor_that_starts_jobs_in_turn_can_queue_the_recheck_behind_them() -> None:
+def test_executors_say_how_many_jobs_they_start_at_once() -> None:
     from infertune.executors.base import ExecutorSettings, make_executor
 
     assert make_executor("process", ExecutorSettings(concurrent_jobs=3)).jobs_at_once == 3

@@ -155,3 +155,41 @@ def test_a_job_ends_inductors_compile_workers_before_it_leaves_the_slot(monkeypa
     monkeypatch.delitem(sys.modules, "torch._inductor.async_compile")
     stop_compile_workers()  # a job that never compiled: nothing to stop, no import of Inductor
     assert "torch._inductor.async_compile" not in sys.modules and stopped == [True]
+
+
+def _measure_behind_gate(slot_path: str, gate_path: str, queue) -> None:
+    from infertune.executors.slot import SlotKeeper
+
+    slot = MeasurementSlot(slot_path)
+    slot.share()
+    keeper = SlotKeeper(lambda event: None, slot, gate_path)
+    keeper(StageEvent("recheck", 1, "prepare"))
+    keeper(StageEvent("recheck", 1, "measure"))
+    queue.put(time.time())
+
+
+def test_a_job_behind_the_gate_waits_out_of_the_slot_until_it_opens(tmp_path):
+    from infertune.executors.slot import Gate
+
+    path = str(tmp_path / "slot.lock")
+    gate = Gate()
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    waiter = ctx.Process(target=_measure_behind_gate, args=(path, gate.path, queue))
+    waiter.start()
+    try:
+        time.sleep(2.0)  # it prepared and now waits behind the gate...
+        assert queue.empty(), "it measured with the gate closed"
+        fd = os.open(path, os.O_RDONLY)
+        try:  # ...without holding the slot: another job could measure meanwhile
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+        opened = time.time()
+        gate.open()
+        assert queue.get(timeout=30) >= opened
+    finally:
+        gate.close()
+        waiter.join(timeout=30)
+    assert not os.path.exists(gate.path)
+    Gate.wait(gate.path)  # a gate that is gone holds nobody

@@ -254,14 +254,7 @@ def _variants(plan: Plan, executor: Executor, sink: Sink, reference: Reference, 
             sink.progress.advance(skipped)
         jobs = plan.variant_jobs(reference, sink.run_id, round_index, todo, per_cell=_job_per_cell(plan, executor))
         rechecks = _recheck_jobs(plan, sink, reference) if round_index == plan.rounds - 1 else []
-        # behind more jobs than run at once, the check starts only once the last of them are running; with a
-        # worker free for it from the start (or an executor that cannot say), it could be measured among the
-        # first, so it runs after them
-        width = executor.jobs_at_once
-        behind = width is not None and len(jobs) > width
-        _execute(executor, jobs, sink, round_index, rechecks=rechecks if behind else ())
-        if rechecks and not behind:
-            _execute(executor, [], sink, round_index, rechecks=rechecks)
+        _execute(executor, jobs, sink, round_index, rechecks=rechecks)
 
 
 def _job_per_cell(plan: Plan, executor: Executor) -> bool:
@@ -289,8 +282,8 @@ def _not_on_the_cluster(plan: Plan, sink: Sink, reference: Reference, cells: lis
 def _recheck_jobs(plan: Plan, sink: Sink, reference: Reference) -> list[Job]:
     """The baseline, timed again at the end of the run: a machine that changed during the run shows as the
     baseline's drift, and every speedup of that batch size says so (``measure.load.speedup_caveats``).
-    Queued after the last round's jobs (when they are more than run at once), it prepares beside the last
-    of them and measures when its turn comes. A ``--per-node`` run rechecks each node's baseline on its node."""
+    Handed over with the last round's jobs, it measures after all of them (``Executor.run_then``: with jobs side
+    by side it prepares beside them). A ``--per-node`` run rechecks each node's baseline on its node."""
     if not plan.cfg.benchmark.baseline_check or plan.timing is None:
         return []
     from infertune.measure.load import recheck_policy
@@ -302,15 +295,16 @@ def _recheck_jobs(plan: Plan, sink: Sink, reference: Reference) -> list[Job]:
 
 def _execute(executor: Executor, jobs: Sequence[Job], sink: Sink, round_index: int = 0,
              rechecks: Sequence[Job] = ()) -> list[Event]:
-    """Hand ``jobs`` (then ``rechecks``, the end-of-run check of the baseline) to the executor and each event
-    to the sink; returns the reference's outcome, if any.
+    """Hand ``jobs`` and ``rechecks`` (the end-of-run check of the baseline, measured after every job of
+    ``jobs``: ``Executor.run_then``) to the executor and each event to the sink; returns the reference's
+    outcome, if any.
 
     Leaving early (an interrupt, a failed write) closes the executor's iterator, which kills what still runs.
     """
     sink.expect(list(jobs), round_index)
     recheck_ids = {job.job_id: job for job in rechecks}
     recheck_rows: list[ResultRow] = []
-    events = executor.run([*jobs, *rechecks])
+    events = executor.run_then(jobs, rechecks)
     outcomes: list[Event] = []
     try:
         for event in events:

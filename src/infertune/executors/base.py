@@ -241,6 +241,14 @@ class Executor(ABC):
         what ``job_id`` says. Closing the iterator before it is exhausted kills the jobs still running.
         """
 
+    def run_then(self, jobs: Sequence[Job], last: Sequence[Job]) -> Iterator[Event]:
+        """``run`` for ``jobs`` and ``last``, where a job of ``last`` measures only once every job of ``jobs`` has
+        ended (the end-of-run check of the baseline). Here ``last`` starts once ``jobs`` have ended; an executor
+        that can prepare it beside them, and hold back only its measurement, overrides this."""
+        yield from self.run(jobs)
+        if last:
+            yield from self.run(last)
+
 
 _EXECUTORS: dict[str, type[Executor]] = {}
 #: executors whose module name differs from their name; any other ``<name>`` lives in ``executors/<name>.py``.

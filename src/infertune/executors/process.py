@@ -86,10 +86,19 @@ class ProcessExecutor(Executor):
         forkserver.ensure_running()
 
     def run(self, jobs: Sequence[Job]) -> Iterator[Event]:
+        yield from self.run_then(jobs, ())
+
+    def run_then(self, jobs: Sequence[Job], last: Sequence[Job]) -> Iterator[Event]:
+        """One at a time, ``last`` simply comes last; side by side, ``last`` starts behind ``jobs`` (as soon as a
+        worker is free) and prepares beside them, and the gate (``executors.slot.Gate``) holds back its
+        measurements until every job of ``jobs`` has ended: at the end of the run without a phase of its own."""
         from infertune.executors.slot import longest_first
 
         width = self.settings.concurrent_jobs
-        yield from run_workers(jobs if width == 1 else longest_first(jobs), self.settings, width)
+        if width == 1:
+            yield from run_workers([*jobs, *last], self.settings, width)
+        else:
+            yield from run_workers(longest_first(jobs), self.settings, width, last=last)
 
 
 def apply_memory_limit(limit_mb: int) -> None:
@@ -178,20 +187,30 @@ def run_in_worker(job: Job, settings: ExecutorSettings) -> Iterator[Event]:
     yield from run_workers([job], settings, width=1)
 
 
-def run_workers(jobs: Sequence[Job], settings: ExecutorSettings, width: int) -> Iterator[Event]:
+def run_workers(jobs: Sequence[Job], settings: ExecutorSettings, width: int,
+                last: Sequence[Job] = ()) -> Iterator[Event]:
     """Run ``jobs`` in worker processes, up to ``width`` at once, in order; yield their events as they come.
 
     With ``width`` above 1 each job runs inside the machine's measurement slot (``executors.slot``), so
     preparations overlap and measurements take turns, and each worker writes to a log of its own, added
-    to the run's log when the job ends (lines of jobs running at once would interleave there).
+    to the run's log when the job ends (lines of jobs running at once would interleave there). The jobs of
+    ``last`` (``width`` above 1 only) start after ``jobs`` and measure once all of ``jobs`` have ended.
     """
-    pending = list(jobs)
+    from infertune.executors.slot import Gate
+
+    pending = [*jobs, *last]
     running: list[_Worker] = []
+    gate = Gate() if last else None
+    first_ids = {job.job_id for job in jobs}
     try:
         while pending or running:
             while pending and len(running) < width:
                 job = pending.pop(0)
-                running.append(_Worker(job, settings) if width == 1 else _Worker.slotted(job, settings))
+                behind = gate.path if gate is not None and job.job_id not in first_ids else ""
+                running.append(_Worker(job, settings) if width == 1 else _Worker.slotted(job, settings, behind))
+            if gate is not None and not any(w.job_id in first_ids for w in running) \
+                    and not any(job.job_id in first_ids for job in pending):
+                gate.open()
             handles = [handle for worker in running for handle in worker.handles]
             deadline = min(w.watch.deadline for w in running)  # infinite while every job waits for the slot
             ready = wait(handles, timeout=None if deadline == float("inf") else max(0.0, deadline - time.monotonic()))
@@ -203,6 +222,8 @@ def run_workers(jobs: Sequence[Job], settings: ExecutorSettings, width: int) -> 
     finally:
         for worker in running:  # interrupted: no worker outlives the run
             worker.close()
+        if gate is not None:
+            gate.close()
 
 
 class _Worker:
@@ -215,6 +236,7 @@ class _Worker:
         self.own_log = own_log
         log_path = own_log or self.run_log
         self.log_start = os.path.getsize(log_path) if log_path and os.path.exists(log_path) else 0
+        self.job_id = job.job_id
         self.watch = JobWatch(job, dataclasses.replace(settings, log_path=log_path))
         self.conn = recv_conn
         self.done = False
@@ -227,7 +249,8 @@ class _Worker:
                 raise
 
     @classmethod
-    def slotted(cls, job: Job, settings: ExecutorSettings) -> _Worker:
+    def slotted(cls, job: Job, settings: ExecutorSettings, gate_path: str = "") -> _Worker:
+        """A worker for ``job`` inside the machine's measurement slot (behind the gate at ``gate_path``, if any)."""
         from infertune.executors.slot import SlottedJob, machine_slot_path
 
         own_log = None
@@ -235,7 +258,7 @@ class _Worker:
             fd, own_log = tempfile.mkstemp(prefix=f"{os.path.basename(settings.log_path)}.", suffix=".part",
                                            dir=os.path.dirname(os.path.abspath(settings.log_path)))
             os.close(fd)
-        return cls(SlottedJob(job, machine_slot_path()), settings, own_log)
+        return cls(SlottedJob(job, machine_slot_path(), gate_path=gate_path), settings, own_log)
 
     @property
     def handles(self) -> list[Any]:

@@ -11,6 +11,7 @@ it (``measure_start_unix_s``, ``measure_end_unix_s``).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import resource
@@ -96,6 +97,42 @@ class MeasurementSlot:
         os.close(self._turn)
 
 
+class Gate:
+    """A lock the parent holds while the run's other jobs go on; a job behind it (``SlottedJob.gate_path``)
+    prepares as usual, and before its first measurement waits, out of the slot, until the parent opens it.
+
+    So the end-of-run check of the baseline prepares beside the last jobs and still measures after all of
+    them, without a phase of its own at the end (``Executor.run_then``). A dead parent opens it too.
+    """
+
+    def __init__(self) -> None:
+        fd, self.path = tempfile.mkstemp(prefix="infertune-gate-", suffix=".lock")
+        self._fd: int | None = fd
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+    def open(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # the lock goes with the descriptor
+            self._fd = None
+
+    def close(self) -> None:
+        self.open()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+    @staticmethod
+    def wait(path: str) -> None:
+        """Block until the gate at ``path`` is open (or gone: the run ended)."""
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        finally:
+            os.close(fd)
+
+
 @dataclass(frozen=True)
 class SlottedJob(Job):
     """A job as it runs beside others: inside the machine's measurement slot, and (Ray's GPU jobs) on its GPU's
@@ -106,6 +143,8 @@ class SlottedJob(Job):
     slot_path: str = ""
     #: the cores the worker may use; empty: all of the node's.
     cores: tuple[int, ...] = ()
+    #: a ``Gate`` the job waits behind before its first measurement; empty: none.
+    gate_path: str = ""
 
     job_id = property(lambda self: self.job.job_id)  # type: ignore[assignment]
     device = property(lambda self: self.job.device)  # type: ignore[assignment]
@@ -127,7 +166,7 @@ class SlottedJob(Job):
         if slot is not None:
             slot.share()
         try:
-            self.job.run(SlotKeeper(emit, slot))
+            self.job.run(SlotKeeper(emit, slot, self.gate_path))
         finally:
             if slot is not None:  # the worker exits next (executors.process): its teardown stays in the slot
                 slot.keep_until_exit()
@@ -140,10 +179,11 @@ class SlotKeeper:
     """The worker's ``emit``, taking the slot before a ``measure`` stage and giving it back at the next
     stage or row; the row records the window in which the slot was held."""
 
-    def __init__(self, emit: Emit, slot: MeasurementSlot | None) -> None:
+    def __init__(self, emit: Emit, slot: MeasurementSlot | None, gate_path: str = "") -> None:
         self.emit = emit
         self.slot = slot
         self.since: float | None = None
+        self.gate_path = gate_path
 
     def __call__(self, event: Event) -> None:
         if self.since is not None and isinstance(event, (StageEvent, RowEvent)):
@@ -162,6 +202,10 @@ class SlotKeeper:
         if isinstance(event, StageEvent) and event.stage == MEASURE_STAGE:
             if self.slot is not None:
                 self.emit(StageEvent(event.job_id, event.batch, WAIT_STAGE))
+                if self.gate_path:  # out of the slot while waiting: the jobs ahead must measure
+                    self.slot.release()
+                    Gate.wait(self.gate_path)
+                    self.gate_path = ""
                 self.slot.take()
             self.since = time.time()
         self.emit(event)
