@@ -57,8 +57,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="end a cell's timing sooner once its median is known within +-PCT%% "
                         "(default 0.5 on a GPU, off on the CPU; 0: always time --min-time)")
     p.add_argument("--concurrent-jobs", type=_int_arg("job count"), metavar="N",
-                   help="variants prepared side by side, each measured alone (default on a GPU: one per 4 cores, "
-                        "at most 4; on the CPU 1)")
+                   help="jobs prepared side by side, each measured alone (default on a GPU: as many as the machine "
+                        "holds, 3 per core and one per 2 GB of host and of GPU memory; on the CPU 1)")
     p.add_argument("--job-per-cell", action=argparse.BooleanOptionalAction, default=None,
                    help="a worker per cell (variant and batch size) rather than per variant (default: when several "
                         "jobs run at once)")

@@ -148,8 +148,10 @@ class BenchmarkConfig(_Section):
     #: cap on each worker's data memory (RLIMIT_DATA, MB; CPU runs only); None: no cap.
     memory_limit_mb: int | None = Field(None, ge=256)
     #: jobs the default executor runs at once, preparing side by side and measuring in turns
-    #: (executors/slot.py); None: on a GPU one per 4 cores, at most 4 (its run is mostly compiling); on
-    #: the CPU 1 (workers preparing side by side would share the cores every conversion already uses).
+    #: (executors/slot.py); None: on a GPU as many as the machine holds (plan.concurrent_jobs: 3 per core, one per
+    #: 2 GB of host and of GPU memory), as its run is mostly compiling and waiting; on the CPU 1 (workers
+    #: preparing side by side would share the cores every conversion already uses). A large model on a small GPU
+    #: may need fewer: each worker holds its own copy.
     concurrent_jobs: int | None = Field(None, ge=1)
     #: a worker per cell (variant and batch size) instead of per variant; None: when several jobs run at once,
     #: so that every cell's preparation (a compile per batch size, above all) overlaps the others' and the

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# session 7, call C: the recheck behind a gate: cold, warm; warm the old way; then the GPU tests
+# variant), and warm with 16 and 8 jobs at once
+set -u
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .device/whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD/src:$PWD
+REPO=$PWD
+exec > >(tee -a "$OUT/log.txt") 2>&1
+step() { echo; echo "=== $1 ($(date +%T), ${SECONDS}s)"; }
+step machine; nvidia-smi -L; uptime; free -g | head -2
+step "default run cold, warm, warm the old way"
+mkdir -p $OUT/r
+RUN_TIMEOUT=200 THIRD="--concurrent-jobs 4 --no-job-per-cell" OUT=$OUT/r timeout 400 bash benchmarks/h200_cold_warm.sh 2>&1 | tail -22
+python3 - $OUT/r <<'PY'
+import csv, sys
+for run in ("cold", "warm", "third"):
+    try:
+        rows = [r for r in csv.DictReader(open(f"{sys.argv[1]}/{run}.csv"))]
+    except OSError:
+        continue
+    ok = [r for r in rows if r["status"] == "ok"]
+    busy = [(r["variant"], r["batch_size"], r["other_cpu_cores"][:5]) for r in ok if r["machine_busy"] == "True"]
+    print(f"{run}: {len(rows)} rows, {len(ok)} ok, {len(busy)} busy: {busy}")
+    print("   " + " ".join(f"{r['variant'].split(':',1)[1][:28]}/b{r['batch_size']}={float(r['latency_p50_ms']):.3f}"
+                           for r in ok if r['variant'].startswith(('torch_compile', 'cudnn_fused', 'pytorch:fp16'))))
+    print("   baseline p50/recheck: " + " ".join(f"b{r['batch_size']}={r['latency_p50_ms'][:6]}/{r['recheck_p50_ms'][:6]}"
+                                                  for r in ok if r['variant'] == 'pytorch:fp32')
+          + " flags: " + str(sorted({r['speedup_flag'][:60] for r in ok if r['speedup_flag']})))
+PY
+for f in cold warm third; do echo "$f: $(grep -h '^total' $OUT/r/$f.timeline.txt)"; done
+step "GPU tests"
+timeout $((590 - SECONDS)) python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -8
+step end
+cd $OUT && tar czf runs.tgz r && rm -rf r
