@@ -5,7 +5,8 @@
 # goes through benchmarks/timeline.py (the same CLI as benchmark_all.py), whose $OUT/<run>.timeline.txt says
 # where the time went (worker starts, prepare, verify, measure), and $OUT/<run>.runlog.txt is the run's own log
 # (each compile's time, among others).
-# THIRD="--concurrent-jobs 6" adds a third run, warm too, with those flags (a setting against the warm run).
+# THIRD="--concurrent-jobs 6" adds a third run, warm too, with those flags (a setting against the warm run);
+# THIRD="--concurrent-jobs 4 --no-job-per-cell" is the way before session 7 (four jobs, each a whole variant).
 # Usage (device machine, from a copy of the repo with .whl/): OUT=/some/dir bash benchmarks/h200_cold_warm.sh
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
