@@ -90,3 +90,28 @@ def test_a_bound_nothing_meets_exits_1_with_the_best_found(tmp_path, monkeypatch
     assert "no configuration met p99 <= 1 ms" in out and "the best found: b2 d2ms x1" in out
     server = next(r for r in rows if r.scenario == "server")
     assert server.verdict == "INVALID" and not server.best and "latency bound" in server.reasons
+
+
+def test_a_scenario_job_gets_every_core_on_a_gpu_too(monkeypatch):
+    """Its executor runs one job at a time, so the plan's thread count is not a share for jobs side by side
+    (on a GPU the default run's width would leave each job one core)."""
+    from infertune import env
+    from infertune import plan as planmod
+    from infertune.config import validate_config
+    from infertune.scenario.run import run_scenarios
+
+    monkeypatch.setattr(env, "host_memory_gb", lambda: 64.0)
+    monkeypatch.setattr(env, "gpu_memory_gb", lambda: 80.0)
+    seen = []
+
+    def stop(cfg, measure, log):  # type: ignore[no-untyped-def]
+        seen.append(planmod.default_threads(cfg, "cuda", 16))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(planmod, "make_plan", stop)
+    cfg = validate_config({"model": {"name": "infertune.testing:tiny_convnet", "input_shape": [1, 3, 32, 32],
+                                     "pretrained": False}})
+    assert planmod.default_threads(cfg, "cuda", 16) < 16  # the run's default, jobs side by side
+    with pytest.raises(KeyboardInterrupt):
+        run_scenarios(cfg, ["offline"], log=lambda m: None)
+    assert seen == [16]

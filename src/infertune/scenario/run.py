@@ -107,7 +107,9 @@ def _run(cfg: RunConfig, scenarios: tuple[str, ...], force: bool, log: Log) -> S
     sc = cfg.scenario
     policies = policies_of(cfg)
     batches = serving_batches(policies, scenarios, sc.samples_per_query)
-    cfg = cfg.model_copy(update={"benchmark": cfg.benchmark.model_copy(update={"batch_sizes": list(batches)})})
+    # its executor runs one job at a time (a LoadGen trial holds the machine), so a job's threads are every core's
+    one_at_a_time = {"batch_sizes": list(batches), "concurrent_jobs": 1}
+    cfg = cfg.model_copy(update={"benchmark": cfg.benchmark.model_copy(update=one_at_a_time)})
     plan = make_plan(cfg, measure=False, log=log)
     stem = claim_stem(Path(cfg.output.dir), "scenario_results")
     environment = envmod.capture(plan.threads)
