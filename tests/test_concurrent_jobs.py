@@ -212,3 +212,19 @@ def test_ctrl_c_stops_every_running_job_and_resume_finishes(tmp_path, fault_back
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
     assert {r.status for r in read_rows(csv)} == {"ok"} and len(read_rows(csv)) == 4
+
+
+def test_a_job_per_cell_by_default_only_when_jobs_run_side_by_side():
+    from types import SimpleNamespace
+
+    from infertune.executors.base import ExecutorSettings, make_executor
+    from infertune.pipeline import _job_per_cell
+
+    def plan(setting):  # type: ignore[no-untyped-def]
+        return SimpleNamespace(cfg=validate_config({"model": TINY, "benchmark": {"job_per_cell": setting}}))
+
+    side_by_side = make_executor("process", ExecutorSettings(concurrent_jobs=4))
+    one_at_a_time = make_executor("process", ExecutorSettings(concurrent_jobs=1))
+    cluster = make_executor("ray", ExecutorSettings(concurrent_jobs=4))  # starts what its resources allow
+    assert [_job_per_cell(plan(None), e) for e in (side_by_side, one_at_a_time, cluster)] == [True, False, False]
+    assert _job_per_cell(plan(False), side_by_side) is False and _job_per_cell(plan(True), one_at_a_time) is True
