@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
+from infertune import pipeline
 from infertune import sink as sink_module
 from infertune.cli import main
 from infertune.executors.base import RowEvent, StageEvent
@@ -30,8 +31,9 @@ def run_with_timeline(path: Path, argv: list[str]) -> int:
     start = time.perf_counter()
     events: list[tuple[float, str, str, str]] = []
     take = sink_module.Sink.take
+    make_executor = pipeline.make_executor
 
-    def timed_take(self, event):  # type: ignore[no-untyped-def]
+    def note(event):  # type: ignore[no-untyped-def]
         if isinstance(event, StageEvent):
             what, batch = event.stage, event.batch
         elif isinstance(event, RowEvent):
@@ -39,9 +41,28 @@ def run_with_timeline(path: Path, argv: list[str]) -> int:
         else:
             what, batch = type(event).__name__, ""
         events.append((time.perf_counter() - start, str(getattr(event, "job_id", "")), str(batch), what))
+
+    def timed_take(self, event):  # type: ignore[no-untyped-def]
+        note(event)
         return take(self, event)
 
+    def timed_executor(*args, **kwargs):  # type: ignore[no-untyped-def]
+        """The run's executor, its events of the baseline's end-of-run check noted too (they bypass the sink)."""
+        executor = make_executor(*args, **kwargs)
+        run_then = executor.run_then
+
+        def noted_run_then(jobs, last):  # type: ignore[no-untyped-def]
+            rechecks = {job.job_id for job in last}
+            for event in run_then(jobs, last):
+                if getattr(event, "job_id", "") in rechecks:
+                    note(event)
+                yield event
+
+        executor.run_then = noted_run_then
+        return executor
+
     sink_module.Sink.take = timed_take
+    pipeline.make_executor = timed_executor
     try:
         code = main(argv)
     finally:
