@@ -95,10 +95,7 @@ class ProcessExecutor(Executor):
         from infertune.executors.slot import longest_first
 
         width = self.settings.concurrent_jobs
-        if width == 1:
-            yield from run_workers([*jobs, *last], self.settings, width)
-        else:
-            yield from run_workers(longest_first(jobs), self.settings, width, last=last)
+        yield from run_workers(jobs if width == 1 else longest_first(jobs), self.settings, width, last=last)
 
 
 def apply_memory_limit(limit_mb: int) -> None:
@@ -194,13 +191,13 @@ def run_workers(jobs: Sequence[Job], settings: ExecutorSettings, width: int,
     With ``width`` above 1 each job runs inside the machine's measurement slot (``executors.slot``), so
     preparations overlap and measurements take turns, and each worker writes to a log of its own, added
     to the run's log when the job ends (lines of jobs running at once would interleave there). The jobs of
-    ``last`` (``width`` above 1 only) start after ``jobs`` and measure once all of ``jobs`` have ended.
+    ``last`` start after ``jobs`` and measure once all of ``jobs`` have ended (side by side, behind a gate).
     """
     from infertune.executors.slot import Gate
 
     pending = [*jobs, *last]
     running: list[_Worker] = []
-    gate = Gate() if last else None
+    gate = Gate() if last and width > 1 else None
     first_ids = {job.job_id for job in jobs}
     try:
         while pending or running:
