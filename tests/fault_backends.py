@@ -7,6 +7,9 @@ allocation past the memory limit, an exception. ``slow_once`` sleeps the first t
 test can interrupt a run at a known cell) and succeeds when the run is resumed; ``interrupt_second``
 sends its own process SIGINT the second time it runs (an in-process run's second round). ``where``
 does not fail: it runs as eager PyTorch does and notes the node it ran on (tests/test_ray_per_node.py).
+``cores_probe`` (and ``cores_probe_compiling``, a compiling rung to the executors) does not fail either: it
+notes which cores its worker's threads may use while it prepares and while it is called
+(tests/test_concurrent_jobs.py).
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ import dataclasses
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from infertune.backends.base import Backend, PrepareContext, Runner
 from infertune.backends.null import NullRunner
@@ -198,3 +203,43 @@ class SlowPrepareBackend(_Fault):
         tag = ",".join(ctx.options) or "plain"
         (Path(os.environ[MARKER_ENV]) / f"prepare.{tag}.b{ctx.batch_size}").write_text(f"{start} {time.time()}")
         return get_backend("pytorch").prepare(dataclasses.replace(ctx, options={}))
+
+
+class _CoresRunner(NullRunner):
+    """Notes, the first time each is seen, the cores it is called on and those of a thread its backend started
+    while preparing: ``cores.<backend>.b<batch>`` gets a line ``call <caller's cores> <thread's cores>``."""
+
+    def __init__(self, marker: Path, thread: threading.Thread) -> None:
+        self.marker = marker
+        self.thread = thread
+        self.seen: set[str] = set()
+
+    def __call__(self, inputs: Any) -> Any:
+        line = f"call {_cores(0)} {_cores(self.thread.native_id or 0)}"
+        if line not in self.seen:
+            self.seen.add(line)
+            with self.marker.open("a") as f:
+                f.write(line + "\n")
+        return inputs
+
+
+def _cores(tid: int) -> str:
+    return ",".join(map(str, sorted(os.sched_getaffinity(tid))))
+
+
+@register_backend
+class CoresProbeBackend(_Fault):
+    name = "cores_probe"
+
+    def prepare(self, ctx: PrepareContext) -> Runner:
+        marker = Path(os.environ[MARKER_ENV]) / f"cores.{self.name}.b{ctx.batch_size}"
+        marker.write_text(f"prepare {_cores(0)}\n")
+        thread = threading.Thread(target=threading.Event().wait, daemon=True)  # as a runtime's thread pool
+        thread.start()
+        return _CoresRunner(marker, thread)
+
+
+@register_backend
+class CompilingCoresProbeBackend(CoresProbeBackend):
+    name = "cores_probe_compiling"
+    compiles = True

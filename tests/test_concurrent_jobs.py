@@ -12,14 +12,17 @@ import time
 from itertools import pairwise
 from pathlib import Path
 
+import pytest
 import yaml
 
 from infertune.config import validate_config
 from infertune.executors.base import RowEvent, StageEvent
+from infertune.executors.slot import preparation_cores
 from infertune.journal import read_journal
 from infertune.pipeline import run
 from infertune.plan import concurrent_jobs
 from infertune.results import ResultRow, read_rows
+from infertune.variants import parse_variant
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"name": "infertune.testing:tiny_convnet", "input_shape": [1, 3, 32, 32], "pretrained": False}
@@ -117,6 +120,44 @@ def test_side_by_side_the_baseline_recheck_prepares_beside_the_ladder_and_measur
     last_ladder_row = max(i for i, e in enumerate(events) if isinstance(e, RowEvent)
                           and not e.job_id.endswith("@recheck"))
     assert recheck_prepared < last_ladder_row, "the recheck waited for the ladder to prepare"
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores to leave one to the compiling job")
+def test_side_by_side_the_other_jobs_prepare_off_the_compiling_jobs_cores_and_measure_on_all(tmp_path, fault_backends):
+    """The compiling jobs bound the preparation phase, so the others prepare on the cores they leave, every
+    thread of them (a pool started while preparing too); they measure on all their cores."""
+    config = _config(tmp_path, ["cores_probe:fp32", "cores_probe_compiling:fp32"], concurrent_jobs=4,
+                     batch_sizes=[1])
+    result = run(validate_config(config), log=lambda m: None)
+
+    assert all(r.status == "ok" for r in result.rows), [(r.variant, r.error) for r in result.rows]
+    everywhere = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    spare = ",".join(map(str, preparation_cores([_CompilingJob(), _OtherJob()], sorted(os.sched_getaffinity(0)))))
+    assert spare and spare != everywhere
+    probe = (fault_backends / "cores.cores_probe.b1").read_text().splitlines()
+    assert probe[0] == f"prepare {spare}"
+    assert f"call {spare} {spare}" in probe  # the first call and verification are part of preparing...
+    assert f"call {everywhere} {everywhere}" in probe  # ...the timed calls are not
+    compiling = (fault_backends / "cores.cores_probe_compiling.b1").read_text().splitlines()
+    assert compiling[0] == f"prepare {everywhere}" and set(compiling[1:]) == {f"call {everywhere} {everywhere}"}
+
+
+class _CompilingJob:
+    variant = parse_variant("torch_compile:fp32")
+
+
+class _OtherJob:
+    variant = parse_variant("pytorch:fp32")
+
+
+def test_other_jobs_leave_a_core_to_each_compiling_job_and_keep_a_quarter_of_the_cores():
+    cores = list(range(16))
+    ladder = [_CompilingJob()] * 9 + [_OtherJob()] * 27
+    assert preparation_cores(ladder, cores) == tuple(range(9, 16))
+    assert preparation_cores([_CompilingJob()] * 14 + [_OtherJob()], cores) == (12, 13, 14, 15)
+    assert preparation_cores([_OtherJob()] * 3, cores) == ()  # nothing compiles: no split
+    assert preparation_cores([_CompilingJob()] * 3, cores) == ()  # nothing else to move
+    assert preparation_cores([_CompilingJob(), _OtherJob()], [5]) == ()  # one core: nowhere to move to
 
 
 def test_a_hang_beside_other_jobs_times_out_alone(tmp_path, fault_backends):

@@ -193,18 +193,22 @@ def run_workers(jobs: Sequence[Job], settings: ExecutorSettings, width: int,
     to the run's log when the job ends (lines of jobs running at once would interleave there). The jobs of
     ``last`` start after ``jobs`` and measure once all of ``jobs`` have ended (side by side, behind a gate).
     """
-    from infertune.executors.slot import Gate
+    from infertune.executors.slot import Gate, compiles, preparation_cores
 
     pending = [*jobs, *last]
     running: list[_Worker] = []
     gate = Gate() if last and width > 1 else None
     first_ids = {job.job_id for job in jobs}
+    spare_cores = preparation_cores(pending, sorted(os.sched_getaffinity(0))) if width > 1 else ()
     try:
         while pending or running:
             while pending and len(running) < width:
                 job = pending.pop(0)
+                if width == 1:
+                    running.append(_Worker(job, settings))
+                    continue
                 behind = gate.path if gate is not None and job.job_id not in first_ids else ""
-                running.append(_Worker(job, settings) if width == 1 else _Worker.slotted(job, settings, behind))
+                running.append(_Worker.slotted(job, settings, behind, () if compiles(job) else spare_cores))
             if gate is not None and not any(w.job_id in first_ids for w in running) \
                     and not any(job.job_id in first_ids for job in pending):
                 gate.open()
@@ -246,8 +250,10 @@ class _Worker:
                 raise
 
     @classmethod
-    def slotted(cls, job: Job, settings: ExecutorSettings, gate_path: str = "") -> _Worker:
-        """A worker for ``job`` inside the machine's measurement slot (behind the gate at ``gate_path``, if any)."""
+    def slotted(cls, job: Job, settings: ExecutorSettings, gate_path: str = "",
+                prepare_cores: tuple[int, ...] = ()) -> _Worker:
+        """A worker for ``job`` inside the machine's measurement slot (behind the gate at ``gate_path``, if any;
+        preparing on ``prepare_cores``, if any)."""
         from infertune.executors.slot import SlottedJob, machine_slot_path
 
         own_log = None
@@ -255,7 +261,7 @@ class _Worker:
             fd, own_log = tempfile.mkstemp(prefix=f"{os.path.basename(settings.log_path)}.", suffix=".part",
                                            dir=os.path.dirname(os.path.abspath(settings.log_path)))
             os.close(fd)
-        return cls(SlottedJob(job, machine_slot_path(), gate_path=gate_path), settings, own_log)
+        return cls(SlottedJob(job, machine_slot_path(), gate_path=gate_path, prepare_cores=prepare_cores), settings, own_log)
 
     @property
     def handles(self) -> list[Any]:

@@ -145,6 +145,9 @@ class SlottedJob(Job):
     cores: tuple[int, ...] = ()
     #: a ``Gate`` the job waits behind before its first measurement; empty: none.
     gate_path: str = ""
+    #: the cores the worker prepares on, leaving the others to the compiling jobs (``preparation_cores``); it
+    #: measures on all of its cores again. Empty: it prepares on all of them.
+    prepare_cores: tuple[int, ...] = ()
 
     job_id = property(lambda self: self.job.job_id)  # type: ignore[assignment]
     device = property(lambda self: self.job.device)  # type: ignore[assignment]
@@ -162,11 +165,14 @@ class SlottedJob(Job):
     def run(self, emit: Emit) -> None:
         if self.cores:
             os.sched_setaffinity(0, self.cores)  # before any runtime starts its thread pool
+        cores = Affinity(self.prepare_cores, tuple(sorted(os.sched_getaffinity(0)))) if self.prepare_cores else None
+        if cores is not None:
+            cores.prepare()
         slot = MeasurementSlot(self.slot_path) if self.slot_path else None
         if slot is not None:
             slot.share()
         try:
-            self.job.run(SlotKeeper(emit, slot, self.gate_path))
+            self.job.run(SlotKeeper(emit, slot, self.gate_path, cores))
         finally:
             if slot is not None:  # the worker exits next (executors.process): its teardown stays in the slot
                 slot.keep_until_exit()
@@ -175,20 +181,46 @@ class SlottedJob(Job):
         return self.job.lost(loss)
 
 
+@dataclass(frozen=True)
+class Affinity:
+    """A worker's cores while it prepares and while it measures, applied to every thread it has then (a
+    runtime's pools and the GPU driver's threads started while preparing would otherwise keep the narrow set)."""
+
+    preparing: tuple[int, ...]
+    measuring: tuple[int, ...]
+
+    def prepare(self) -> None:
+        _set_process_affinity(self.preparing)
+
+    def measure(self) -> None:
+        _set_process_affinity(self.measuring)
+
+
+def _set_process_affinity(cores: tuple[int, ...]) -> None:
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(tid), cores)
+
+
 class SlotKeeper:
     """The worker's ``emit``, taking the slot before a ``measure`` stage and giving it back at the next
-    stage or row; the row records the window in which the slot was held."""
+    stage or row; the row records the window in which the slot was held. With an ``Affinity``, the worker
+    measures on its measuring cores and prepares on its preparing ones."""
 
-    def __init__(self, emit: Emit, slot: MeasurementSlot | None, gate_path: str = "") -> None:
+    def __init__(self, emit: Emit, slot: MeasurementSlot | None, gate_path: str = "",
+                 cores: Affinity | None = None) -> None:
         self.emit = emit
         self.slot = slot
         self.since: float | None = None
         self.gate_path = gate_path
+        self.cores = cores
 
     def __call__(self, event: Event) -> None:
         if self.since is not None and isinstance(event, (StageEvent, RowEvent)):
             until = time.time()
             self.since, since = None, self.since
+            if self.cores is not None:
+                self.cores.prepare()
             if isinstance(event, RowEvent):  # sent before sharing again, which waits while another job measures
                 event.row.update(measure_start_unix_s=since, measure_end_unix_s=until)
                 if self.slot is not None:
@@ -207,20 +239,40 @@ class SlotKeeper:
                     Gate.wait(self.gate_path)
                     self.gate_path = ""
                 self.slot.take()
+            if self.cores is not None:
+                self.cores.measure()
             self.since = time.time()
         self.emit(event)
 
 
-def longest_first(jobs: Sequence[Job]) -> list[Job]:
-    """The jobs in the order to start them when several run at once: the compiling rungs
-    (``Backend.compiles``) first, the rest (other variants, other kinds of job) in their order. Started
-    last, a 60 s compile ran alone at the end on 2 GPUs and bounded the run (docs/results/ray.md)."""
+def compiles(job: Job) -> bool:
+    """Whether ``job`` is a compiling rung's (``Backend.compiles``): its preparation is the run's longest."""
     from infertune.backends.registry import get_backend
 
-    def compiles(job: Job) -> bool:
-        variant = getattr(job, "variant", None)
-        return variant is not None and get_backend(variant.backend).compiles
+    variant = getattr(job, "variant", None)
+    return variant is not None and get_backend(variant.backend).compiles
 
+
+def longest_first(jobs: Sequence[Job]) -> list[Job]:
+    """The jobs in the order to start them when several run at once: the compiling rungs first, the rest
+    (other variants, other kinds of job) in their order. Started last, a 60 s compile ran alone at the end
+    on 2 GPUs and bounded the run (docs/results/ray.md)."""
     return sorted(jobs, key=lambda job: not compiles(job))
+
+
+def preparation_cores(jobs: Sequence[Job], cores: Sequence[int]) -> tuple[int, ...]:
+    """The cores the jobs that do not compile prepare on, when they prepare beside compiling ones: ``cores``
+    less one per compiling job, at least a quarter of them (empty: no split, everyone prepares everywhere).
+
+    Every job of the default GPU run starts at once, and measuring waits until all have prepared, so the
+    compiling jobs (one busy thread each, the longest preparations) bound that phase. Sharing every core
+    fairly with two dozen eager jobs doubled their time; kept off the compiling jobs' cores, the eager jobs
+    still finish first (docs/measurement.md, "Jobs side by side").
+    """
+    compiling = sum(1 for job in jobs if compiles(job))
+    if not compiling or compiling == len(jobs) or len(cores) < 2:
+        return ()
+    spare = max(len(cores) - compiling, len(cores) // 4, 1)
+    return tuple(sorted(cores)[-spare:])
 
 
