@@ -161,14 +161,18 @@ from infertune.testing import tiny_convnet
 configure_torch(1)
 x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
 ctx = PrepareContext(model=tiny_convnet(), example_input=x, precision="fp32", options={opts!r}, device={device!r},
-                     threads=1, cache=ArtifactCache(sys.argv[1], "tiny"), calibration=None, log=lambda m: None)
+                     threads={threads}, cache=ArtifactCache(sys.argv[1], "tiny"), calibration=None, log=lambda m: None)
 runner = get_backend("torch_compile").prepare(ctx)
 from torch._dynamo.utils import counters
-print(json.dumps({{"cache_hit": runner.cache_hit, "fx_hits": counters["inductor"]["fxgraph_cache_hit"]}}))
+from torch._inductor import async_compile
+print(json.dumps({{"cache_hit": runner.cache_hit, "fx_hits": counters["inductor"]["fxgraph_cache_hit"],
+                  "compile_threads": async_compile.get_compile_threads(),
+                  "compile_pools": len(async_compile._pool_set)}}))
 """
 
 
-def _prepare_in_fresh_process(models_dir, options: dict[str, str], device: str = "cpu") -> dict:
+def _prepare_in_fresh_process(models_dir, options: dict[str, str], device: str = "cpu", threads: int = 1,
+                              **env_vars: str) -> dict:
     """Prepare the tiny model in a new interpreter (no in-memory compile caches), models dir ``models_dir``."""
     import json
     import os
@@ -177,9 +181,11 @@ def _prepare_in_fresh_process(models_dir, options: dict[str, str], device: str =
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root)])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root)]), **env_vars}
     env.pop("TORCHINDUCTOR_CACHE_DIR", None)  # the backend must choose the folder itself
-    code = _PREPARE_IN_A_FRESH_PROCESS.format(opts=options, device=device)
+    if "TORCHINDUCTOR_COMPILE_THREADS" not in env_vars:
+        env.pop("TORCHINDUCTOR_COMPILE_THREADS", None)
+    code = _PREPARE_IN_A_FRESH_PROCESS.format(opts=options, device=device, threads=threads)
     proc = subprocess.run([sys.executable, "-c", code, str(models_dir)], capture_output=True, text=True,
                           env=env, cwd=root, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -197,6 +203,27 @@ def test_a_second_run_is_served_by_the_fx_graph_cache_kept_in_the_models_dir(tmp
     assert second["fx_hits"] >= 1 and second["cache_hit"]
     # another models dir starts cold again: the cache lives there, not in a global folder
     assert _prepare_in_fresh_process(tmp_path / "other", {"nofreeze": ""})["fx_hits"] == 0
+
+
+@pytest.mark.slow
+def test_the_compile_pool_is_the_jobs_share_of_the_cores_unless_the_environment_sets_it(tmp_path):
+    """One thread, a job's share beside many others on a GPU, means no pool (torch would start one of
+    min(32, cores) processes, even for a cache hit); TORCHINDUCTOR_COMPILE_THREADS still wins."""
+    models = tmp_path / "models"
+    assert _prepare_in_fresh_process(models, {"nofreeze": ""}, threads=1)["compile_threads"] == 1
+    assert _prepare_in_fresh_process(models, {"nofreeze": ""}, threads=3)["compile_threads"] == 3
+    told = _prepare_in_fresh_process(models, {"nofreeze": ""}, threads=1, TORCHINDUCTOR_COMPILE_THREADS="2")
+    assert told["compile_threads"] == 2
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_on_a_gpu_a_one_thread_job_starts_no_compile_pool(tmp_path):
+    """Where Triton is there (a GPU), torch starts its pool at the first compile; a job's share of one thread
+    starts none."""
+    assert _prepare_in_fresh_process(tmp_path / "models", {}, "cuda", threads=1)["compile_pools"] == 0
+    assert _prepare_in_fresh_process(tmp_path / "models", {}, "cuda", threads=2)["compile_pools"] == 1
 
 
 def test_no_cache_switches_inductor_caches_off(tmp_path, monkeypatch):

@@ -191,6 +191,7 @@ class TorchCompileBackend(InductorBackend):
         import torch
 
         configure_inductor_caches(ctx.cache)
+        size_compile_pool(ctx.threads)
         shared = _SHARED.setdefault(ctx.model, {}) if opts.cuda_graph else {}
         key = (ctx.precision, ctx.device, tuple(sorted(ctx.options.items())))
         compiled = shared.get(key)
@@ -284,6 +285,21 @@ def configure_inductor_caches(cache: Any) -> Path | None:
     folder.mkdir(parents=True, exist_ok=True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
     return folder
+
+
+def size_compile_pool(threads: int) -> None:
+    """Give Inductor's compile pool the job's share of the cores (``PrepareContext.threads``), unless
+    ``TORCHINDUCTOR_COMPILE_THREADS`` says otherwise.
+
+    torch's default is min(32, cores) per process, started at the first compile even when every graph is a
+    cache hit: a subprocess that imports torch again and forks its pool. With a worker per cell on a GPU, nine
+    compiling workers started nine such pools on 16 cores beside two dozen other workers; one thread means no
+    pool, and compiling in the worker itself (docs/results/h200.md, session 8).
+    """
+    import torch
+
+    if "TORCHINDUCTOR_COMPILE_THREADS" not in os.environ:
+        torch._inductor.config.compile_threads = max(1, threads)
 
 
 class FreezingCall:
