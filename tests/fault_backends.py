@@ -207,7 +207,7 @@ class SlowPrepareBackend(_Fault):
 
 class _CoresRunner(NullRunner):
     """Notes, the first time each is seen, the cores it is called on and those of a thread its backend started
-    while preparing: ``cores.<backend>.b<batch>`` gets a line ``call <caller's cores> <thread's cores>``."""
+    while preparing: a line ``call <caller's cores> <thread's cores>``."""
 
     def __init__(self, marker: Path, thread: threading.Thread) -> None:
         self.marker = marker
@@ -227,19 +227,42 @@ def _cores(tid: int) -> str:
     return ",".join(map(str, sorted(os.sched_getaffinity(tid))))
 
 
+def _cores_marker(backend: str, batch: int) -> Path:
+    return Path(os.environ[MARKER_ENV]) / f"cores.{backend}.b{batch}"
+
+
 @register_backend
 class CoresProbeBackend(_Fault):
+    """``cores.cores_probe.b<batch>``: ``prepare <cores>``, then, once they change while it still prepares (it
+    waits up to a minute), ``widened <its cores> <the cores of a thread it started>``, then its calls."""
+
     name = "cores_probe"
 
     def prepare(self, ctx: PrepareContext) -> Runner:
-        marker = Path(os.environ[MARKER_ENV]) / f"cores.{self.name}.b{ctx.batch_size}"
-        marker.write_text(f"prepare {_cores(0)}\n")
+        marker = _cores_marker(self.name, ctx.batch_size)
+        first = _cores(0)
+        marker.write_text(f"prepare {first}\n")
         thread = threading.Thread(target=threading.Event().wait, daemon=True)  # as a runtime's thread pool
         thread.start()
+        deadline = time.monotonic() + 60
+        while _cores(0) == first and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with marker.open("a") as f:
+            f.write(f"widened {_cores(0)} {_cores(thread.native_id or 0)}\n")
         return _CoresRunner(marker, thread)
 
 
 @register_backend
 class CompilingCoresProbeBackend(CoresProbeBackend):
+    """A compiling rung to the executors; it prepares once ``cores_probe`` has started preparing (up to a minute)."""
+
     name = "cores_probe_compiling"
     compiles = True
+
+    def prepare(self, ctx: PrepareContext) -> Runner:
+        deadline = time.monotonic() + 60
+        while not _cores_marker(CoresProbeBackend.name, ctx.batch_size).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        marker = _cores_marker(self.name, ctx.batch_size)
+        marker.write_text(f"prepare {_cores(0)}\n")
+        return _CoresRunner(marker, threading.current_thread())

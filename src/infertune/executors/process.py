@@ -193,13 +193,13 @@ def run_workers(jobs: Sequence[Job], settings: ExecutorSettings, width: int,
     to the run's log when the job ends (lines of jobs running at once would interleave there). The jobs of
     ``last`` start after ``jobs`` and measure once all of ``jobs`` have ended (side by side, behind a gate).
     """
-    from infertune.executors.slot import Gate, compiles, preparation_cores
+    from infertune.executors.slot import CompilersFirst, Gate
 
     pending = [*jobs, *last]
     running: list[_Worker] = []
     gate = Gate() if last and width > 1 else None
     first_ids = {job.job_id for job in jobs}
-    spare_cores = preparation_cores(pending, sorted(os.sched_getaffinity(0))) if width > 1 else ()
+    first = CompilersFirst(pending if width > 1 else (), os.sched_getaffinity(0))
     try:
         while pending or running:
             while pending and len(running) < width:
@@ -208,7 +208,8 @@ def run_workers(jobs: Sequence[Job], settings: ExecutorSettings, width: int,
                     running.append(_Worker(job, settings))
                     continue
                 behind = gate.path if gate is not None and job.job_id not in first_ids else ""
-                running.append(_Worker.slotted(job, settings, behind, () if compiles(job) else spare_cores))
+                running.append(_Worker.slotted(job, settings, behind, first.prepare_cores(job)))
+                first.started(job, running[-1].proc.pid)
             if gate is not None and not any(w.job_id in first_ids for w in running) \
                     and not any(job.job_id in first_ids for job in pending):
                 gate.open()
@@ -216,8 +217,11 @@ def run_workers(jobs: Sequence[Job], settings: ExecutorSettings, width: int,
             deadline = min(w.watch.deadline for w in running)  # infinite while every job waits for the slot
             ready = wait(handles, timeout=None if deadline == float("inf") else max(0.0, deadline - time.monotonic()))
             for worker in list(running):
-                yield from worker.step(ready)
+                for event in worker.step(ready):
+                    first.observe(worker.job_id, event)
+                    yield event
                 if worker.done:
+                    first.observe(worker.job_id, None)
                     worker.close()
                     running.remove(worker)
     finally:

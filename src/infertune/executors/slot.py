@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import resource
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from infertune.executors.base import (
@@ -145,8 +146,8 @@ class SlottedJob(Job):
     cores: tuple[int, ...] = ()
     #: a ``Gate`` the job waits behind before its first measurement; empty: none.
     gate_path: str = ""
-    #: the cores the worker prepares on, leaving the others to the compiling jobs (``preparation_cores``); it
-    #: measures on all of its cores again. Empty: it prepares on all of them.
+    #: the cores the worker starts on, leaving the others to the compiling jobs (``CompilersFirst``); it gets all
+    #: of its cores back once they have prepared, and before it measures. Empty: it prepares on all of them.
     prepare_cores: tuple[int, ...] = ()
 
     job_id = property(lambda self: self.job.job_id)  # type: ignore[assignment]
@@ -165,14 +166,16 @@ class SlottedJob(Job):
     def run(self, emit: Emit) -> None:
         if self.cores:
             os.sched_setaffinity(0, self.cores)  # before any runtime starts its thread pool
-        cores = Affinity(self.prepare_cores, tuple(sorted(os.sched_getaffinity(0)))) if self.prepare_cores else None
-        if cores is not None:
-            cores.prepare()
+        widen = None
+        if self.prepare_cores:
+            every_core = sorted(os.sched_getaffinity(0))
+            widen = functools.partial(set_process_affinity, every_core)
+            os.sched_setaffinity(0, self.prepare_cores)
         slot = MeasurementSlot(self.slot_path) if self.slot_path else None
         if slot is not None:
             slot.share()
         try:
-            self.job.run(SlotKeeper(emit, slot, self.gate_path, cores))
+            self.job.run(SlotKeeper(emit, slot, self.gate_path, widen))
         finally:
             if slot is not None:  # the worker exits next (executors.process): its teardown stays in the slot
                 slot.keep_until_exit()
@@ -181,46 +184,32 @@ class SlottedJob(Job):
         return self.job.lost(loss)
 
 
-@dataclass(frozen=True)
-class Affinity:
-    """A worker's cores while it prepares and while it measures, applied to every thread it has then (a
-    runtime's pools and the GPU driver's threads started while preparing would otherwise keep the narrow set)."""
-
-    preparing: tuple[int, ...]
-    measuring: tuple[int, ...]
-
-    def prepare(self) -> None:
-        _set_process_affinity(self.preparing)
-
-    def measure(self) -> None:
-        _set_process_affinity(self.measuring)
-
-
-def _set_process_affinity(cores: tuple[int, ...]) -> None:
-    for tid in os.listdir("/proc/self/task"):
-        with contextlib.suppress(OSError):  # a thread that ended meanwhile
-            os.sched_setaffinity(int(tid), cores)
+def set_process_affinity(cores: Sequence[int], pid: int | str = "self") -> None:
+    """Move every thread of process ``pid`` to ``cores`` (a runtime's pools and the GPU driver's threads
+    started meanwhile would otherwise keep the cores the process had when they started)."""
+    with contextlib.suppress(OSError):  # a process that ended meanwhile
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                os.sched_setaffinity(int(tid), cores)
 
 
 class SlotKeeper:
     """The worker's ``emit``, taking the slot before a ``measure`` stage and giving it back at the next
-    stage or row; the row records the window in which the slot was held. With an ``Affinity``, the worker
-    measures on its measuring cores and prepares on its preparing ones."""
+    stage or row; the row records the window in which the slot was held. A worker that prepared on a share of
+    the cores (``prepare_cores``) measures on all of them: ``widen`` is called before its first measurement."""
 
     def __init__(self, emit: Emit, slot: MeasurementSlot | None, gate_path: str = "",
-                 cores: Affinity | None = None) -> None:
+                 widen: Callable[[], None] | None = None) -> None:
         self.emit = emit
         self.slot = slot
         self.since: float | None = None
         self.gate_path = gate_path
-        self.cores = cores
+        self.widen = widen
 
     def __call__(self, event: Event) -> None:
         if self.since is not None and isinstance(event, (StageEvent, RowEvent)):
             until = time.time()
             self.since, since = None, self.since
-            if self.cores is not None:
-                self.cores.prepare()
             if isinstance(event, RowEvent):  # sent before sharing again, which waits while another job measures
                 event.row.update(measure_start_unix_s=since, measure_end_unix_s=until)
                 if self.slot is not None:
@@ -239,8 +228,9 @@ class SlotKeeper:
                     Gate.wait(self.gate_path)
                     self.gate_path = ""
                 self.slot.take()
-            if self.cores is not None:
-                self.cores.measure()
+            if self.widen is not None:
+                self.widen()
+                self.widen = None
             self.since = time.time()
         self.emit(event)
 
@@ -258,6 +248,41 @@ def longest_first(jobs: Sequence[Job]) -> list[Job]:
     (other variants, other kinds of job) in their order. Started last, a 60 s compile ran alone at the end
     on 2 GPUs and bounded the run (docs/results/ray.md)."""
     return sorted(jobs, key=lambda job: not compiles(job))
+
+
+class CompilersFirst:
+    """The compiling jobs prepare first: while any of them is preparing, the jobs started beside them prepare on
+    the cores they leave (``preparation_cores``); once none is, the parent moves the others' threads back onto
+    every core (they also take them back themselves before they measure)."""
+
+    def __init__(self, jobs: Sequence[Job], cores: Sequence[int]) -> None:
+        self.cores = tuple(sorted(cores))
+        self.spare = preparation_cores(jobs, self.cores)
+        self.preparing = {job.job_id for job in jobs if compiles(job)} if self.spare else set()
+        self.narrowed: dict[str, int] = {}  # job id -> the pid of its worker, started on the spare cores
+
+    def prepare_cores(self, job: Job) -> tuple[int, ...]:
+        """The cores ``job``'s worker starts on (empty: all); call ``started`` with its pid."""
+        return () if not self.preparing or compiles(job) else self.spare
+
+    def started(self, job: Job, pid: int) -> None:
+        if self.prepare_cores(job):
+            self.narrowed[job.job_id] = pid
+
+    def observe(self, job_id: str, event: Event | None) -> None:
+        """``job_id``'s worker sent ``event`` (None: it ended): a compiling job waiting to measure, or with a row,
+        is done preparing; when the last one is, every narrowed worker gets every core."""
+        if job_id not in self.preparing:
+            if event is None:
+                self.narrowed.pop(job_id, None)
+            return
+        if event is None or isinstance(event, RowEvent) or \
+                (isinstance(event, StageEvent) and event.stage == WAIT_STAGE):
+            self.preparing.discard(job_id)
+            if not self.preparing:
+                for pid in self.narrowed.values():
+                    set_process_affinity(self.cores, pid)
+                self.narrowed.clear()
 
 
 def preparation_cores(jobs: Sequence[Job], cores: Sequence[int]) -> tuple[int, ...]:
