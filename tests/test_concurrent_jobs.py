@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
@@ -16,13 +17,13 @@ import pytest
 import yaml
 
 from infertune.config import validate_config
-from infertune.executors.base import RowEvent, StageEvent
-from infertune.executors.slot import preparation_cores
+from infertune.executors.base import WAIT_STAGE, RowEvent, StageEvent
+from infertune.executors.slot import CompilersFirst
 from infertune.journal import read_journal
 from infertune.pipeline import run
 from infertune.plan import concurrent_jobs
 from infertune.results import ResultRow, read_rows
-from infertune.variants import parse_variant
+from infertune.variants import Variant, parse_variant
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"name": "infertune.testing:tiny_convnet", "input_shape": [1, 3, 32, 32], "pretrained": False}
@@ -133,7 +134,7 @@ def test_side_by_side_the_other_jobs_prepare_off_the_compiling_jobs_cores_until_
 
     assert all(r.status == "ok" for r in result.rows), [(r.variant, r.error) for r in result.rows]
     everywhere = ",".join(map(str, sorted(os.sched_getaffinity(0))))
-    spare = ",".join(map(str, preparation_cores([_CompilingJob(), _OtherJob()], sorted(os.sched_getaffinity(0)))))
+    spare = ",".join(map(str, CompilersFirst(_jobs(1, 1), os.sched_getaffinity(0)).spare))
     assert spare and spare != everywhere
     probe = (fault_backends / "cores.cores_probe.b1").read_text().splitlines()
     assert probe[:2] == [f"prepare {spare}", f"widened {everywhere} {everywhere}"]
@@ -142,22 +143,34 @@ def test_side_by_side_the_other_jobs_prepare_off_the_compiling_jobs_cores_until_
     assert compiling[0] == f"prepare {everywhere}" and set(compiling[1:]) == {f"call {everywhere} {everywhere}"}
 
 
-class _CompilingJob:
-    variant = parse_variant("torch_compile:fp32")
+@dataclass(frozen=True)
+class _Job:  # what CompilersFirst reads of a VariantJob
+    job_id: str
+    variant: Variant
 
 
-class _OtherJob:
-    variant = parse_variant("pytorch:fp32")
+def _jobs(compiling: int, others: int) -> list[_Job]:
+    return [_Job(f"c{i}", parse_variant("torch_compile:fp32")) for i in range(compiling)] + \
+        [_Job(f"o{i}", parse_variant("pytorch:fp32")) for i in range(others)]
 
 
-def test_other_jobs_leave_a_core_to_each_compiling_job_and_keep_a_quarter_of_the_cores():
-    cores = list(range(16))
-    ladder = [_CompilingJob()] * 9 + [_OtherJob()] * 27
-    assert preparation_cores(ladder, cores) == tuple(range(9, 16))
-    assert preparation_cores([_CompilingJob()] * 14 + [_OtherJob()], cores) == (12, 13, 14, 15)
-    assert preparation_cores([_OtherJob()] * 3, cores) == ()  # nothing compiles: no split
-    assert preparation_cores([_CompilingJob()] * 3, cores) == ()  # nothing else to move
-    assert preparation_cores([_CompilingJob(), _OtherJob()], [5]) == ()  # one core: nowhere to move to
+def test_the_others_leave_a_core_to_each_compiling_job_still_preparing_and_keep_a_quarter_of_them():
+    cores = range(16)
+    first = CompilersFirst(_jobs(9, 27), cores)
+    assert first.prepare_cores(_jobs(9, 27)[-1]) == tuple(range(9, 16)) and first.prepare_cores(_jobs(1, 0)[0]) == ()
+    first.observe("c0", StageEvent("c0", 1, WAIT_STAGE))  # prepared: its core goes to the others
+    first.observe("c1", RowEvent("c1", ResultRow(model="m", variant="v", backend="b", precision="p", options="",
+                                                 batch_size=1, device="cuda")))  # failed in preparation
+    first.observe("c2", None)  # crashed
+    first.observe("c3", StageEvent("c3", 1, "verify"))  # still preparing
+    assert first.spare == tuple(range(6, 16))
+    for job in ("c3", "c4", "c5", "c6", "c7", "c8"):
+        first.observe(job, None)
+    assert first.spare == () and first.prepare_cores(_jobs(0, 1)[0]) == ()
+    assert CompilersFirst(_jobs(14, 1), cores).spare == (12, 13, 14, 15)  # a quarter at least
+    assert CompilersFirst(_jobs(0, 3), cores).spare == ()  # nothing compiles: no split
+    assert CompilersFirst(_jobs(3, 0), cores).spare == ()  # nothing else to move
+    assert CompilersFirst(_jobs(1, 1), [5]).spare == ()  # one core: nowhere to move to
 
 
 def test_a_hang_beside_other_jobs_times_out_alone(tmp_path, fault_backends):

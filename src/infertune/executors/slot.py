@@ -251,27 +251,41 @@ def longest_first(jobs: Sequence[Job]) -> list[Job]:
 
 
 class CompilersFirst:
-    """The compiling jobs prepare first: while any of them is preparing, the jobs started beside them prepare on
-    the cores they leave (``preparation_cores``); once none is, the parent moves the others' threads back onto
-    every core (they also take them back themselves before they measure)."""
+    """The compiling jobs prepare first. Every job of the default GPU run starts at once, and measuring waits
+    until all have prepared, so the compiling jobs (one busy thread each, the longest preparations) bound that
+    phase; sharing every core fairly with two dozen eager jobs doubled their time (docs/measurement.md, "Jobs
+    side by side"). So while compiling jobs prepare, the others prepare on the cores they leave: one core per
+    compiling job still preparing, the others keeping at least a quarter of them. As the compiling jobs finish
+    preparing, the parent moves the others' threads onto the cores freed; they take every core back themselves
+    before they measure.
+    """
 
     def __init__(self, jobs: Sequence[Job], cores: Sequence[int]) -> None:
         self.cores = tuple(sorted(cores))
-        self.spare = preparation_cores(jobs, self.cores)
-        self.preparing = {job.job_id for job in jobs if compiles(job)} if self.spare else set()
+        compiling = {job.job_id for job in jobs if compiles(job)}
+        mixed = 0 < len(compiling) < len(jobs) and len(self.cores) > 1
+        self.preparing = compiling if mixed else set()
+        self.spare = self._spare()
         self.narrowed: dict[str, int] = {}  # job id -> the pid of its worker, started on the spare cores
+
+    def _spare(self) -> tuple[int, ...]:
+        """The cores the other jobs prepare on now (empty: all of them)."""
+        if not self.preparing:
+            return ()
+        keep = max(len(self.cores) - len(self.preparing), len(self.cores) // 4, 1)
+        return self.cores[-keep:]
 
     def prepare_cores(self, job: Job) -> tuple[int, ...]:
         """The cores ``job``'s worker starts on (empty: all); call ``started`` with its pid."""
-        return () if not self.preparing or compiles(job) else self.spare
+        return () if compiles(job) else self.spare
 
     def started(self, job: Job, pid: int) -> None:
         if self.prepare_cores(job):
             self.narrowed[job.job_id] = pid
 
     def observe(self, job_id: str, event: Event | None) -> None:
-        """``job_id``'s worker sent ``event`` (None: it ended): a compiling job waiting to measure, or with a row,
-        is done preparing; when the last one is, every narrowed worker gets every core."""
+        """``job_id``'s worker sent ``event`` (None: it ended). A compiling job waiting to measure, or with a row,
+        is done preparing: its core goes to the others."""
         if job_id not in self.preparing:
             if event is None:
                 self.narrowed.pop(job_id, None)
@@ -279,25 +293,12 @@ class CompilersFirst:
         if event is None or isinstance(event, RowEvent) or \
                 (isinstance(event, StageEvent) and event.stage == WAIT_STAGE):
             self.preparing.discard(job_id)
-            if not self.preparing:
+            spare = self._spare()
+            if spare != self.spare:
+                self.spare = spare
                 for pid in self.narrowed.values():
-                    set_process_affinity(self.cores, pid)
-                self.narrowed.clear()
-
-
-def preparation_cores(jobs: Sequence[Job], cores: Sequence[int]) -> tuple[int, ...]:
-    """The cores the jobs that do not compile prepare on, when they prepare beside compiling ones: ``cores``
-    less one per compiling job, at least a quarter of them (empty: no split, everyone prepares everywhere).
-
-    Every job of the default GPU run starts at once, and measuring waits until all have prepared, so the
-    compiling jobs (one busy thread each, the longest preparations) bound that phase. Sharing every core
-    fairly with two dozen eager jobs doubled their time; kept off the compiling jobs' cores, the eager jobs
-    still finish first (docs/measurement.md, "Jobs side by side").
-    """
-    compiling = sum(1 for job in jobs if compiles(job))
-    if not compiling or compiling == len(jobs) or len(cores) < 2:
-        return ()
-    spare = max(len(cores) - compiling, len(cores) // 4, 1)
-    return tuple(sorted(cores)[-spare:])
+                    set_process_affinity(spare or self.cores, pid)
+                if not spare:
+                    self.narrowed.clear()
 
 
