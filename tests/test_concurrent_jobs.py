@@ -134,7 +134,7 @@ def test_side_by_side_the_other_jobs_prepare_off_the_compiling_jobs_cores_until_
 
     assert all(r.status == "ok" for r in result.rows), [(r.variant, r.error) for r in result.rows]
     everywhere = ",".join(map(str, sorted(os.sched_getaffinity(0))))
-    spare = ",".join(map(str, CompilersFirst(_jobs(1, 1), os.sched_getaffinity(0)).spare))
+    spare = ",".join(map(str, CompilersFirst(_jobs(1, 1), os.sched_getaffinity(0), "").spare))
     assert spare and spare != everywhere
     probe = (fault_backends / "cores.cores_probe.b1").read_text().splitlines()
     assert probe[:2] == [f"prepare {spare}", f"widened {everywhere} {everywhere}"]
@@ -154,9 +154,9 @@ def _jobs(compiling: int, others: int) -> list[_Job]:
         [_Job(f"o{i}", parse_variant("pytorch:fp32")) for i in range(others)]
 
 
-def test_the_others_leave_a_core_to_each_compiling_job_still_preparing_and_keep_a_quarter_of_them():
+def test_the_others_leave_a_core_to_each_compiling_job_still_preparing_and_keep_a_quarter_of_them(tmp_path):
     cores = range(16)
-    first = CompilersFirst(_jobs(9, 27), cores)
+    first = CompilersFirst(_jobs(9, 27), cores, str(tmp_path / "slot"))
     assert first.prepare_cores(_jobs(9, 27)[-1]) == tuple(range(9, 16)) and first.prepare_cores(_jobs(1, 0)[0]) == ()
     first.observe("c0", StageEvent("c0", 1, WAIT_STAGE))  # prepared: its core goes to the others
     first.observe("c1", RowEvent("c1", ResultRow(model="m", variant="v", backend="b", precision="p", options="",
@@ -167,10 +167,38 @@ def test_the_others_leave_a_core_to_each_compiling_job_still_preparing_and_keep_
     for job in ("c3", "c4", "c5", "c6", "c7", "c8"):
         first.observe(job, None)
     assert first.spare == () and first.prepare_cores(_jobs(0, 1)[0]) == ()
-    assert CompilersFirst(_jobs(14, 1), cores).spare == (12, 13, 14, 15)  # a quarter at least
-    assert CompilersFirst(_jobs(0, 3), cores).spare == ()  # nothing compiles: no split
-    assert CompilersFirst(_jobs(3, 0), cores).spare == ()  # nothing else to move
-    assert CompilersFirst(_jobs(1, 1), [5]).spare == ()  # one core: nowhere to move to
+    assert CompilersFirst(_jobs(14, 1), cores, "").spare == (12, 13, 14, 15)  # a quarter at least
+    assert CompilersFirst(_jobs(0, 3), cores, "").spare == ()  # nothing compiles: no split
+    assert CompilersFirst(_jobs(3, 0), cores, "").spare == ()  # nothing else to move
+    assert CompilersFirst(_jobs(1, 1), [5], "").spare == ()  # one core: nowhere to move to
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores to leave one to the compiling job")
+def test_the_parent_moves_the_others_threads_only_while_nobody_measures_and_never_waits_for_it(tmp_path):
+    from infertune.executors.slot import MeasurementSlot
+
+    path = str(tmp_path / "slot")
+    cores = sorted(os.sched_getaffinity(0))
+    first = CompilersFirst(_jobs(1, 1), cores, path)
+    spare = first.spare
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        os.sched_setaffinity(other.pid, spare)
+        first.started(_jobs(0, 1)[0], other.pid)
+        measuring = MeasurementSlot(path)
+        measuring.share()
+        measuring.take()
+        started = time.monotonic()
+        first.observe("c0", None)  # the compiling job has prepared, but somebody measures: not now...
+        assert time.monotonic() - started < 1.0
+        assert os.sched_getaffinity(other.pid) == set(spare) != set(cores)
+        measuring.release()
+        measuring.close()
+        first.observe("o0", StageEvent("o0", 1, "verify"))  # ...at the next event
+        assert os.sched_getaffinity(other.pid) == set(cores) and first.narrowed == {}
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_a_hang_beside_other_jobs_times_out_alone(tmp_path, fault_backends):

@@ -193,13 +193,13 @@ def run_workers(jobs: Sequence[Job], settings: ExecutorSettings, width: int,
     to the run's log when the job ends (lines of jobs running at once would interleave there). The jobs of
     ``last`` start after ``jobs`` and measure once all of ``jobs`` have ended (side by side, behind a gate).
     """
-    from infertune.executors.slot import CompilersFirst, Gate
+    from infertune.executors.slot import CompilersFirst, Gate, machine_slot_path
 
     pending = [*jobs, *last]
     running: list[_Worker] = []
     gate = Gate() if last and width > 1 else None
     first_ids = {job.job_id for job in jobs}
-    first = CompilersFirst(pending if width > 1 else (), os.sched_getaffinity(0))
+    first = CompilersFirst(pending if width > 1 else (), os.sched_getaffinity(0), machine_slot_path())
     try:
         while pending or running:
             while pending and len(running) < width:

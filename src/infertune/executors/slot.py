@@ -74,6 +74,15 @@ class MeasurementSlot:
     def release(self) -> None:
         fcntl.flock(self._main, fcntl.LOCK_UN)
 
+    def share_if_nobody_measures(self) -> bool:
+        """Share the slot at once, unless somebody measures now; a measurement waiting for its turn does not
+        stop this (nor wait behind it: the turnstile is for preparations that may take seconds)."""
+        try:
+            fcntl.flock(self._main, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
     def give_back(self) -> None:
         self.release()
         self.share()
@@ -147,7 +156,7 @@ class SlottedJob(Job):
     #: a ``Gate`` the job waits behind before its first measurement; empty: none.
     gate_path: str = ""
     #: the cores the worker starts on, leaving the others to the compiling jobs (``CompilersFirst``); it gets all
-    #: of its cores back once they have prepared, and before it measures. Empty: it prepares on all of them.
+    #: of its cores back once they have prepared, and before each measurement. Empty: it prepares on all of them.
     prepare_cores: tuple[int, ...] = ()
 
     job_id = property(lambda self: self.job.job_id)  # type: ignore[assignment]
@@ -196,7 +205,7 @@ def set_process_affinity(cores: Sequence[int], pid: int | str = "self") -> None:
 class SlotKeeper:
     """The worker's ``emit``, taking the slot before a ``measure`` stage and giving it back at the next
     stage or row; the row records the window in which the slot was held. A worker that prepared on a share of
-    the cores (``prepare_cores``) measures on all of them: ``widen`` is called before its first measurement."""
+    the cores (``prepare_cores``) measures on all of them: ``widen`` is called before each measurement."""
 
     def __init__(self, emit: Emit, slot: MeasurementSlot | None, gate_path: str = "",
                  widen: Callable[[], None] | None = None) -> None:
@@ -230,7 +239,6 @@ class SlotKeeper:
                 self.slot.take()
             if self.widen is not None:
                 self.widen()
-                self.widen = None
             self.since = time.time()
         self.emit(event)
 
@@ -256,16 +264,19 @@ class CompilersFirst:
     phase; sharing every core fairly with two dozen eager jobs doubled their time (docs/measurement.md, "Jobs
     side by side"). So while compiling jobs prepare, the others prepare on the cores they leave: one core per
     compiling job still preparing, the others keeping at least a quarter of them. As the compiling jobs finish
-    preparing, the parent moves the others' threads onto the cores freed; they take every core back themselves
-    before they measure.
+    preparing, the parent moves the others' threads onto the cores freed, holding the measurement slot shared
+    while it does, so never during a measurement (and never waiting for one: it tries again at the next event);
+    a worker takes every core back itself before each of its measurements.
     """
 
-    def __init__(self, jobs: Sequence[Job], cores: Sequence[int]) -> None:
+    def __init__(self, jobs: Sequence[Job], cores: Sequence[int], slot_path: str) -> None:
+        self.slot_path = slot_path
         self.cores = tuple(sorted(cores))
         compiling = {job.job_id for job in jobs if compiles(job)}
         mixed = 0 < len(compiling) < len(jobs) and len(self.cores) > 1
         self.preparing = compiling if mixed else set()
         self.spare = self._spare()
+        self.moved = self.spare  # the cores the narrowed workers are on
         self.narrowed: dict[str, int] = {}  # job id -> the pid of its worker, started on the spare cores
 
     def _spare(self) -> tuple[int, ...]:
@@ -285,20 +296,26 @@ class CompilersFirst:
 
     def observe(self, job_id: str, event: Event | None) -> None:
         """``job_id``'s worker sent ``event`` (None: it ended). A compiling job waiting to measure, or with a row,
-        is done preparing: its core goes to the others."""
-        if job_id not in self.preparing:
-            if event is None:
-                self.narrowed.pop(job_id, None)
-            return
-        if event is None or isinstance(event, RowEvent) or \
-                (isinstance(event, StageEvent) and event.stage == WAIT_STAGE):
+        is done preparing: its core goes to the others (now, or at a later event if somebody measures now)."""
+        if job_id in self.preparing and (event is None or isinstance(event, RowEvent) or
+                                         (isinstance(event, StageEvent) and event.stage == WAIT_STAGE)):
             self.preparing.discard(job_id)
-            spare = self._spare()
-            if spare != self.spare:
-                self.spare = spare
-                for pid in self.narrowed.values():
-                    set_process_affinity(spare or self.cores, pid)
-                if not spare:
-                    self.narrowed.clear()
+            self.spare = self._spare()
+        elif event is None:
+            self.narrowed.pop(job_id, None)
+        if self.narrowed and self.spare != self.moved:
+            self._move()
 
+    def _move(self) -> None:
+        slot = MeasurementSlot(self.slot_path)
+        try:
+            if not slot.share_if_nobody_measures():
+                return
+            for pid in self.narrowed.values():
+                set_process_affinity(self.spare or self.cores, pid)
+            self.moved = self.spare
+            if not self.spare:
+                self.narrowed.clear()
+        finally:
+            slot.close()
 
