@@ -208,12 +208,15 @@ def test_a_second_run_is_served_by_the_fx_graph_cache_kept_in_the_models_dir(tmp
 @pytest.mark.slow
 def test_the_compile_pool_is_the_jobs_share_of_the_cores_unless_the_environment_sets_it(tmp_path):
     """One thread, a job's share beside many others on a GPU, means no pool (torch would start one of
-    min(32, cores) processes, even for a cache hit); TORCHINDUCTOR_COMPILE_THREADS still wins."""
+    min(32, cores) processes, even for a cache hit); a job with every core keeps torch's own choice, and
+    TORCHINDUCTOR_COMPILE_THREADS still wins."""
     models = tmp_path / "models"
     assert _prepare_in_fresh_process(models, {"nofreeze": ""}, threads=1)["compile_threads"] == 1
-    assert _prepare_in_fresh_process(models, {"nofreeze": ""}, threads=3)["compile_threads"] == 3
-    told = _prepare_in_fresh_process(models, {"nofreeze": ""}, threads=1, TORCHINDUCTOR_COMPILE_THREADS="2")
-    assert told["compile_threads"] == 2
+    every_core = len(os.sched_getaffinity(0))
+    alone = _prepare_in_fresh_process(models, {"nofreeze": ""}, threads=every_core)["compile_threads"]
+    assert alone == torch._inductor.config.decide_compile_threads()
+    told = _prepare_in_fresh_process(models, {"nofreeze": ""}, threads=1, TORCHINDUCTOR_COMPILE_THREADS="3")
+    assert told["compile_threads"] == 3
 
 
 @needs_cuda

@@ -288,8 +288,8 @@ def configure_inductor_caches(cache: Any) -> Path | None:
 
 
 def size_compile_pool(threads: int) -> None:
-    """Give Inductor's compile pool the job's share of the cores (``PrepareContext.threads``), unless
-    ``TORCHINDUCTOR_COMPILE_THREADS`` says otherwise.
+    """When the job has a share of the cores (``PrepareContext.threads`` below the cores it may use), give
+    Inductor's compile pool that share, unless ``TORCHINDUCTOR_COMPILE_THREADS`` says otherwise.
 
     torch's default is min(32, cores) per process, started at the first compile even when every graph is a
     cache hit: a subprocess that imports torch again and forks its pool. With a worker per cell on a GPU, nine
@@ -298,7 +298,7 @@ def size_compile_pool(threads: int) -> None:
     """
     import torch
 
-    if "TORCHINDUCTOR_COMPILE_THREADS" not in os.environ:
+    if "TORCHINDUCTOR_COMPILE_THREADS" not in os.environ and threads < len(os.sched_getaffinity(0)):
         torch._inductor.config.compile_threads = max(1, threads)
 
 
